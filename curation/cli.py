@@ -1,0 +1,150 @@
+"""``glia``: the command line.
+
+    glia run SHARDS_DIR [--db glia.duckdb] [--rules glia.toml] [--state-dir DIR] [--strict]
+    glia status [--db glia.duckdb]            run history
+    glia sql "SELECT ..." [--db glia.duckdb]  read-only SQL against the catalog
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+EXIT_OK, EXIT_ERROR, EXIT_BUSY, EXIT_STRICT = 0, 1, 2, 3
+
+
+class RichReporter:
+    """Progress bars, one per stage, fed by the flow's tasks."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.ids: dict[str, int] = {}
+
+    def start(self, stage: str, total: int) -> None:
+        if stage in self.ids:
+            self.progress.update(self.ids[stage], total=total)
+        else:
+            self.ids[stage] = self.progress.add_task(stage, total=total)
+
+    def advance(self, stage: str, n: int = 1) -> None:
+        if stage in self.ids:
+            self.progress.advance(self.ids[stage], n)
+
+
+def _run(args: argparse.Namespace, console: Console) -> int:
+    from curation import progress as prog
+    from curation.config import ConfigError
+    from flows.nightly import nightly_hygiene
+    from storage.catalog import DatabaseBusyError
+    from storage.lock import RunInProgressError
+
+    bar = Progress(TextColumn("{task.description:>10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   console=console, disable=args.quiet or not console.is_terminal, transient=False)
+    try:
+        with bar:
+            prog.install(RichReporter(bar))
+            outcome = nightly_hygiene(
+                shards_root=args.shards, db_path=str(args.db), rules_path=str(args.rules) if args.rules else None,
+                state_dir=str(args.state_dir) if args.state_dir else None,
+            )
+    except (RunInProgressError, DatabaseBusyError) as exc:
+        console.print(f"[red]glia: {exc}[/red]")
+        return EXIT_BUSY
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        console.print(f"[red]glia: {exc}[/red]")
+        return EXIT_ERROR
+    except Exception as exc:
+        console.print(f"[red]glia: the run failed ({type(exc).__name__}: {exc}); it is recorded as failed in "
+                      "v_runs and nothing of it is visible. Fix the cause and rerun: finished work is reused.[/red]")
+        return EXIT_ERROR
+    finally:
+        prog.install(None)
+
+    c = outcome.counts
+    if outcome.status == "nothing_new":
+        console.print(f"Nothing new under {args.shards}: {c.get('shards_unchanged', 0)} shard(s) unchanged, "
+                      f"database not changed (run {outcome.run_id} recorded as nothing_new).")
+    table = Table(title=f"Glia run {outcome.run_id}: {outcome.status}", show_header=False)
+    rows = [
+        ("shards seen", c.get("shards_seen", 0)),
+        ("  new / changed / unchanged", f"{c.get('shards_new', 0)} / {c.get('shards_changed', 0)} / {c.get('shards_unchanged', 0)}"),
+        ("  rejected / missing", f"{c.get('shards_rejected', 0)} / {c.get('shards_missing', 0)}"),
+        ("documents new tonight", c.get("docs", 0)),
+        ("exact duplicates", c.get("exact_dups", 0)),
+        ("near duplicates", c.get("near_dups", 0)),
+        ("rows skipped", c.get("skipped_rows", 0)),
+        ("time", f"{outcome.seconds:.1f} s"),
+        ("database", str(outcome.db_path)),
+    ]
+    for k, v in rows:
+        table.add_row(k, str(v))
+    console.print(table)
+    for path, reason in outcome.rejected.items():
+        console.print(f"[yellow]rejected shard[/yellow] {path}: {reason}")
+    sk = outcome.skipped
+    shown = [r for r in sk.to_pylist() if r["row"] is not None]
+    for r in shown[:20]:
+        console.print(f"[yellow]skipped[/yellow] {r['path']} row {r['row']} (id {r['doc_id']}): {r['reason']}")
+    if len(shown) > 20:
+        console.print(f"... and {len(shown) - 20} more: SELECT * FROM v_skipped WHERE run_id = {outcome.run_id}")
+    if args.strict and (outcome.rejected or shown):
+        console.print("[red]glia: --strict and some input was rejected or skipped[/red]")
+        return EXIT_STRICT
+    return EXIT_OK
+
+
+def _sql(args: argparse.Namespace, console: Console) -> int:
+    from storage.catalog import Catalog, DatabaseBusyError
+
+    try:
+        with Catalog(args.db, read_only=True) as cat:
+            rel = cat.con.sql(args.query)
+            if rel is not None:
+                rel.show(max_width=args.width, max_rows=args.max_rows, null_value="NULL")
+    except DatabaseBusyError as exc:
+        console.print(f"[red]glia: {exc}[/red]")
+        return EXIT_BUSY
+    except FileNotFoundError as exc:
+        console.print(f"[red]glia: {exc}[/red]")
+        return EXIT_ERROR
+    except Exception as exc:  # duckdb's errors already say what is wrong with the SQL
+        console.print(f"[red]glia: {exc}[/red]")
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="glia", description="Nightly data hygiene for training corpora.")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    run = sub.add_parser("run", help="tag and deduplicate new or changed shards")
+    run.add_argument("shards", help="folder (searched recursively) or fsspec URL of Parquet shards")
+    run.add_argument("--db", type=Path, default=Path("glia.duckdb"), help="catalog database (default ./glia.duckdb)")
+    run.add_argument("--rules", type=Path, help="rules file (TOML): columns, taggers, near-dup parameters")
+    run.add_argument("--state-dir", type=Path, help="Parquet tags and index (default <db>_data/ beside the db)")
+    run.add_argument("--strict", action="store_true", help=f"exit {EXIT_STRICT} if any shard or row was rejected or skipped")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    status = sub.add_parser("status", help="run history")
+    status.add_argument("--db", type=Path, default=Path("glia.duckdb"))
+    sql = sub.add_parser("sql", help="run read-only SQL against the catalog")
+    sql.add_argument("query")
+    sql.add_argument("--db", type=Path, default=Path("glia.duckdb"))
+    for p in (status, sql):
+        p.add_argument("--width", type=int, default=200, help="maximum table width in characters")
+        p.add_argument("--max-rows", type=int, default=100)
+    args = parser.parse_args(argv)
+    console = Console()
+    if args.cmd == "run":
+        return _run(args, console)
+    if args.cmd == "status":
+        args.query = "SELECT run_id, status, started_at, seconds, n_shards_new, n_shards_changed, n_docs, n_exact_dups, n_near_dups, n_skipped_rows FROM v_runs"
+        return _sql(args, console)
+    return _sql(args, console)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,380 @@
+"""Cross-shard, cross-night duplicate resolution.
+
+Inputs: tonight's ``exact`` and ``minhash`` attribute files (one per shard) and the committed
+history (:class:`storage.history.History`). Outputs: the ``exact_dup`` and ``near_dup`` tags
+per shard and tonight's history segments.
+
+Survivor rule, the same whatever order shards arrive in: in every duplicate cluster the
+document seen in the earliest run survives, ties broken by the smallest ``doc_id``. Tonight's
+documents are processed sorted by ``doc_id``, bucket stars anchor on the smallest id, and
+history candidates are ranked by shared bands then id, so nothing depends on file order.
+
+Near-duplicate clusters are the connected components of verified pairs (estimated Jaccard
+at least the threshold), extended through history: a history document brings its cluster
+root, and roots that a later night joins are recorded as merges so the next night sees one
+cluster.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import duckdb
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from curation.config import NearDup
+from storage.history import History
+
+_U64 = np.uint64
+
+EXACT_DUP_SCHEMA = pa.schema(
+    [("doc_id", pa.string()), ("exact_dup_of", pa.string()), ("exact_dup_count", pa.int64())]
+)
+NEAR_DUP_SCHEMA = pa.schema(
+    [
+        ("doc_id", pa.string()),
+        ("near_dup_of", pa.string()),
+        ("near_dup_jaccard", pa.float32()),
+        ("near_dup_match", pa.string()),
+        ("near_dup_match_jaccard", pa.float32()),
+        ("near_dup_cluster", pa.string()),
+        ("near_dup_cluster_size", pa.int64()),
+    ]
+)
+
+
+def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """``(n, bands)`` uint64 keys: each band's ``rows`` signature values mixed into 64 bits."""
+    n = sig.shape[0]
+    s = sig[:, : bands * rows].reshape(n, bands, rows).astype(np.uint64)
+    with np.errstate(over="ignore"):
+        h = np.full((n, bands), _U64(0x27D4EB2F165667C5), dtype=np.uint64)
+        for r in range(rows):
+            h = (h ^ s[:, :, r]) * _U64(0x9E3779B185EBCA87)
+            h = (h << _U64(27)) | (h >> _U64(37))
+        h ^= h >> _U64(33)
+        h *= _U64(0xC2B2AE3D27D4EB4F)
+        h ^= h >> _U64(29)
+    return h
+
+
+def jaccard(a: np.ndarray, b: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """Row-wise estimated Jaccard (share of equal MinHash values) of two signature matrices."""
+    out = np.empty(a.shape[0], dtype=np.float32)
+    for i in range(0, a.shape[0], chunk):
+        out[i : i + chunk] = (a[i : i + chunk] == b[i : i + chunk]).mean(axis=1)
+    return out
+
+
+@dataclass
+class Tonight:
+    """Tonight's documents, sorted by doc_id."""
+
+    doc_id: np.ndarray  # object array of str
+    shard_id: np.ndarray  # object array of str
+    text_hash: np.ndarray  # uint64
+    sig: np.ndarray  # (n, num_perm) uint32; rows with has_sig False are undefined
+    has_sig: np.ndarray  # bool
+
+    @classmethod
+    def from_tables(cls, exact: pa.Table, minhash: pa.Table) -> Tonight:
+        """``exact`` has doc_id, shard_id, text_hash; ``minhash`` has doc_id, _minhash, for
+        the same documents (ids are unique: prepare settles id conflicts first)."""
+        ex = exact.take(pc.sort_indices(exact, [("doc_id", "ascending")]))
+        mh = minhash.take(pc.sort_indices(minhash, [("doc_id", "ascending")]))
+        if not ex.column("doc_id").equals(mh.column("doc_id")):
+            raise ValueError("exact and minhash tags cover different documents; rerun to retag the shards")
+        t = ex
+        sigs = mh.column("_minhash").combine_chunks()
+        has = pc.is_valid(sigs).to_numpy(zero_copy_only=False)
+        width = sigs.type.list_size
+        # Null slots of a fixed-size list still occupy `width` child values, so this aligns.
+        vals = sigs.values.to_numpy(zero_copy_only=False)
+        sig = vals.reshape(len(t), width)
+        return cls(
+            doc_id=np.asarray(t.column("doc_id").to_pylist(), dtype=object),
+            shard_id=np.asarray(t.column("shard_id").to_pylist(), dtype=object),
+            text_hash=t.column("text_hash").to_numpy(),
+            sig=sig,
+            has_sig=has,
+        )
+
+
+@dataclass
+class DedupResult:
+    exact: pa.Table  # EXACT_DUP_SCHEMA + shard_id
+    near: pa.Table  # NEAR_DUP_SCHEMA + shard_id
+    segments: dict[str, pa.Table]  # kind -> table for storage.history.write_segment
+    n_exact_dups: int
+    n_near_dups: int
+
+
+def _tonight_pairs(keys: np.ndarray, idx: np.ndarray, max_bucket: int) -> np.ndarray:
+    """Candidate pairs (i < j) among tonight's documents that share a band key."""
+    if len(idx) < 2:
+        return np.empty((0, 2), np.int64)
+    bands = keys.shape[1]
+    tbl = pa.table(
+        {
+            "band": np.repeat(np.arange(bands, dtype=np.uint8)[None, :], len(idx), axis=0).reshape(-1),
+            "key": keys.reshape(-1),
+            "idx": np.repeat(idx, bands),
+        }
+    )
+    con = duckdb.connect()
+    con.register("tb", tbl)
+    pairs = con.execute(
+        f"""WITH b AS (
+              SELECT band, key, idx, count(*) OVER w AS n, min(idx) OVER w AS first
+              FROM tb WINDOW w AS (PARTITION BY band, key))
+            SELECT DISTINCT a.idx AS i, c.idx AS j
+              FROM b a JOIN b c ON a.band = c.band AND a.key = c.key AND a.idx < c.idx
+              WHERE a.n > 1 AND a.n <= {int(max_bucket)}
+            UNION
+            SELECT DISTINCT first AS i, idx AS j FROM b WHERE n > {int(max_bucket)} AND idx <> first"""
+    ).fetchnumpy()
+    con.close()
+    return np.stack([pairs["i"], pairs["j"]], axis=1).astype(np.int64) if len(pairs["i"]) else np.empty((0, 2), np.int64)
+
+
+def resolve(tonight: Tonight, history: History, run_id: int, params: NearDup) -> DedupResult:
+    """Resolve tonight's documents against each other and against history."""
+    n = len(tonight.doc_id)
+    ids = tonight.doc_id
+
+    # -- exact duplicates -------------------------------------------------------------------
+    # Tonight's docs are sorted by id, so the first of each hash group is its smallest id.
+    uniq, first_pos, inverse, counts = np.unique(
+        tonight.text_hash, return_index=True, return_inverse=True, return_counts=True
+    )
+    hist = history.exact_matches(pa.table({"text_hash": pa.array(uniq, pa.uint64())}))
+    h_first: dict[int, tuple[str, int]] = {}
+    h_n: dict[int, int] = {}
+    for hsh, run, doc, cnt in zip(
+        hist["text_hash"].to_pylist(), hist["first_run"].to_pylist(), hist["first_doc"].to_pylist(), hist["n"].to_pylist()
+    ):
+        h_first[hsh] = (doc, run)
+        h_n[hsh] = cnt
+    group_in_hist = np.array([int(h) in h_first for h in uniq], dtype=bool)
+    exact_survivor = np.empty(n, dtype=object)
+    exact_count = counts[inverse].astype(np.int64)
+    for g, h in enumerate(uniq):
+        if group_in_hist[g]:
+            exact_count[inverse == g] += h_n[int(h)]
+    surv_tonight = ids[first_pos][inverse]
+    exact_survivor[:] = surv_tonight
+    in_hist = group_in_hist[inverse]
+    if in_hist.any():
+        exact_survivor[in_hist] = [h_first[int(h)][0] for h in tonight.text_hash[in_hist]]
+    exact_dup_of = np.where(exact_survivor != ids, exact_survivor, None)
+    rep_pos = first_pos[inverse]  # tonight's representative of each doc's exact group
+
+    # -- near duplicates --------------------------------------------------------------------
+    nd = params
+    sig = tonight.sig
+    has = tonight.has_sig
+    # Only documents that are the first of their exact group tonight and new to history
+    # need LSH; the others are linked to that representative / history copy directly.
+    query = has & (rep_pos == np.arange(n)) & ~in_hist
+    q_idx = np.flatnonzero(query)
+    keys_all = band_keys(sig[has], nd.bands, nd.rows) if has.any() else np.empty((0, nd.bands), np.uint64)
+    key_of = np.full((n, nd.bands), 0, dtype=np.uint64)
+    key_of[has] = keys_all
+    tt = _tonight_pairs(key_of[q_idx], q_idx, nd.max_bucket)
+    q_tbl = pa.table(
+        {
+            "band": np.tile(np.arange(nd.bands, dtype=np.uint8), len(q_idx)),
+            "key": key_of[q_idx].reshape(-1),
+            "idx": np.repeat(q_idx.astype(np.int64), nd.bands),
+        }
+    )
+    th = history.lsh_candidates(q_tbl, nd.max_history_candidates)
+
+    # History documents we need: LSH candidates and exact-history survivors (with sigs).
+    cand_ids = th["doc_id"].to_pylist()
+    exact_links = [(i, h_first[int(tonight.text_hash[i])][0]) for i in np.flatnonzero(in_hist & (rep_pos == np.arange(n)))]
+    hdocs = history.documents(sorted(set(cand_ids) | {d for _, d in exact_links}))
+    merges = history.merges()
+
+    def resolve_root(c: str, run: int) -> tuple[str, int]:
+        seen = set()
+        while c in merges and c not in seen:
+            seen.add(c)
+            c, run = merges[c]
+        return c, run
+
+    h_ids = hdocs["doc_id"].to_pylist()
+    h_run = hdocs["run_id"].to_pylist()
+    h_sig = (
+        np.asarray(hdocs["sig"].combine_chunks().values.to_numpy(zero_copy_only=False), np.uint32).reshape(len(h_ids), -1)
+        if len(h_ids) else np.empty((0, sig.shape[1]), np.uint32)
+    )
+    h_root = [resolve_root(c, r) for c, r in zip(hdocs["cluster_id"].to_pylist(), hdocs["cluster_run"].to_pylist())]
+    roots_needed = sorted({r for r, _ in h_root} - set(h_ids))
+    # Nodes: 0..n-1 tonight, then history docs, then roots not among them.
+    node_id = list(ids) + h_ids + roots_needed
+    node_run = [run_id] * n + list(h_run) + [0] * len(roots_needed)
+    root_run = {r: run for r, run in h_root}
+    for k, r in enumerate(roots_needed):
+        node_run[n + len(h_ids) + k] = root_run[r]
+    hpos = {d: n + k for k, d in enumerate(h_ids)}
+    for k, r in enumerate(roots_needed):
+        hpos[r] = n + len(h_ids) + k
+
+    edges_a: list[np.ndarray] = []
+    edges_b: list[np.ndarray] = []
+    edge_j: list[np.ndarray] = []
+    # verified tonight-tonight pairs
+    if len(tt):
+        j = jaccard(sig[tt[:, 0]], sig[tt[:, 1]])
+        ok = j >= nd.threshold
+        edges_a.append(tt[ok, 0]); edges_b.append(tt[ok, 1]); edge_j.append(j[ok])
+    # verified tonight-history pairs
+    if th.num_rows and len(h_ids):
+        ti = th["idx"].to_numpy()
+        hi = np.array([hpos[d] - n for d in th["doc_id"].to_pylist()], dtype=np.int64)
+        j = jaccard(sig[ti], h_sig[hi])
+        ok = j >= nd.threshold
+        edges_a.append(ti[ok]); edges_b.append(hi[ok] + n); edge_j.append(j[ok])
+    # exact copies: to tonight's representative, and representatives to their history copy
+    dup_t = np.flatnonzero(rep_pos != np.arange(n))
+    edges_a.append(dup_t); edges_b.append(rep_pos[dup_t]); edge_j.append(np.ones(len(dup_t), np.float32))
+    if exact_links:
+        ea = np.array([i for i, d in exact_links if d in hpos], dtype=np.int64)
+        eb = np.array([hpos[d] for i, d in exact_links if d in hpos], dtype=np.int64)
+        edges_a.append(ea); edges_b.append(eb); edge_j.append(np.ones(len(ea), np.float32))
+    n_match_edges = sum(len(a) for a in edges_a)
+    # history docs to their (resolved) cluster roots: structure, not matches
+    ra = np.array([n + k for k, (r, _) in enumerate(h_root) if r != h_ids[k]], dtype=np.int64)
+    rb = np.array([hpos[r] for k, (r, _) in enumerate(h_root) if r != h_ids[k]], dtype=np.int64)
+
+    a = np.concatenate(edges_a + [ra]) if edges_a else ra
+    b = np.concatenate(edges_b + [rb]) if edges_b else rb
+    n_nodes = len(node_id)
+    graph = coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(n_nodes, n_nodes))
+    _, comp = connected_components(graph, directed=False)
+
+    # survivor per component: smallest (run, doc_id)
+    order = sorted(range(n_nodes), key=lambda k: (node_run[k], node_id[k]))
+    surv_of_comp: dict[int, int] = {}
+    for k in order:
+        surv_of_comp.setdefault(int(comp[k]), k)
+    comp_size_nodes = np.bincount(comp, minlength=comp.max() + 1 if n_nodes else 1)
+
+    # cluster sizes: tonight members + every active history doc under the component's roots
+    comp_roots: dict[int, set[str]] = {}
+    for k, (r, _) in enumerate(h_root):
+        comp_roots.setdefault(int(comp[n + k]), set()).add(r)
+    raw_by_root: dict[str, list[str]] = {}
+    for raw, (m, _) in merges.items():
+        raw_by_root.setdefault(resolve_root(m, 0)[0], []).append(raw)
+    all_raw = set()
+    for roots in comp_roots.values():
+        for r in roots:
+            all_raw.add(r)
+            all_raw.update(raw_by_root.get(r, []))
+    raw_counts = history.cluster_counts(sorted(all_raw))
+    tonight_in_comp = np.bincount(comp[:n], minlength=comp.max() + 1 if n_nodes else 1)
+
+    def cluster_size(c: int) -> int:
+        hist_n = 0
+        for r in comp_roots.get(c, ()):
+            hist_n += raw_counts.get(r, 0) + sum(raw_counts.get(x, 0) for x in raw_by_root.get(r, []))
+        return int(tonight_in_comp[c]) + hist_n
+
+    # best direct match per tonight doc
+    match = np.full(n, -1, dtype=np.int64)
+    match_j = np.zeros(n, dtype=np.float32)
+    if n_match_edges:
+        ea = np.concatenate(edges_a); eb = np.concatenate(edges_b); ej = np.concatenate(edge_j)
+        for x, y in ((ea, eb), (eb, ea)):
+            t_mask = x < n
+            for i, other, jj in zip(x[t_mask], y[t_mask], ej[t_mask]):
+                if jj > match_j[i] or (jj == match_j[i] and match[i] >= 0 and node_id[other] < node_id[match[i]]) or match[i] < 0:
+                    match[i] = other; match_j[i] = jj
+
+    def sig_of(k: int) -> np.ndarray | None:
+        if k < n:
+            return sig[k] if has[k] else None
+        if k < n + len(h_ids):
+            return h_sig[k - n]
+        return None
+
+    near_of = np.empty(n, dtype=object); near_j = np.full(n, np.nan, np.float32)
+    cluster = np.empty(n, dtype=object); csize = np.zeros(n, np.int64)
+    m_id = np.empty(n, dtype=object); m_j = np.full(n, np.nan, np.float32)
+    seg_cluster = np.empty(n, dtype=object); seg_cluster_run = np.zeros(n, np.int32)
+    size_cache: dict[int, int] = {}
+    for i in range(n):
+        c = int(comp[i])
+        s = surv_of_comp[c]
+        seg_cluster[i] = node_id[s]; seg_cluster_run[i] = node_run[s]
+        if comp_size_nodes[c] <= 1 or not has[i] and match[i] < 0:
+            continue
+        if c not in size_cache:
+            size_cache[c] = cluster_size(c)
+        cluster[i] = node_id[s]; csize[i] = size_cache[c]
+        if match[i] >= 0:
+            m_id[i] = node_id[match[i]]; m_j[i] = match_j[i]
+        if s != i:
+            near_of[i] = node_id[s]
+            ss = sig_of(s)
+            if ss is not None and has[i]:
+                near_j[i] = float((sig[i] == ss).mean())
+            elif ss is not None or rep_pos[i] != i:
+                near_j[i] = 1.0
+
+    # merges: history roots in a component whose survivor is someone else
+    merge_rows = []
+    for c, roots in comp_roots.items():
+        s = surv_of_comp[c]
+        for r in sorted(roots):
+            if r != node_id[s]:
+                merge_rows.append((r, node_id[s], node_run[s]))
+
+    shard = pa.array(tonight.shard_id.tolist(), pa.string())
+    id_arr = pa.array(ids.tolist(), pa.string())
+    exact_tbl = pa.table(
+        {"doc_id": id_arr, "exact_dup_of": pa.array(exact_dup_of.tolist(), pa.string()),
+         "exact_dup_count": pa.array(exact_count), "shard_id": shard}
+    )
+    near_tbl = pa.table(
+        {"doc_id": id_arr, "near_dup_of": pa.array(near_of.tolist(), pa.string()),
+         "near_dup_jaccard": pa.array(near_j, pa.float32(), mask=np.isnan(near_j)),
+         "near_dup_match": pa.array(m_id.tolist(), pa.string()),
+         "near_dup_match_jaccard": pa.array(m_j, pa.float32(), mask=np.isnan(m_j)),
+         "near_dup_cluster": pa.array(cluster.tolist(), pa.string()),
+         "near_dup_cluster_size": pa.array(csize, pa.int64(), mask=csize == 0), "shard_id": shard}
+    )
+    run_col = pa.array(np.full(n, run_id, np.int32))
+    sig_rows = np.flatnonzero(has)
+    segments = {
+        "exact": pa.table({"text_hash": pa.array(tonight.text_hash, pa.uint64()), "doc_id": id_arr,
+                           "shard_id": shard, "run_id": run_col}).sort_by("text_hash"),
+        "signatures": pa.table(
+            {"doc_id": id_arr.take(sig_rows), "shard_id": shard.take(sig_rows), "run_id": run_col.take(sig_rows),
+             "cluster_id": pa.array(seg_cluster[sig_rows].tolist(), pa.string()),
+             "cluster_run": pa.array(seg_cluster_run[sig_rows]),
+             "sig": pa.FixedSizeListArray.from_arrays(pa.array(sig[sig_rows].reshape(-1), pa.uint32()), sig.shape[1])}
+        ),
+        "merges": pa.table({"cluster_id": pa.array([r[0] for r in merge_rows], pa.string()),
+                            "merged_into": pa.array([r[1] for r in merge_rows], pa.string()),
+                            "merged_run": pa.array([r[2] for r in merge_rows], pa.int32())}),
+    }
+    # LSH: every document with words that is not an exact copy of an earlier one.
+    lsh_rows = np.flatnonzero(has & (exact_dup_of == None))  # noqa: E711 - elementwise on object array
+    segments["lsh"] = pa.table(
+        {"band": np.tile(np.arange(nd.bands, dtype=np.uint8), len(lsh_rows)),
+         "key": key_of[lsh_rows].reshape(-1),
+         "doc_id": pa.array(np.repeat(ids[lsh_rows], nd.bands).tolist(), pa.string()),
+         "shard_id": pa.array(np.repeat(tonight.shard_id[lsh_rows], nd.bands).tolist(), pa.string())}
+    ).sort_by([("band", "ascending"), ("key", "ascending")])
+    return DedupResult(
+        exact=exact_tbl, near=near_tbl, segments=segments,
+        n_exact_dups=int(sum(x is not None for x in exact_dup_of)),
+        n_near_dups=int(sum(x is not None for x in near_of)),
+    )

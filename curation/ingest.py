@@ -1,0 +1,197 @@
+"""Reading shards into documents: schema checks, id checks, row skips.
+
+Every stage that reads a shard goes through :func:`read_documents`, so every tagger sees
+exactly the same documents: rows with a null id, a null or blank text, or an id already
+taken are left out, and :func:`scan_ids` / :func:`read_documents` report each of them with
+the file and the 0-based row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from curation.config import Columns
+from curation.shards import ShardFile, open_parquet
+from storage.catalog import SKIPPED_SCHEMA
+
+
+class ShardRejected(ValueError):
+    """The whole shard cannot be used; the message names the file and what to fix."""
+
+
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+
+
+def _check_schema(shard: ShardFile, schema: pa.Schema, cols: Columns) -> dict[str, str]:
+    """Validate required columns and types; return canonical name -> shard column for the
+    optional metadata columns present in this shard."""
+    names = set(schema.names)
+    for role, col in (("id", cols.id), ("text", cols.text)):
+        if col not in names:
+            raise ShardRejected(
+                f"{shard.path}: missing required {role} column {col!r} (columns: {', '.join(schema.names)}); "
+                f"set [columns].{role} in the rules file if it has another name"
+            )
+    text_type = schema.field(cols.text).type
+    if not (pa.types.is_string(text_type) or pa.types.is_large_string(text_type)):
+        raise ShardRejected(
+            f"{shard.path}: text column {cols.text!r} has type {text_type}, expected a string column"
+        )
+    id_type = schema.field(cols.id).type
+    if not (
+        pa.types.is_string(id_type) or pa.types.is_large_string(id_type) or pa.types.is_integer(id_type)
+    ):
+        raise ShardRejected(f"{shard.path}: id column {cols.id!r} has type {id_type}, expected string or integer")
+    present = {}
+    for canon, col in cols.optional().items():
+        if col in names:
+            present[canon] = col
+    if "timestamp" in present:
+        ts = schema.field(present["timestamp"]).type
+        if not (pa.types.is_timestamp(ts) or pa.types.is_date(ts) or pa.types.is_string(ts)):
+            raise ShardRejected(
+                f"{shard.path}: timestamp column {present['timestamp']!r} has type {ts}; "
+                "expected a timestamp, a date or an ISO-8601 string"
+            )
+    return present
+
+
+def _skips(shard: ShardFile, rows: np.ndarray, ids: pa.Array | None, reason: str) -> pa.Table:
+    n = len(rows)
+    return pa.table(
+        {
+            "shard_id": pa.array([shard.shard_id] * n, pa.string()),
+            "path": pa.array([shard.path] * n, pa.string()),
+            "row": pa.array(rows, pa.int64()),
+            "doc_id": ids if ids is not None else pa.nulls(n, pa.string()),
+            "reason": pa.array([reason] * n, pa.string()),
+        },
+        schema=SKIPPED_SCHEMA,
+    )
+
+
+def empty_skips() -> pa.Table:
+    return SKIPPED_SCHEMA.empty_table()
+
+
+def scan_ids(shard: ShardFile, cols: Columns) -> tuple[pa.Table, pa.Table]:
+    """Read a shard's ids. Returns ``(ids, skipped)``: ``ids`` has ``doc_id`` and ``row`` for
+    the usable ids (first occurrence wins inside the shard), ``skipped`` the rows dropped.
+
+    Raises :class:`ShardRejected` if the shard cannot be read or lacks the required columns.
+    """
+    try:
+        pf = open_parquet(shard.path)
+        schema = pf.schema_arrow
+    except Exception as exc:  # pyarrow raises several types for corrupt files
+        raise ShardRejected(f"{shard.path}: cannot read Parquet: {exc}") from exc
+    _check_schema(shard, schema, cols)
+    try:
+        raw = pf.read(columns=[cols.id]).column(0)
+    except Exception as exc:
+        raise ShardRejected(f"{shard.path}: cannot read column {cols.id!r}: {exc}") from exc
+    ids = pc.cast(raw, pa.string()).combine_chunks() if raw.num_chunks else pa.array([], pa.string())
+    rows = np.arange(len(ids), dtype=np.int64)
+    skipped = [empty_skips()]
+    null = pc.is_null(ids).to_numpy(zero_copy_only=False)
+    if null.any():
+        skipped.append(_skips(shard, rows[null], None, f"null id (column {cols.id!r})"))
+    ok = ~null
+    table = pa.table({"doc_id": ids.filter(pa.array(ok)), "row": rows[ok]})
+    # Keep the first occurrence of each id; later ones are recorded with the row they repeat.
+    first = pc.index_in(table["doc_id"], value_set=pc.unique(table["doc_id"]))
+    first_row = pa.table({"k": first, "row": table["row"]}).group_by("k").aggregate([("row", "min")])
+    first_of = np.empty(len(first_row), np.int64)
+    first_of[first_row["k"].to_numpy()] = first_row["row_min"].to_numpy()
+    firsts = first_of[first.to_numpy()]
+    dup = firsts != table["row"].to_numpy()
+    if dup.any():
+        d_rows = table["row"].to_numpy()[dup]
+        d_ids = table["doc_id"].filter(pa.array(dup))
+        reasons = [f"duplicate id within shard (first at row {r})" for r in firsts[dup]]
+        t = _skips(shard, d_rows, d_ids, "")
+        skipped.append(t.set_column(4, "reason", pa.array(reasons, pa.string())))
+        table = table.filter(pa.array(~dup))
+    return table, pa.concat_tables(skipped)
+
+
+@dataclass(frozen=True)
+class ReadSpec:
+    """Everything :func:`read_documents` needs; hashable inputs make the task cache key."""
+
+    shard: ShardFile
+    columns: Columns
+    batch_size: int
+    excluded_rows: tuple[int, ...] = ()
+
+
+def read_documents(spec: ReadSpec, with_skips: list[pa.Table] | None = None) -> Iterator[pa.Table]:
+    """Yield batches of ``doc_id`` (string), ``row`` (int64), ``text`` and the optional
+    metadata columns under their canonical names (``timestamp`` as UTC microseconds).
+
+    Rows with a null or blank text and the ``excluded_rows`` are left out; if ``with_skips``
+    is a list, a table of the text skips is appended to it per batch.
+    """
+    shard, cols = spec.shard, spec.columns
+    try:
+        pf = open_parquet(shard.path)
+    except Exception as exc:
+        raise ShardRejected(f"{shard.path}: cannot read Parquet: {exc}") from exc
+    meta = _check_schema(shard, pf.schema_arrow, cols)
+    wanted = [cols.id, cols.text] + [c for c in meta.values() if c not in (cols.id, cols.text)]
+    excluded = np.asarray(spec.excluded_rows, dtype=np.int64)
+    offset = 0
+    batches = pf.iter_batches(batch_size=spec.batch_size, columns=list(dict.fromkeys(wanted)))
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except Exception as exc:
+            raise ShardRejected(f"{shard.path}: unreadable data after row {offset}: {exc}") from exc
+        n = batch.num_rows
+        rows = np.arange(offset, offset + n, dtype=np.int64)
+        offset += n
+        text = batch.column(cols.text)
+        ids = pc.cast(batch.column(cols.id), pa.string())
+        null_text = pc.is_null(text).to_numpy(zero_copy_only=False)
+        blank = ~null_text & pc.fill_null(
+            pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0), False
+        ).to_numpy(zero_copy_only=False)
+        keep = ~(null_text | blank | np.isin(rows, excluded)) & pc.is_valid(ids).to_numpy(zero_copy_only=False)
+        if with_skips is not None:
+            for mask, reason in ((null_text, f"null text (column {cols.text!r})"), (blank, "empty text")):
+                mask = mask & ~np.isin(rows, excluded) & pc.is_valid(ids).to_numpy(zero_copy_only=False)
+                if mask.any():
+                    with_skips.append(_skips(shard, rows[mask], ids.filter(pa.array(mask)), reason))
+        if not keep.any():
+            continue
+        sel = pa.array(keep)
+        out = {"doc_id": ids.filter(sel), "row": pa.array(rows[keep]), "text": text.filter(sel)}
+        for canon, col in meta.items():
+            values = batch.column(col).filter(sel)
+            if canon == "timestamp":
+                values = _to_utc(shard, col, values)
+            out[canon] = values
+        yield pa.table(out)
+
+
+def _to_utc(shard: ShardFile, col: str, values: pa.Array) -> pa.Array:
+    t = values.type
+    try:
+        if pa.types.is_string(t):
+            values = pc.cast(values, pa.timestamp("us"))
+        elif pa.types.is_date(t):
+            values = pc.cast(values, pa.timestamp("us"))
+        if values.type.tz is None:
+            values = pc.assume_timezone(pc.cast(values, pa.timestamp("us")), "UTC")
+        return pc.cast(values, TIMESTAMP)
+    except pa.ArrowInvalid as exc:
+        raise ShardRejected(f"{shard.path}: timestamp column {col!r} has a value that is not a time: {exc}") from exc
+
+

@@ -1,0 +1,1 @@
+"""Prefect glue: the nightly flow and its tasks. Domain logic lives in ``curation``."""

@@ -1,0 +1,300 @@
+"""The DuckDB catalog: schema migrations, the run's single write transaction, and views.
+
+This is the only module that writes the database. Everything a run produces is written
+in :meth:`Catalog.commit_run`, one transaction: either the whole night is visible or none
+of it is.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from storage.migrations import LATEST_VERSION, MIGRATIONS
+from storage.views import ViewSource, build_views
+
+
+class DatabaseBusyError(RuntimeError):
+    """Another process has the DuckDB file open, so it cannot be opened for writing."""
+
+
+class SchemaTooNewError(RuntimeError):
+    """The database was written by a newer Glia than this one."""
+
+
+@dataclass(frozen=True)
+class ShardRow:
+    """A row of the ``shards`` table."""
+
+    shard_id: str
+    path: str
+    size: int
+    mtime_ns: int | None
+    footer_hash: str | None
+    n_rows: int | None
+    n_docs: int | None
+    status: str
+    first_run: int
+    last_run: int
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class TagFile:
+    """An attribute file to register: ``tagger@version`` tags for one shard."""
+
+    tagger: str
+    version: str
+    shard_id: str
+    path: str
+    n_rows: int
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A history index segment written by a run."""
+
+    kind: str
+    path: str
+    n_rows: int
+    params: dict[str, object]
+
+
+@dataclass
+class RunRecord:
+    """Everything one run writes, committed together."""
+
+    run_id: int
+    started_at: datetime
+    status: str
+    shards_root: str
+    config_hash: str
+    code_version: str
+    config: dict[str, object]
+    counts: dict[str, int] = field(default_factory=dict)
+    new_shards: list[ShardRow] = field(default_factory=list)
+    status_changes: dict[str, str] = field(default_factory=dict)  # shard_id -> new status
+    mtime_updates: dict[str, int] = field(default_factory=dict)  # shard_id -> mtime_ns
+    tag_files: list[TagFile] = field(default_factory=list)
+    segments: list[Segment] = field(default_factory=list)
+    skipped: pa.Table | None = None  # columns of the ``skipped`` table minus run_id
+    view_sources: list[ViewSource] = field(default_factory=list)
+    error: str | None = None
+
+
+SKIPPED_SCHEMA = pa.schema(
+    [
+        ("shard_id", pa.string()),
+        ("path", pa.string()),
+        ("row", pa.int64()),
+        ("doc_id", pa.string()),
+        ("reason", pa.string()),
+    ]
+)
+
+
+def _connect(db_path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+    try:
+        return duckdb.connect(str(db_path), read_only=read_only)
+    except duckdb.IOException as exc:
+        if "lock" in str(exc).lower():
+            raise DatabaseBusyError(
+                f"cannot open {db_path} {'for reading' if read_only else 'for writing'}: another process "
+                "has it open (a running glia, a dashboard, or a duckdb shell). Close it and rerun; "
+                f"work already done is cached and will not be redone. DuckDB said: {exc}"
+            ) from exc
+        raise
+
+
+class Catalog:
+    """A connection to the Glia catalog database."""
+
+    def __init__(self, db_path: Path | str, read_only: bool = False) -> None:
+        self.path = Path(db_path)
+        self.read_only = read_only
+        if read_only and not self.path.exists():
+            raise FileNotFoundError(f"no Glia database at {self.path}; run `glia run` first")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.con = _connect(self.path, read_only)
+
+    @classmethod
+    def open_when_free(cls, db_path: Path | str, wait_s: float = 30.0) -> Catalog:
+        """Open for writing, retrying for ``wait_s`` seconds while a reader holds the file."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                return cls(db_path)
+            except DatabaseBusyError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(1.0)
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> Catalog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            yield self.con
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+        self.con.execute("COMMIT")
+
+    # -- schema ---------------------------------------------------------------------------
+
+    def schema_version(self) -> int:
+        exists = self.con.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_version'"
+        ).fetchone()[0]
+        if not exists:
+            return 0
+        return int(self.con.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0])
+
+    def migrate(self, view_sources: Sequence[ViewSource] = ()) -> list[int]:
+        """Apply pending migrations; return the versions applied. A new database also gets
+        its views (empty), so every documented view can be queried before the first run."""
+        current = self.schema_version()
+        if current > LATEST_VERSION:
+            raise SchemaTooNewError(
+                f"{self.path} has schema version {current}, newer than this Glia knows "
+                f"({LATEST_VERSION}); upgrade Glia"
+            )
+        applied = []
+        for version, description, sql in MIGRATIONS:
+            if version <= current:
+                continue
+            with self.transaction() as con:
+                if version == 1:
+                    con.execute(
+                        "CREATE TABLE schema_version (version INTEGER PRIMARY KEY, "
+                        "applied_at TIMESTAMPTZ NOT NULL, description VARCHAR)"
+                    )
+                con.execute(sql)
+                con.execute(
+                    "INSERT INTO schema_version VALUES (?, ?, ?)",
+                    [version, datetime.now(timezone.utc), description],
+                )
+                if version == 1:
+                    build_views(con, view_sources, [])
+            applied.append(version)
+        return applied
+
+    # -- reads used to plan a run ---------------------------------------------------------
+
+    def next_run_id(self) -> int:
+        return int(self.con.execute("SELECT coalesce(max(run_id), 0) + 1 FROM runs").fetchone()[0])
+
+    def shards(self) -> list[ShardRow]:
+        rows = self.con.execute(
+            "SELECT shard_id, path, size, mtime_ns, footer_hash, n_rows, n_docs, status, first_run, "
+            "last_run, error FROM shards ORDER BY path, first_run"
+        ).fetchall()
+        return [ShardRow(*r) for r in rows]
+
+    def tag_files(self, shard_ids: Sequence[str] | None = None) -> list[TagFile]:
+        rows = self.con.execute(
+            "SELECT tagger, version, shard_id, path, n_rows FROM tag_files ORDER BY tagger, shard_id"
+        ).fetchall()
+        files = [TagFile(*r) for r in rows]
+        if shard_ids is not None:
+            wanted = set(shard_ids)
+            files = [f for f in files if f.shard_id in wanted]
+        return files
+
+    def segments(self) -> list[Segment]:
+        rows = self.con.execute(
+            "SELECT kind, path, n_rows, params FROM index_segments ORDER BY kind, run_id"
+        ).fetchall()
+        return [Segment(k, p, n, json.loads(params) if params else {}) for k, p, n, params in rows]
+
+    # -- the one write --------------------------------------------------------------------
+
+    def commit_run(self, rec: RunRecord) -> None:
+        """Write a whole run in one transaction and rebuild the views over the new state."""
+        finished = datetime.now(timezone.utc)
+        c = rec.counts
+        with self.transaction() as con:
+            con.execute("DELETE FROM runs WHERE run_id = ?", [rec.run_id])
+            con.execute(
+                """INSERT INTO runs (run_id, started_at, finished_at, status, shards_root, config_hash,
+                    code_version, n_shards_seen, n_shards_new, n_shards_changed, n_shards_unchanged,
+                    n_shards_rejected, n_shards_missing, n_docs, n_exact_dups, n_near_dups,
+                    n_skipped_rows, seconds, error, config)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                [
+                    rec.run_id, rec.started_at, finished, rec.status, rec.shards_root, rec.config_hash,
+                    rec.code_version, c.get("shards_seen", 0), c.get("shards_new", 0),
+                    c.get("shards_changed", 0), c.get("shards_unchanged", 0), c.get("shards_rejected", 0),
+                    c.get("shards_missing", 0), c.get("docs", 0), c.get("exact_dups", 0),
+                    c.get("near_dups", 0), c.get("skipped_rows", 0),
+                    (finished - rec.started_at).total_seconds(), rec.error, json.dumps(rec.config),
+                ],
+            )
+            for s in rec.new_shards:
+                con.execute(
+                    "INSERT OR REPLACE INTO shards VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [s.shard_id, s.path, s.size, s.mtime_ns, s.footer_hash, s.n_rows, s.n_docs,
+                     s.status, s.first_run, s.last_run, s.error],
+                )
+            for shard_id, status in rec.status_changes.items():
+                con.execute(
+                    "UPDATE shards SET status = ?, last_run = ? WHERE shard_id = ?",
+                    [status, rec.run_id, shard_id],
+                )
+            for shard_id, mtime in rec.mtime_updates.items():
+                con.execute("UPDATE shards SET mtime_ns = ? WHERE shard_id = ?", [mtime, shard_id])
+            for f in rec.tag_files:
+                con.execute(
+                    "INSERT OR REPLACE INTO tag_files VALUES (?, ?, ?, ?, ?, ?)",
+                    [f.tagger, f.version, f.shard_id, f.path, f.n_rows, rec.run_id],
+                )
+            for seg in rec.segments:
+                con.execute(
+                    "INSERT OR REPLACE INTO index_segments VALUES (?, ?, ?, ?, ?)",
+                    [seg.kind, rec.run_id, seg.path, seg.n_rows, json.dumps(seg.params)],
+                )
+            if rec.skipped is not None and rec.skipped.num_rows:
+                skipped = rec.skipped.select(SKIPPED_SCHEMA.names).cast(SKIPPED_SCHEMA)
+                con.register("_skipped_in", skipped)
+                con.execute(
+                    'INSERT INTO skipped SELECT ?, shard_id, path, "row", doc_id, reason FROM _skipped_in',
+                    [rec.run_id],
+                )
+                con.unregister("_skipped_in")
+            if rec.view_sources:
+                active = [
+                    r[0] for r in con.execute("SELECT shard_id FROM shards WHERE status = 'active'").fetchall()
+                ]
+                files = [
+                    TagFile(*r)
+                    for r in con.execute(
+                        "SELECT tagger, version, shard_id, path, n_rows FROM tag_files"
+                    ).fetchall()
+                ]
+                wanted = set(active)
+                build_views(con, rec.view_sources, [f for f in files if f.shard_id in wanted])
+
+    def record_failed_run(self, rec: RunRecord) -> None:
+        """Record a run that failed before it could commit (its work is not made visible)."""
+        failed = RunRecord(
+            run_id=rec.run_id, started_at=rec.started_at, status="failed", shards_root=rec.shards_root,
+            config_hash=rec.config_hash, code_version=rec.code_version, config=rec.config,
+            error=rec.error,
+        )
+        self.commit_run(failed)

@@ -1,0 +1,150 @@
+"""The cross-night dedup history: per-run Parquet segments, queried on disk with DuckDB.
+
+Four segment kinds, one file each per run under ``<state>/index/<kind>/run-<id>.parquet``:
+
+- ``exact``       text_hash, doc_id, shard_id, run_id             (every document)
+- ``signatures``  doc_id, shard_id, run_id, cluster_id, cluster_run, sig   (documents with words)
+- ``lsh``         band, key, doc_id, shard_id   (banded MinHash keys; exact copies left out)
+- ``merges``      cluster_id, merged_into, merged_run   (clusters joined by a later night)
+
+Nothing is held in RAM between runs and nothing is rewritten: a run appends its own
+segments and the catalog lists them in the run's commit, so a crashed run's files are never
+read. Queries scan only segments of *active* shards (a superseded or missing shard drops
+out). DuckDB spills joins to ``tmp_dir`` when they do not fit in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from storage.catalog import Segment
+from storage.parquet_io import write_atomic
+
+KINDS = ("exact", "signatures", "lsh", "merges")
+
+
+def segment_path(state_dir: Path, kind: str, run_id: int) -> Path:
+    return state_dir / "index" / kind / f"run-{run_id:06d}.parquet"
+
+
+def _lit(p: str) -> str:
+    return "'" + p.replace("'", "''") + "'"
+
+
+class History:
+    """Read access to the committed segments, restricted to active shards."""
+
+    def __init__(
+        self,
+        segments: Sequence[Segment],
+        active_shards: Sequence[str],
+        tmp_dir: Path | None = None,
+        memory_limit: str | None = None,
+    ) -> None:
+        self.paths = {k: [s.path for s in segments if s.kind == k] for k in KINDS}
+        self.params = [s.params for s in segments if s.kind == "signatures"]
+        self.con = duckdb.connect()
+        if tmp_dir is not None:
+            tmp_dir.mkdir(parents=True, exist_ok=True)
+            self.con.execute(f"SET temp_directory = {_lit(str(tmp_dir))}")
+        if memory_limit:
+            self.con.execute(f"SET memory_limit = {_lit(memory_limit)}")
+        self.con.register("active", pa.table({"shard_id": pa.array(list(active_shards), pa.string())}))
+
+    def close(self) -> None:
+        self.con.close()
+
+    def _scan(self, kind: str) -> str | None:
+        paths = self.paths[kind]
+        if not paths:
+            return None
+        return f"read_parquet([{', '.join(_lit(p) for p in paths)}])"
+
+    def exact_matches(self, hashes: pa.Table) -> pa.Table:
+        """For each ``text_hash`` in ``hashes`` seen before: the earliest (run, doc_id) and how
+        many active documents have it."""
+        empty = pa.table(
+            {"text_hash": pa.array([], pa.uint64()), "first_run": pa.array([], pa.int32()),
+             "first_doc": pa.array([], pa.string()), "n": pa.array([], pa.int64())}
+        )
+        scan = self._scan("exact")
+        if scan is None or hashes.num_rows == 0:
+            return empty
+        self.con.register("q_hashes", hashes.select(["text_hash"]))
+        out = self.con.sql(
+            f"""SELECT e.text_hash, min(e.run_id)::INTEGER AS first_run,
+                       arg_min(e.doc_id, (e.run_id, e.doc_id)) AS first_doc, count(*) AS n
+                FROM {scan} e JOIN active USING (shard_id)
+                WHERE e.text_hash IN (SELECT text_hash FROM q_hashes)
+                GROUP BY e.text_hash"""
+        ).to_arrow_table()
+        self.con.unregister("q_hashes")
+        return out
+
+    def lsh_candidates(self, bands: pa.Table, limit: int) -> pa.Table:
+        """History documents sharing a band key with each query row (``band``, ``key``, ``idx``):
+        the ``limit`` sharing the most bands per ``idx`` (ties by doc_id)."""
+        scan = self._scan("lsh")
+        if scan is None or bands.num_rows == 0:
+            return pa.table({"idx": pa.array([], pa.int64()), "doc_id": pa.array([], pa.string()),
+                             "shared": pa.array([], pa.int64())})
+        self.con.register("q_bands", bands)
+        out = self.con.sql(
+            f"""SELECT q.idx, h.doc_id, count(*) AS shared
+                FROM q_bands q
+                JOIN {scan} h ON h.band = q.band AND h.key = q.key
+                JOIN active a ON a.shard_id = h.shard_id
+                GROUP BY q.idx, h.doc_id
+                QUALIFY row_number() OVER (PARTITION BY q.idx ORDER BY count(*) DESC, h.doc_id) <= {int(limit)}
+                ORDER BY q.idx, h.doc_id"""
+        ).to_arrow_table()
+        self.con.unregister("q_bands")
+        return out
+
+    def documents(self, doc_ids: Sequence[str]) -> pa.Table:
+        """Signature rows (doc_id, run_id, cluster_id, cluster_run, sig) of active documents."""
+        scan = self._scan("signatures")
+        if scan is None or not doc_ids:
+            return pa.table({"doc_id": pa.array([], pa.string()), "run_id": pa.array([], pa.int32()),
+                             "cluster_id": pa.array([], pa.string()), "cluster_run": pa.array([], pa.int32()),
+                             "sig": pa.array([], pa.list_(pa.uint32()))})
+        self.con.register("q_ids", pa.table({"doc_id": pa.array(sorted(set(doc_ids)), pa.string())}))
+        out = self.con.sql(
+            f"""SELECT s.doc_id, s.run_id, s.cluster_id, s.cluster_run, s.sig
+                FROM {scan} s JOIN active USING (shard_id) SEMI JOIN q_ids USING (doc_id)
+                ORDER BY s.doc_id"""
+        ).to_arrow_table()
+        self.con.unregister("q_ids")
+        return out
+
+    def cluster_counts(self, cluster_ids: Sequence[str]) -> dict[str, int]:
+        """Number of active history documents stored under each raw cluster id."""
+        scan = self._scan("signatures")
+        if scan is None or not cluster_ids:
+            return {}
+        self.con.register("q_c", pa.table({"cluster_id": pa.array(sorted(set(cluster_ids)), pa.string())}))
+        rows = self.con.execute(
+            f"""SELECT s.cluster_id, count(*) FROM {scan} s JOIN active USING (shard_id)
+                SEMI JOIN q_c USING (cluster_id) GROUP BY 1"""
+        ).fetchall()
+        self.con.unregister("q_c")
+        return dict(rows)
+
+    def merges(self) -> dict[str, tuple[str, int]]:
+        """cluster_id -> (cluster it was merged into, that cluster's run)."""
+        scan = self._scan("merges")
+        if scan is None:
+            return {}
+        rows = self.con.execute(f"SELECT cluster_id, merged_into, merged_run FROM {scan}").fetchall()
+        return {c: (m, r) for c, m, r in rows}
+
+
+def write_segment(state_dir: Path, kind: str, run_id: int, table: pa.Table, params: dict[str, object]) -> Segment:
+    """Write one run's segment atomically (sorted for locality) and describe it for the catalog."""
+    path = segment_path(state_dir, kind, run_id)
+    write_atomic(path, [table], table.schema, {"kind": kind, "run_id": run_id, **params})
+    return Segment(kind=kind, path=str(path), n_rows=table.num_rows, params=params)

@@ -1,0 +1,84 @@
+"""Catalog schema, as an ordered list of migrations.
+
+Each migration runs once, in its own transaction, and is recorded in ``schema_version``.
+Never edit a released migration: add a new one.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[tuple[int, str, str]] = [
+    (
+        1,
+        "runs, shard registry, tag files, history index segments, skipped rows",
+        """
+        CREATE TABLE runs (
+            run_id            INTEGER PRIMARY KEY,
+            started_at        TIMESTAMPTZ NOT NULL,
+            finished_at       TIMESTAMPTZ,
+            status            VARCHAR NOT NULL,   -- completed | nothing_new | failed
+            shards_root       VARCHAR NOT NULL,
+            config_hash       VARCHAR NOT NULL,
+            code_version      VARCHAR NOT NULL,
+            n_shards_seen     INTEGER NOT NULL DEFAULT 0,
+            n_shards_new      INTEGER NOT NULL DEFAULT 0,
+            n_shards_changed  INTEGER NOT NULL DEFAULT 0,
+            n_shards_unchanged INTEGER NOT NULL DEFAULT 0,
+            n_shards_rejected INTEGER NOT NULL DEFAULT 0,
+            n_shards_missing  INTEGER NOT NULL DEFAULT 0,
+            n_docs            BIGINT NOT NULL DEFAULT 0,
+            n_exact_dups      BIGINT NOT NULL DEFAULT 0,
+            n_near_dups       BIGINT NOT NULL DEFAULT 0,
+            n_skipped_rows    BIGINT NOT NULL DEFAULT 0,
+            seconds           DOUBLE,
+            error             VARCHAR,
+            config            JSON
+        );
+        -- One row per version of a shard file: a changed file gets a new shard_id and the
+        -- old row becomes 'superseded' (its tags stay on disk, out of the views).
+        CREATE TABLE shards (
+            shard_id     VARCHAR PRIMARY KEY,
+            path         VARCHAR NOT NULL,
+            size         BIGINT NOT NULL,
+            mtime_ns     BIGINT,
+            footer_hash  VARCHAR,
+            n_rows       BIGINT,
+            n_docs       BIGINT,
+            status       VARCHAR NOT NULL,       -- active | superseded | missing | rejected
+            first_run    INTEGER NOT NULL,
+            last_run     INTEGER NOT NULL,
+            error        VARCHAR
+        );
+        CREATE INDEX shards_path ON shards (path);
+        CREATE TABLE tag_files (
+            tagger    VARCHAR NOT NULL,
+            version   VARCHAR NOT NULL,
+            shard_id  VARCHAR NOT NULL,
+            path      VARCHAR NOT NULL,
+            n_rows    BIGINT NOT NULL,
+            run_id    INTEGER NOT NULL,
+            PRIMARY KEY (tagger, version, shard_id)
+        );
+        -- Cross-night state: per-run Parquet segments of the LSH band index, the MinHash
+        -- signatures and the exact hashes. Only segments listed here are ever read, so a
+        -- crashed run's files are invisible until a rerun rewrites them.
+        CREATE TABLE index_segments (
+            kind      VARCHAR NOT NULL,          -- lsh | signatures | exact
+            run_id    INTEGER NOT NULL,
+            path      VARCHAR NOT NULL,
+            n_rows    BIGINT NOT NULL,
+            params    JSON,
+            PRIMARY KEY (kind, run_id)
+        );
+        CREATE TABLE skipped (
+            run_id    INTEGER NOT NULL,
+            shard_id  VARCHAR,
+            path      VARCHAR NOT NULL,
+            "row"     BIGINT,                    -- 0-based row in the shard; NULL = whole shard
+            doc_id    VARCHAR,
+            reason    VARCHAR NOT NULL
+        );
+        """,
+    ),
+]
+
+LATEST_VERSION = MIGRATIONS[-1][0]

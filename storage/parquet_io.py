@@ -1,0 +1,56 @@
+"""Parquet attribute files: written whole to a temporary name, then renamed into place.
+
+A reader (or a rerun after a crash) therefore sees either no file or a complete one, never
+a half-written one. ``os.replace`` is atomic within one filesystem, and the temporary file
+lives in the destination folder for that reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+GLIA_META_KEY = b"glia"
+
+
+def write_atomic(
+    path: Path,
+    batches: Iterable[pa.Table],
+    schema: pa.Schema,
+    metadata: Mapping[str, object] | None = None,
+) -> int:
+    """Stream ``batches`` into ``path`` atomically; return the number of rows written.
+
+    ``metadata`` is stored as JSON under the ``glia`` key of the Parquet footer (tagger name,
+    version, config, shard fingerprint), so a file says where it came from on its own.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    if metadata is not None:
+        schema = schema.with_metadata({GLIA_META_KEY: json.dumps(metadata, sort_keys=True).encode()})
+    rows = 0
+    try:
+        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+            for batch in batches:
+                writer.write_table(batch.cast(schema))
+                rows += batch.num_rows
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return rows
+
+
+def read_metadata(path: Path) -> dict[str, object] | None:
+    """The ``glia`` footer metadata of a file written by :func:`write_atomic`, or None."""
+    meta = pq.read_schema(path).metadata or {}
+    raw = meta.get(GLIA_META_KEY)
+    return json.loads(raw) if raw else None

@@ -1,0 +1,63 @@
+"""The tagger interface: a batch of documents in, a table of tags out, keyed by doc_id.
+
+A tagger knows nothing of Prefect, DuckDB or shards. It is given an Arrow table with at
+least ``doc_id`` and ``text`` (plus whatever metadata the corpus has: ``source``,
+``timestamp``, ``label``) and returns an Arrow table whose first column is ``doc_id`` and
+whose other columns are its tags. Tags are keyed, never row-aligned: a tagger may return
+its rows in any order, and the storage layer joins on ``doc_id``.
+
+Columns whose name starts with ``_`` are machine-facing (signatures, hashes used by later
+stages) and are left out of the human-facing ``v_documents`` view.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import ClassVar
+
+import pyarrow as pa
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What a tagger needs, so an executor can place it (after NeMo Curator's stage resources).
+
+    ``gpu`` says the tagger benefits from a GPU; ``batch_size`` is the number of documents
+    it likes to see at once (the runner slices shards to that size, which also bounds memory).
+    """
+
+    gpu: bool = False
+    batch_size: int = 10_000
+
+
+class Tagger(abc.ABC):
+    """A small, versioned, stateless function from documents to tags.
+
+    Subclasses set ``name`` and ``version`` and implement :meth:`tag` and :meth:`schema`.
+    Bump ``version`` whenever the output for the same input can change: attribute files
+    are stored under ``<name>@<version>`` so old tags stay meaningful and new ones are
+    recomputed instead of mixed in.
+    """
+
+    name: ClassVar[str]
+    version: ClassVar[str]
+    resources: ClassVar[Resources] = Resources()
+
+    @abc.abstractmethod
+    def schema(self) -> pa.Schema:
+        """The output schema: ``doc_id`` (string) first, then the tag columns."""
+
+    @abc.abstractmethod
+    def tag(self, batch: pa.Table) -> pa.Table:
+        """Tag a batch. ``batch`` has ``doc_id`` and non-null ``text``; the result has one
+        row per input document and exactly :meth:`schema`'s columns."""
+
+    def config(self) -> dict[str, object]:
+        """Parameters that change the output; they go into the cache key and the file metadata."""
+        return {}
+
+    @property
+    def key(self) -> str:
+        """``name@version``: the folder the tagger's attribute files live in."""
+        return f"{self.name}@{self.version}"

@@ -1,0 +1,50 @@
+"""Registry of taggers by name. Adding a tagger is one file plus one line in ``_BUILTIN``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from taggers.base import Tagger
+from taggers.exact import ExactHashTagger
+from taggers.minhash import MinHashTagger
+
+TaggerFactory = Callable[..., Tagger]
+
+_BUILTIN: dict[str, TaggerFactory] = {
+    ExactHashTagger.name: ExactHashTagger,
+    MinHashTagger.name: MinHashTagger,
+}
+
+
+def available() -> list[str]:
+    """Names of every registered tagger."""
+    return sorted(_BUILTIN)
+
+
+def register(name: str, factory: TaggerFactory) -> None:
+    """Register a third-party tagger under ``name`` (raises if the name is taken)."""
+    if name in _BUILTIN:
+        raise ValueError(f"a tagger named {name!r} is already registered")
+    _BUILTIN[name] = factory
+
+
+def build(names: Iterable[str], params: Mapping[str, Mapping[str, Any]] | None = None) -> list[Tagger]:
+    """Instantiate taggers by name, passing each its own parameter table (from the rules file).
+
+    Raises ``KeyError`` naming the unknown tagger and the known ones, and ``ValueError`` if two
+    taggers would write the same tag column (the ``v_documents`` join needs unique columns).
+    """
+    params = params or {}
+    taggers: list[Tagger] = []
+    for name in names:
+        if name not in _BUILTIN:
+            raise KeyError(f"unknown tagger {name!r}; registered taggers: {', '.join(available())}")
+        taggers.append(_BUILTIN[name](**dict(params.get(name, {}))))
+    seen: dict[str, str] = {}
+    for t in taggers:
+        for col in t.schema().names[1:]:
+            if col in seen:
+                raise ValueError(f"taggers {seen[col]!r} and {t.name!r} both write column {col!r}")
+            seen[col] = t.name
+    return taggers

@@ -1,0 +1,128 @@
+"""Vectorised text normalisation, tokenisation and shingle hashing shared by the dedup taggers.
+
+Everything here works on whole Arrow arrays or flat numpy buffers: no per-document Python
+loop except where a per-document call is unavoidable (xxhash of a whole normalised text,
+and xxhash of each *distinct* word once).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import xxhash
+
+# Python's ``\w`` is "letter, number or underscore" in Unicode; RE2's ``\w`` is ASCII only,
+# so spell the Unicode classes out to get the same tokens as ``re.findall(r"\w+", ...)``.
+_NON_WORD = r"[^\p{L}\p{N}_]+"
+
+_U64 = np.uint64
+# 64-bit constants from xxhash64 (PRIME64_1..3): odd, well-mixed multipliers.
+_P1 = _U64(0x9E3779B185EBCA87)
+_P2 = _U64(0xC2B2AE3D27D4EB4F)
+_P3 = _U64(0x165667B19E3779F9)
+
+
+def normalize(text: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """NFKC, lower-case, whitespace runs folded to one space, trimmed.
+
+    Used for the exact-duplicate hash: two texts that differ only in case, Unicode
+    compatibility forms or spacing get the same hash.
+    """
+    if isinstance(text, pa.ChunkedArray):
+        text = text.combine_chunks()
+    out = pc.utf8_lower(pc.utf8_normalize(text, "NFKC"))
+    out = pc.replace_substring_regex(out, r"\s+", " ")
+    return pc.utf8_trim_whitespace(out)
+
+
+def hash_strings(values: pa.Array) -> np.ndarray:
+    """xxh3-64 of each string's UTF-8 bytes, as uint64 (nulls hash as the empty string)."""
+    return np.fromiter(
+        (xxhash.xxh3_64_intdigest(v.encode()) if v is not None else 0 for v in values.to_pylist()),
+        dtype=np.uint64,
+        count=len(values),
+    )
+
+
+def word_hashes(text: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """Tokenise into words and hash them.
+
+    Words are the ``\\w+`` runs of the NFKC, lower-cased text (datatrove's regex word
+    tokenizer convention). Returns ``(hashes, offsets)``: a flat uint64 array of xxh3-64 word
+    hashes and an int64 array of ``len(text) + 1`` offsets so that document ``i``'s words are
+    ``hashes[offsets[i]:offsets[i + 1]]``. Each distinct word is hashed once.
+    """
+    if isinstance(text, pa.ChunkedArray):
+        text = text.combine_chunks()
+    lowered = pc.utf8_lower(pc.utf8_normalize(text, "NFKC"))
+    tokens = pc.split_pattern_regex(lowered, _NON_WORD)
+    flat = pc.list_flatten(tokens)
+    # Splitting leaves an empty token where a text starts or ends with a separator.
+    per_doc = pc.list_value_length(tokens).to_numpy(zero_copy_only=False).astype(np.int64)
+    encoded = pc.dictionary_encode(flat)
+    vocab = encoded.dictionary
+    codes = encoded.indices.to_numpy(zero_copy_only=False)
+    vocab_hash = hash_strings(vocab)
+    vocab_empty = pc.equal(pc.binary_length(vocab), 0).to_numpy(zero_copy_only=False)
+    keep = ~vocab_empty[codes]
+    hashes = vocab_hash[codes][keep]
+    doc_of = np.repeat(np.arange(len(per_doc)), per_doc)[keep]
+    counts = np.bincount(doc_of, minlength=len(per_doc))
+    offsets = np.zeros(len(per_doc) + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    return hashes, offsets
+
+
+def _avalanche(h: np.ndarray) -> np.ndarray:
+    """xxhash64's final mix, so every input bit affects every output bit."""
+    h = h ^ (h >> _U64(33))
+    h = h * _P2
+    h = h ^ (h >> _U64(29))
+    h = h * _P3
+    return h ^ (h >> _U64(32))
+
+
+def shingle_hashes(words: np.ndarray, offsets: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """64-bit hashes of each document's word ``n``-grams.
+
+    ``words``/``offsets`` as returned by :func:`word_hashes`. A document with fewer than ``n``
+    (but at least one) words gets a single shingle of all its words, so short texts can still
+    match; a document with no words gets no shingles. Returns ``(hashes, offsets)`` in the
+    same flat layout.
+    """
+    if n < 1:
+        raise ValueError(f"n-gram size must be >= 1, got {n}")
+    counts = np.diff(offsets)
+    total = len(words)
+    with np.errstate(over="ignore"):
+        # Rolling combination over a window of n words: h_i = mix(w_i, ..., w_{i+n-1}).
+        span = max(total - n + 1, 0)
+        h = words[:span] * _P1
+        for k in range(1, n):
+            h = (h ^ words[k : k + span]) * _P1
+            h = (h << _U64(31)) | (h >> _U64(33))
+        h = _avalanche(h)
+
+        full = counts >= n
+        n_shingles = np.where(full, counts - n + 1, np.minimum(counts, 1))
+        out_offsets = np.zeros(len(counts) + 1, dtype=np.int64)
+        np.cumsum(n_shingles, out=out_offsets[1:])
+        out = np.empty(out_offsets[-1], dtype=np.uint64)
+
+        # Full documents: the windows starting at their first count-n+1 words.
+        starts = offsets[:-1][full]
+        lengths = n_shingles[full]
+        if len(starts):
+            src = np.repeat(starts - np.concatenate(([0], np.cumsum(lengths)[:-1])), lengths)
+            src = src + np.arange(lengths.sum())
+            dest_mask = np.repeat(full, n_shingles)
+            out[dest_mask] = h[src]
+
+        # Short documents (1..n-1 words): one shingle over all their words. Rare, so a loop.
+        for d in np.flatnonzero(~full & (counts > 0)):
+            acc = _U64(0)
+            for w in words[offsets[d] : offsets[d + 1]]:
+                acc = ((acc ^ w) * _P1) & _U64(0xFFFFFFFFFFFFFFFF)
+            out[out_offsets[d]] = _avalanche(np.array([acc], dtype=np.uint64))[0]
+    return out, out_offsets
