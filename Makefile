@@ -1,0 +1,43 @@
+# Two commands do everything on a fresh machine:
+#   make demo   install into .venv, run three nights of the example corpus, print the summary
+#   make test   install into .venv (and Debian's docker-compose for the compose check), run the tests
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+GLIA   := $(VENV)/bin/glia
+STAMP  := $(VENV)/.glia-installed
+DEMO   := build/demo
+
+.PHONY: setup system-deps demo test bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -U pip
+	$(PY) -m pip install -q -c constraints.txt -e ".[test,bench]"
+	touch $(STAMP)
+
+# docker-compose (v1, Debian) only validates docker-compose.yml; there is no Docker engine here.
+system-deps:
+	@command -v docker-compose >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq docker-compose >/dev/null; \
+	  else echo "note: install docker-compose (apt-get install docker-compose) to run the compose check"; fi; }
+
+demo: setup
+	rm -rf $(DEMO)
+	@for night in night1 night2 night3; do \
+	  echo "== $$night"; $(GLIA) run examples/commons/$$night --db $(DEMO)/glia.duckdb || exit 1; done
+	@echo "== night3 again (nothing new)"; $(GLIA) run examples/commons/night3 --db $(DEMO)/glia.duckdb
+	@echo "== cross-night duplicates (v_duplicates)"
+	@$(GLIA) sql "SELECT doc_id, kind, survivor_id, round(jaccard, 3) AS jaccard, matched_id, cluster_size, first_seen_run, survivor_first_seen_run FROM v_duplicates WHERE first_seen_run > survivor_first_seen_run LIMIT 8" --db $(DEMO)/glia.duckdb
+	@echo "Database: $(DEMO)/glia.duckdb   e.g.  $(GLIA) sql 'SELECT * FROM v_runs' --db $(DEMO)/glia.duckdb"
+
+test: setup system-deps
+	$(PY) -m pytest
+
+bench: setup
+	$(PY) bench/bench_dedup.py
+
+clean:
+	rm -rf build .glia

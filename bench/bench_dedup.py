@@ -1,0 +1,189 @@
+"""Benchmark: Glia's exact + near-dup path against datatrove's MinHash pipeline, same shards, one run.
+
+    .venv/bin/python bench/bench_dedup.py [--docs 20000] [--out bench/results]
+
+Both sides run on the same 20k documents of ~1.5k characters (real text, planted copies;
+``bench/make_bench_corpus.py``) with 2 workers.
+
+- datatrove 0.10.1: its four MinHash stages (signatures, buckets, cluster, filter), FineWeb
+  settings, regex word tokenizer (its fastest), LocalPipelineExecutor with 2 workers.
+- Glia: the whole path of a night (discover and fingerprint, read and check ids, exact hash,
+  MinHash, LSH against an existing history, survivor resolution, tag and index Parquet, the
+  DuckDB commit), on a database that already holds the example corpus's three nights. It calls
+  the same stage functions as the Prefect flow's tasks, on 2 threads; Prefect's own overhead
+  (server start, task bookkeeping) is measured separately as ``glia run`` wall time.
+
+Quality on the corpus's ground truth (all pairs with word-5-gram Jaccard >= 0.5): recall =
+share of true pairs at Jaccard >= 0.8 whose two documents end in one cluster (planted pairs
+and all pairs); precision = share of flagged documents whose true Jaccard with the document
+kept for them is >= 0.7. Results go to stdout and ``<out>/bench_dedup.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "examples"), str(ROOT / "bench")]
+
+from datatrove_baseline import run_datatrove_minhash  # noqa: E402
+from make_bench_corpus import make_bench_corpus  # noqa: E402
+import planting  # noqa: E402
+
+from curation.config import GliaConfig  # noqa: E402
+from curation.pipeline import (  # noqa: E402
+    RunContext, build_record, collect_garbage, dedup_night, default_state_dir, ingest_shard, now, prepare,
+    tag_shard, taggers_for, view_sources,
+)
+from storage.catalog import Catalog  # noqa: E402
+
+
+def glia_night(shards_root: Path, db: Path, cfg: GliaConfig, workers: int = 2) -> tuple[float, dict]:
+    """One night through Glia's stage functions; returns (seconds, counts)."""
+    t0 = time.perf_counter()
+    state = default_state_dir(db)
+    with Catalog(db) as cat:
+        cat.migrate(view_sources(cfg))
+        ctx = RunContext(str(shards_root), db, state, cfg, cat.next_run_id(), now())
+        night = prepare(ctx, cat)
+        segments = cat.segments()
+        active = [r.shard_id for r in cat.shards() if r.status == "active"]
+    taggers = taggers_for(cfg)
+    with ThreadPoolExecutor(workers) as pool:
+        ingests = list(pool.map(lambda s: ingest_shard(ctx, s), night.specs))
+        tag_files = list(pool.map(lambda st: tag_shard(ctx, *st), [(s, t) for s in night.specs for t in taggers]))
+    by = {t.name: [f for f in tag_files if f.tagger == t.name] for t in taggers}
+    minhash = next(t for t in taggers if t.name == "minhash")
+    dedup = dedup_night(ctx, segments, active, by["exact"], by["minhash"], minhash)
+    record = build_record(ctx, night, ingests, tag_files, dedup, "completed")
+    with Catalog(db) as cat:
+        cat.commit_run(record)
+        collect_garbage(state, {s.path for s in cat.segments()})
+    return time.perf_counter() - t0, record.counts
+
+
+def history_copy(src: Path, dst: Path) -> Path:
+    """The example corpus's shards with ids prefixed, so they cannot collide with the bench
+    corpus's ids (which use the same naming scheme) and be skipped as duplicate ids."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for shard in sorted(src.glob("*.parquet")):
+        t = pq.read_table(shard)
+        ids = pa.array(["history-" + i for i in t["id"].to_pylist()], pa.string())
+        pq.write_table(t.set_column(t.schema.get_field_index("id"), "id", ids), dst / shard.name)
+    return dst
+
+
+def load_truth(csv_path: Path) -> list[dict]:
+    with open(csv_path) as fh:
+        return [dict(r, jaccard=float(r["jaccard"])) for r in csv.DictReader(fh)]
+
+
+def quality(cluster_of: dict[str, str], flagged: dict[str, str], truth: list[dict], texts: dict[str, str]) -> dict:
+    def same(a: str, b: str) -> bool:
+        return cluster_of.get(a, a) == cluster_of.get(b, b)
+
+    def recall(rows: list[dict]) -> float:
+        return sum(same(r["doc_id"], r["duplicate_of"]) for r in rows) / max(len(rows), 1)
+
+    hi = [r for r in truth if r["jaccard"] >= 0.8]
+    planted = [r for r in hi if r["origin"] == "planted"]
+    good = sum(
+        planting.jaccard(planting.shingles(texts[d]), planting.shingles(texts[k])) >= 0.7 for d, k in flagged.items()
+    )
+    return {
+        "recall_planted_j>=0.8": round(recall(planted), 4), "n_planted_j>=0.8": len(planted),
+        "recall_all_j>=0.8": round(recall(hi), 4), "n_all_j>=0.8": len(hi),
+        "precision_j>=0.7": round(good / max(len(flagged), 1), 4), "n_flagged": len(flagged),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--docs", type=int, default=20000)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--corpus", type=Path, default=ROOT / "bench" / "data" / "corpus")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    ap.add_argument("--skip-cli", action="store_true", help="do not time `glia run` through Prefect")
+    args = ap.parse_args()
+
+    csv_path = args.corpus / "planted.csv"
+    if not csv_path.exists() or len(list(args.corpus.glob("part-*.parquet"))) == 0:
+        print(f"building the {args.docs}-doc corpus in {args.corpus} ...", flush=True)
+        make_bench_corpus(args.corpus, n_docs=args.docs)
+    shards = sorted(args.corpus.glob("part-*.parquet"))
+    texts: dict[str, str] = {}
+    for s in shards:
+        t = pq.read_table(s, columns=["id", "text"])
+        texts.update(zip(t["id"].to_pylist(), t["text"].to_pylist()))
+    truth = load_truth(csv_path)
+    n_docs = len(texts)
+    chars = sum(map(len, texts.values())) / n_docs
+    print(f"corpus: {n_docs} docs, {chars:.0f} chars/doc, {len(shards)} shards", flush=True)
+
+    work = Path(tempfile.mkdtemp(prefix="glia-bench-"))
+    try:
+        dt = run_datatrove_minhash([str(s) for s in shards], str(work / "datatrove"), workers=args.workers)
+        dt_q = quality(dt.clusters, dt.clusters, truth, texts)
+
+        cfg = GliaConfig()
+        db = work / "glia" / "glia.duckdb"
+        for night in ("night1", "night2", "night3"):  # history to match against
+            glia_night(history_copy(ROOT / "examples" / "commons" / night, work / "history" / night), db, cfg,
+                       args.workers)
+        for shard in sorted((work / "history").rglob("*.parquet")):  # survivors may be history docs
+            t = pq.read_table(shard, columns=["id", "text"])
+            texts.update(zip(t["id"].to_pylist(), t["text"].to_pylist()))
+        bench_root = work / "shards"
+        shutil.copytree(args.corpus, bench_root, ignore=shutil.ignore_patterns("*.csv"))
+        g_s, counts = glia_night(bench_root, db, cfg, args.workers)
+        with Catalog(db, read_only=True) as cat:
+            rows = cat.con.execute(
+                "SELECT doc_id, coalesce(near_dup_cluster, doc_id), coalesce(exact_dup_of, near_dup_of) "
+                "FROM v_documents WHERE shard_path LIKE ?", [f"{bench_root}%"]
+            ).fetchall()
+        g_cluster = {d: c for d, c, _ in rows}
+        g_flagged = {d: s for d, _, s in rows if s is not None}
+        g_q = quality(g_cluster, g_flagged, truth, texts)
+
+        cli_s = None
+        if not args.skip_cli:
+            cli_root = work / "cli_shards"
+            shutil.copytree(args.corpus, cli_root, ignore=shutil.ignore_patterns("*.csv"))
+            t0 = time.perf_counter()
+            subprocess.run([str(ROOT / ".venv" / "bin" / "glia"), "run", str(cli_root), "--db",
+                            str(work / "cli" / "glia.duckdb"), "-q"], check=True, capture_output=True,
+                           env={**__import__("os").environ, "GLIA_HOME": str(work / "glia_home")})
+            cli_s = time.perf_counter() - t0
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    result = {
+        "docs": n_docs, "chars_per_doc": round(chars), "workers": args.workers,
+        "datatrove": {"seconds": round(dt.seconds, 2), "docs_per_s": round(n_docs / dt.seconds),
+                      "stage_seconds": {k: round(v, 2) for k, v in dt.stage_seconds.items()}, **dt_q},
+        "glia": {"seconds": round(g_s, 2), "docs_per_s": round(n_docs / g_s), "exact_dups": counts["exact_dups"],
+                 "near_dups": counts["near_dups"], **g_q},
+        "speedup_glia_over_datatrove": round(dt.seconds / g_s, 2),
+        "glia_run_cli_seconds_incl_prefect": round(cli_s, 2) if cli_s else None,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench_dedup.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+    print(f"\nGlia {result['glia']['docs_per_s']} docs/s vs datatrove {result['datatrove']['docs_per_s']} docs/s: "
+          f"{result['speedup_glia_over_datatrove']}x (target >= 5x)")
+
+
+if __name__ == "__main__":
+    main()
