@@ -286,16 +286,21 @@ def resolve(tonight: Tonight, history: History, run_id: int, params: NearDup) ->
             hist_n += raw_counts.get(r, 0) + sum(raw_counts.get(x, 0) for x in raw_by_root.get(r, []))
         return int(tonight_in_comp[c]) + hist_n
 
-    # best direct match per tonight doc
+    # best direct match per tonight doc: highest Jaccard, then smallest doc_id
     match = np.full(n, -1, dtype=np.int64)
     match_j = np.zeros(n, dtype=np.float32)
     if n_match_edges:
-        ea = np.concatenate(edges_a); eb = np.concatenate(edges_b); ej = np.concatenate(edge_j)
-        for x, y in ((ea, eb), (eb, ea)):
-            t_mask = x < n
-            for i, other, jj in zip(x[t_mask], y[t_mask], ej[t_mask]):
-                if jj > match_j[i] or (jj == match_j[i] and match[i] >= 0 and node_id[other] < node_id[match[i]]) or match[i] < 0:
-                    match[i] = other; match_j[i] = jj
+        ea, eb, ej = np.concatenate(edges_a), np.concatenate(edges_b), np.concatenate(edge_j)
+        src, dst, jj = np.concatenate([ea, eb]), np.concatenate([eb, ea]), np.concatenate([ej, ej])
+        mine = src < n
+        src, dst, jj = src[mine], dst[mine], jj[mine]
+        id_rank = np.argsort(np.argsort(np.asarray(node_id, dtype=object)))
+        order = np.lexsort((id_rank[dst], -jj, src))
+        src, dst, jj = src[order], dst[order], jj[order]
+        first = np.ones(len(src), dtype=bool)
+        first[1:] = src[1:] != src[:-1]
+        match[src[first]] = dst[first]
+        match_j[src[first]] = jj[first]
 
     def sig_of(k: int) -> np.ndarray | None:
         if k < n:
