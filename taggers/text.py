@@ -60,6 +60,41 @@ def hash_strings(values: pa.Array) -> np.ndarray:
     )
 
 
+# ASCII bytes that are not word characters become spaces; every other byte is kept.
+_ASCII_TO_SPACE = np.arange(256, dtype=np.uint8)
+_ASCII_TO_SPACE[[b for b in range(128) if not (chr(b).isalnum() or chr(b) == "_")]] = ord(" ")
+
+
+def _split_words(lowered: pa.Array) -> pa.ListArray:
+    """``\w+`` tokens per text (plus possibly empty strings, which callers drop).
+
+    Regex splitting costs ~35 us per 1.5k-character text, whitespace splitting ~2 us. So ASCII
+    punctuation is turned into spaces with a byte table and texts are split on whitespace;
+    only texts with non-ASCII characters (whose punctuation the table cannot see) go through
+    the regex.
+    """
+    lowered = lowered.cast(pa.string())
+    data = lowered.buffers()[2]
+    if data is None or len(lowered) == 0:
+        return pc.split_pattern_regex(lowered, _NON_WORD)
+    mapped_data = pa.py_buffer(_ASCII_TO_SPACE[np.frombuffer(data, dtype=np.uint8)].tobytes())
+    mapped = pa.Array.from_buffers(
+        pa.string(), len(lowered), [lowered.buffers()[0], lowered.buffers()[1], mapped_data], offset=lowered.offset
+    )
+    is_ascii = pc.fill_null(pc.string_is_ascii(lowered), True).to_numpy(zero_copy_only=False)
+    if is_ascii.all():
+        return pc.utf8_split_whitespace(mapped)
+    ascii_idx, other_idx = np.flatnonzero(is_ascii), np.flatnonzero(~is_ascii)
+    parts = pa.concat_arrays([
+        pc.utf8_split_whitespace(mapped.take(ascii_idx)),
+        pc.split_pattern_regex(mapped.take(other_idx), _NON_WORD),
+    ])
+    position = np.empty(len(lowered), dtype=np.int64)
+    position[ascii_idx] = np.arange(len(ascii_idx))
+    position[other_idx] = len(ascii_idx) + np.arange(len(other_idx))
+    return parts.take(position)
+
+
 def word_hashes(text: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     """Tokenise into words and hash them.
 
@@ -70,8 +105,7 @@ def word_hashes(text: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarra
     """
     if isinstance(text, pa.ChunkedArray):
         text = text.combine_chunks()
-    lowered = pc.utf8_lower(pc.utf8_normalize(text, "NFKC"))
-    tokens = pc.split_pattern_regex(lowered, _NON_WORD)
+    tokens = _split_words(pc.utf8_lower(pc.utf8_normalize(text, "NFKC")))
     flat = pc.list_flatten(tokens)
     # Splitting leaves an empty token where a text starts or ends with a separator.
     per_doc = pc.list_value_length(tokens).to_numpy(zero_copy_only=False).astype(np.int64)
