@@ -12,10 +12,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
-# Python's ``\w`` is "letter, number or underscore" in Unicode; RE2's ``\w`` is ASCII only,
-# so spell the Unicode classes out to get the same tokens as ``re.findall(r"\w+", ...)``.
-_NON_WORD = r"[^\p{L}\p{N}_]+"
-
 _U64 = np.uint64
 # 64-bit constants from xxhash64 (PRIME64_1..3): odd, well-mixed multipliers.
 _P1 = _U64(0x9E3779B185EBCA87)
@@ -27,13 +23,17 @@ def normalize(text: pa.Array | pa.ChunkedArray) -> pa.Array:
     """NFKC, lower-case, whitespace runs folded to one space, trimmed.
 
     Used for the exact-duplicate hash: two texts that differ only in case, Unicode
-    compatibility forms or spacing get the same hash.
+    compatibility forms or spacing get the same hash. Whitespace is what Python's
+    ``str.split()`` splits on (including ``\\v``, ``\\x1c``-``\\x1f``, ``\\x85`` and ``\\p{Z}``).
     """
     if isinstance(text, pa.ChunkedArray):
         text = text.combine_chunks()
-    out = pc.utf8_lower(pc.utf8_normalize(text, "NFKC"))
-    # Split on Unicode whitespace and re-join: same result as replacing r"\s+", about twice as fast.
-    out = pc.binary_join(pc.utf8_split_whitespace(out), " ")
+    lowered = pc.utf8_lower(pc.utf8_normalize(text, "NFKC")).cast(pa.string())
+    out = _by_ascii(
+        lowered,
+        lambda a: pc.binary_join(pc.ascii_split_whitespace(_map_bytes(a, _ASCII_SPACE)), " "),
+        lambda o: pc.replace_substring_regex(o, _WHITESPACE, " "),
+    )
     return pc.utf8_trim_whitespace(out)
 
 
@@ -60,39 +60,65 @@ def hash_strings(values: pa.Array) -> np.ndarray:
     )
 
 
+# Python's ``\w`` is "letter, number or underscore" in Unicode; RE2's ``\w`` is ASCII only,
+# so spell the Unicode classes out to get the same tokens as ``re.findall(r"\w+", ...)``.
+_NON_WORD = r"[^\p{L}\p{N}_]+"
+# What ``str.split()`` treats as whitespace; RE2's ``\s`` lacks \v, \x1c-\x1f and \x85.
+_WHITESPACE = r"[\s\x{0B}\x{1C}-\x{1F}\x{85}\p{Z}]+"
+
+
+def _byte_table(to_space: str) -> np.ndarray:
+    table = np.arange(256, dtype=np.uint8)
+    table[[b for b in range(128) if chr(b) in to_space]] = ord(" ")
+    return table
+
+
 # ASCII bytes that are not word characters become spaces; every other byte is kept.
-_ASCII_TO_SPACE = np.arange(256, dtype=np.uint8)
-_ASCII_TO_SPACE[[b for b in range(128) if not (chr(b).isalnum() or chr(b) == "_")]] = ord(" ")
+_ASCII_NON_WORD = _byte_table("".join(chr(b) for b in range(128) if not (chr(b).isalnum() or chr(b) == "_")))
+# ASCII whitespace that ascii_split_whitespace might not know becomes a plain space.
+_ASCII_SPACE = _byte_table("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f")
 
 
-def _split_words(lowered: pa.Array) -> pa.ListArray:
-    """``\w+`` tokens per text (plus possibly empty strings, which callers drop).
-
-    Regex splitting costs ~35 us per 1.5k-character text, whitespace splitting ~2 us. So ASCII
-    punctuation is turned into spaces with a byte table and texts are split on whitespace;
-    only texts with non-ASCII characters (whose punctuation the table cannot see) go through
-    the regex.
-    """
-    lowered = lowered.cast(pa.string())
-    data = lowered.buffers()[2]
-    if data is None or len(lowered) == 0:
-        return pc.split_pattern_regex(lowered, _NON_WORD)
-    mapped_data = pa.py_buffer(_ASCII_TO_SPACE[np.frombuffer(data, dtype=np.uint8)].tobytes())
-    mapped = pa.Array.from_buffers(
-        pa.string(), len(lowered), [lowered.buffers()[0], lowered.buffers()[1], mapped_data], offset=lowered.offset
+def _map_bytes(values: pa.Array, table: np.ndarray) -> pa.Array:
+    """Translate every byte of a string array through ``table`` (ASCII-to-ASCII only)."""
+    data = values.buffers()[2]
+    if data is None:
+        return values
+    mapped = pa.py_buffer(table[np.frombuffer(data, dtype=np.uint8)].tobytes())
+    return pa.Array.from_buffers(
+        values.type, len(values), [values.buffers()[0], values.buffers()[1], mapped], offset=values.offset
     )
-    is_ascii = pc.fill_null(pc.string_is_ascii(lowered), True).to_numpy(zero_copy_only=False)
+
+
+def _by_ascii(values: pa.Array, ascii_fn, other_fn) -> pa.Array:
+    """Apply ``ascii_fn`` to the pure-ASCII texts and ``other_fn`` to the rest, keeping order.
+
+    Regex work costs ~35 us per 1.5k-character text, byte tables and ASCII splitting ~2 us,
+    and most text is ASCII. Only Arrow's *ascii* split kernels are used on the fast path:
+    pyarrow 26's utf8_split_whitespace can read past the end of the string data.
+    """
+    if len(values) == 0:
+        return other_fn(values)
+    is_ascii = pc.fill_null(pc.string_is_ascii(values), True).to_numpy(zero_copy_only=False)
     if is_ascii.all():
-        return pc.utf8_split_whitespace(mapped)
+        return ascii_fn(values)
+    if not is_ascii.any():
+        return other_fn(values)
     ascii_idx, other_idx = np.flatnonzero(is_ascii), np.flatnonzero(~is_ascii)
-    parts = pa.concat_arrays([
-        pc.utf8_split_whitespace(mapped.take(ascii_idx)),
-        pc.split_pattern_regex(mapped.take(other_idx), _NON_WORD),
-    ])
-    position = np.empty(len(lowered), dtype=np.int64)
+    parts = pa.concat_arrays([ascii_fn(values.take(ascii_idx)), other_fn(values.take(other_idx))])
+    position = np.empty(len(values), dtype=np.int64)
     position[ascii_idx] = np.arange(len(ascii_idx))
     position[other_idx] = len(ascii_idx) + np.arange(len(other_idx))
     return parts.take(position)
+
+
+def _split_words(lowered: pa.Array) -> pa.ListArray:
+    """``\\w+`` tokens per text (plus possibly empty strings, which callers drop)."""
+    return _by_ascii(
+        lowered.cast(pa.string()),
+        lambda a: pc.ascii_split_whitespace(_map_bytes(a, _ASCII_NON_WORD)),
+        lambda o: pc.split_pattern_regex(o, _NON_WORD),
+    )
 
 
 def word_hashes(text: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
