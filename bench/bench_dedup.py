@@ -66,7 +66,7 @@ def glia_night(shards_root: Path, db: Path, cfg: GliaConfig, workers: int = 2) -
         tag_files = list(pool.map(lambda st: tag_shard(ctx, *st), [(s, t) for s in night.specs for t in taggers]))
     by = {t.name: [f for f in tag_files if f.tagger == t.name] for t in taggers}
     minhash = next(t for t in taggers if t.name == "minhash")
-    dedup = dedup_night(ctx, segments, active, by["exact"], by["minhash"], minhash)
+    dedup = dedup_night(ctx, segments, active, by["exact"], by["minhash"], minhash, night.first_seen)
     record = build_record(ctx, night, ingests, tag_files, dedup, "completed")
     with Catalog(db) as cat:
         cat.commit_run(record)

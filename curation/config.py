@@ -135,6 +135,22 @@ def _build(cls: type, table: dict[str, Any], where: str) -> Any:
     return cls(**kwargs)
 
 
+def _check_taggers(cfg: GliaConfig, path: Path) -> None:
+    """Fail on unknown tagger names or parameters now, naming the key, not mid-run."""
+    from taggers import registry  # here, not at import: the registry imports every tagger
+
+    known = registry.available()
+    for name in list(cfg.run.taggers) + list(cfg.tagger_params):
+        if name not in known:
+            where = "[run].taggers" if name in cfg.run.taggers else f"[taggers.{name}]"
+            raise ConfigError(f"{path} {where}: unknown tagger {name!r}; registered taggers: {', '.join(known)}")
+    for name in cfg.run.taggers:
+        try:
+            registry.build([name], {name: cfg.params_for(name)})
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{path} [taggers.{name}]: {exc}") from None
+
+
 def load_config(path: Path | str | None) -> GliaConfig:
     """Load a rules file; ``None`` gives the defaults."""
     if path is None:
@@ -156,6 +172,7 @@ def load_config(path: Path | str | None) -> GliaConfig:
         near_dup=_build(NearDup, data.get("near_dup", {}), f"{path} [near_dup]"),
         tagger_params={k: dict(v) for k, v in data.get("taggers", {}).items()},
     )
+    _check_taggers(cfg, path)
     nd = cfg.near_dup
     if nd.bands < 1 or nd.rows < 1 or not 0.0 < nd.threshold <= 1.0:
         raise ConfigError(f"{path} [near_dup]: bands and rows must be >= 1 and 0 < threshold <= 1")

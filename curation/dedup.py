@@ -79,9 +79,12 @@ class Tonight:
     text_hash: np.ndarray  # uint64
     sig: np.ndarray  # (n, num_perm) uint32; rows with has_sig False are undefined
     has_sig: np.ndarray  # bool
+    first_run: np.ndarray  # int64: the run each document was first seen in (tonight's if new)
 
     @classmethod
-    def from_tables(cls, exact: pa.Table, minhash: pa.Table) -> Tonight:
+    def from_tables(
+        cls, exact: pa.Table, minhash: pa.Table, run_id: int, first_seen: dict[str, int] | None = None
+    ) -> Tonight:
         """``exact`` has doc_id, shard_id, text_hash; ``minhash`` has doc_id, _minhash, for
         the same documents (ids are unique: prepare settles id conflicts first)."""
         ex = exact.take(pc.sort_indices(exact, [("doc_id", "ascending")]))
@@ -95,12 +98,15 @@ class Tonight:
         # Null slots of a fixed-size list still occupy `width` child values, so this aligns.
         vals = sigs.values.to_numpy(zero_copy_only=False)
         sig = vals.reshape(len(t), width)
+        doc_ids = t.column("doc_id").to_pylist()
+        first_seen = first_seen or {}
         return cls(
-            doc_id=np.asarray(t.column("doc_id").to_pylist(), dtype=object),
+            doc_id=np.asarray(doc_ids, dtype=object),
             shard_id=np.asarray(t.column("shard_id").to_pylist(), dtype=object),
             text_hash=t.column("text_hash").to_numpy(),
             sig=sig,
             has_sig=has,
+            first_run=np.array([first_seen.get(d, run_id) for d in doc_ids], dtype=np.int64),
         )
 
 
@@ -147,10 +153,15 @@ def resolve(tonight: Tonight, history: History, run_id: int, params: NearDup) ->
     ids = tonight.doc_id
 
     # -- exact duplicates -------------------------------------------------------------------
-    # Tonight's docs are sorted by id, so the first of each hash group is its smallest id.
-    uniq, first_pos, inverse, counts = np.unique(
-        tonight.text_hash, return_index=True, return_inverse=True, return_counts=True
-    )
+    first_run = tonight.first_run
+    uniq, inverse, counts = np.unique(tonight.text_hash, return_inverse=True, return_counts=True)
+    # Tonight's representative of each hash group: earliest first run, then smallest id
+    # (rows are sorted by id, so the row index breaks ties).
+    perm = np.lexsort((np.arange(n), first_run, inverse))
+    starts = np.flatnonzero(np.r_[True, inverse[perm][1:] != inverse[perm][:-1]]) if n else np.empty(0, np.int64)
+    rep_of_group = perm[starts]
+    rep_pos = rep_of_group[inverse]
+
     hist = history.exact_matches(pa.table({"text_hash": pa.array(uniq, pa.uint64())}))
     h_first: dict[int, tuple[str, int]] = {}
     h_n: dict[int, int] = {}
@@ -160,18 +171,17 @@ def resolve(tonight: Tonight, history: History, run_id: int, params: NearDup) ->
         h_first[hsh] = (doc, run)
         h_n[hsh] = cnt
     group_in_hist = np.array([int(h) in h_first for h in uniq], dtype=bool)
-    exact_survivor = np.empty(n, dtype=object)
-    exact_count = counts[inverse].astype(np.int64)
-    for g, h in enumerate(uniq):
-        if group_in_hist[g]:
-            exact_count[inverse == g] += h_n[int(h)]
-    surv_tonight = ids[first_pos][inverse]
-    exact_survivor[:] = surv_tonight
+    exact_count = (counts + np.array([h_n.get(int(h), 0) for h in uniq], dtype=np.int64))[inverse]
+    # The group's survivor: the history copy unless tonight's representative was seen earlier.
+    group_surv = ids[rep_of_group].copy()
+    for g in np.flatnonzero(group_in_hist):
+        doc, run = h_first[int(uniq[g])]
+        r = rep_of_group[g]
+        if (run, doc) < (int(first_run[r]), ids[r]):
+            group_surv[g] = doc
+    exact_survivor = group_surv[inverse]
     in_hist = group_in_hist[inverse]
-    if in_hist.any():
-        exact_survivor[in_hist] = [h_first[int(h)][0] for h in tonight.text_hash[in_hist]]
     exact_dup_of = np.where(exact_survivor != ids, exact_survivor, None)
-    rep_pos = first_pos[inverse]  # tonight's representative of each doc's exact group
 
     # -- near duplicates --------------------------------------------------------------------
     nd = params
@@ -214,14 +224,17 @@ def resolve(tonight: Tonight, history: History, run_id: int, params: NearDup) ->
         if len(h_ids) else np.empty((0, sig.shape[1]), np.uint32)
     )
     h_root = [resolve_root(c, r) for c, r in zip(hdocs["cluster_id"].to_pylist(), hdocs["cluster_run"].to_pylist())]
-    roots_needed = sorted({r for r, _ in h_root} - set(h_ids))
+    # A root that is one of tonight's documents (its shard was rewritten) is that document.
+    tonight_pos = {d: i for i, d in enumerate(ids)}
+    roots_needed = sorted({r for r, _ in h_root} - set(h_ids) - set(tonight_pos))
     # Nodes: 0..n-1 tonight, then history docs, then roots not among them.
     node_id = list(ids) + h_ids + roots_needed
-    node_run = [run_id] * n + list(h_run) + [0] * len(roots_needed)
+    node_run = [int(r) for r in first_run] + list(h_run) + [0] * len(roots_needed)
     root_run = {r: run for r, run in h_root}
     for k, r in enumerate(roots_needed):
         node_run[n + len(h_ids) + k] = root_run[r]
     hpos = {d: n + k for k, d in enumerate(h_ids)}
+    hpos.update({r: tonight_pos[r] for r, _ in h_root if r in tonight_pos})
     for k, r in enumerate(roots_needed):
         hpos[r] = n + len(h_ids) + k
 
@@ -355,7 +368,7 @@ def resolve(tonight: Tonight, history: History, run_id: int, params: NearDup) ->
          "near_dup_cluster": pa.array(cluster.tolist(), pa.string()),
          "near_dup_cluster_size": pa.array(csize, pa.int64(), mask=csize == 0), "shard_id": shard}
     )
-    run_col = pa.array(np.full(n, run_id, np.int32))
+    run_col = pa.array(first_run.astype(np.int32))
     sig_rows = np.flatnonzero(has)
     segments = {
         "exact": pa.table({"text_hash": pa.array(tonight.text_hash, pa.uint64()), "doc_id": id_arr,

@@ -100,6 +100,9 @@ class NightPlan:
     skipped: list[pa.Table] = field(default_factory=list)
     n_rows: dict[str, int] = field(default_factory=dict)  # shard_id -> rows in file
     backfill: list[tuple[ReadSpec, str]] = field(default_factory=list)  # (spec, tagger) for old shards
+    # doc_id -> first run it was seen in, for tonight's documents seen before (a rewritten,
+    # moved or returning shard): they keep that rank in the survivor rule.
+    first_seen: dict[str, int] = field(default_factory=dict)
 
 
 def prepare(ctx: RunContext, catalog: Catalog) -> NightPlan:
@@ -114,7 +117,7 @@ def prepare(ctx: RunContext, catalog: Catalog) -> NightPlan:
         night.rejected_files.append(f)
 
     superseded = {row.shard_id for _, row in sp.changed}
-    id_tables: list[tuple[ShardFile, pa.Table]] = []
+    id_tables: list[tuple[ShardFile, pa.Table, pa.Table]] = []
     for shard in sp.to_ingest:
         try:
             ids, skips = scan_ids(shard, cfg.columns)
@@ -124,13 +127,13 @@ def prepare(ctx: RunContext, catalog: Catalog) -> NightPlan:
             continue
         night.skipped.append(skips)
         night.n_rows[shard.shard_id] = ids.num_rows + skips.num_rows
-        id_tables.append((shard, ids))
+        id_tables.append((shard, ids, skips))
 
     # Ids already used by an active document (outside shards replaced tonight), or by an
     # earlier shard (by path) tonight, are skipped with the place they were first seen.
     taken: dict[str, str] = {}
     if id_tables:
-        all_ids = pa.concat_tables([t.select(["doc_id"]) for _, t in id_tables])
+        all_ids = pa.concat_tables([t.select(["doc_id"]) for _, t, _ in id_tables])
         catalog.con.register("q_ids", all_ids)
         rows = catalog.con.execute(
             "SELECT d.doc_id, d.shard_path, d.row FROM documents d SEMI JOIN q_ids USING (doc_id) "
@@ -139,9 +142,19 @@ def prepare(ctx: RunContext, catalog: Catalog) -> NightPlan:
         ).fetchall()
         catalog.con.unregister("q_ids")
         taken = {d: f"{p} row {r}" for d, p, r in rows}
-    for shard, ids in id_tables:
+        exact_segments = [seg.path for seg in catalog.segments() if seg.kind == "exact"]
+        if exact_segments:
+            catalog.con.register("q_ids", all_ids)
+            listing = ", ".join("'" + p.replace("'", "''") + "'" for p in exact_segments)
+            night.first_seen = dict(catalog.con.execute(
+                f"SELECT doc_id, min(run_id) FROM read_parquet([{listing}]) SEMI JOIN q_ids USING (doc_id) GROUP BY 1"
+            ).fetchall())
+            catalog.con.unregister("q_ids")
+    for shard, ids, skips in id_tables:
         doc_ids = ids["doc_id"].to_pylist()
         rows = ids["row"].to_pylist()
+        # Rows scan_ids already skipped (null or repeated ids) must not be read either.
+        dropped = [r for r in skips["row"].to_pylist() if r is not None]
         excluded, ex_ids, reasons = [], [], []
         for d, r in zip(doc_ids, rows):
             if d in taken:
@@ -152,7 +165,7 @@ def prepare(ctx: RunContext, catalog: Catalog) -> NightPlan:
             night.skipped.append(pa.table({
                 "shard_id": [shard.shard_id] * len(excluded), "path": [shard.path] * len(excluded),
                 "row": pa.array(excluded, pa.int64()), "doc_id": ex_ids, "reason": reasons}))
-        night.specs.append(ReadSpec(shard, cfg.columns, cfg.run.batch_size, tuple(excluded)))
+        night.specs.append(ReadSpec(shard, cfg.columns, cfg.run.batch_size, tuple(sorted(excluded + dropped))))
 
     # Active shards that lack a tagger's current version (a tagger added or bumped since).
     wanted = {(t.name, t.version) for t in taggers_for(cfg)}
@@ -266,7 +279,8 @@ def dedup_params(cfg: GliaConfig, minhash: Tagger) -> dict[str, object]:
 
 
 def dedup_night(ctx: RunContext, catalog_segments: list, active_shards: list[str],
-                exact_files: list[TagFile], minhash_files: list[TagFile], minhash: Tagger) -> DedupOutput:
+                exact_files: list[TagFile], minhash_files: list[TagFile], minhash: Tagger,
+                first_seen: dict[str, int] | None = None) -> DedupOutput:
     """Resolve tonight's exact and near duplicates against each other and all earlier nights."""
     params = dedup_params(ctx.config, minhash)
     for seg in catalog_segments:
@@ -283,7 +297,7 @@ def dedup_night(ctx: RunContext, catalog_segments: list, active_shards: list[str
     mh = pa.concat_tables([pq.read_table(f.path, columns=["doc_id", "_minhash"]) for f in minhash_files])
     history = History(catalog_segments, active_shards, tmp_dir=ctx.state_dir / "tmp")
     try:
-        res = resolve(Tonight.from_tables(exact, mh), history, ctx.run_id, ctx.config.near_dup)
+        res = resolve(Tonight.from_tables(exact, mh, ctx.run_id, first_seen), history, ctx.run_id, ctx.config.near_dup)
     finally:
         history.close()
     files: list[TagFile] = []

@@ -96,8 +96,8 @@ def tag_task(ctx: RunContext, spec: ReadSpec, tagger: Tagger, ingest: IngestResu
 
 @task(name="dedup")
 def dedup_task(ctx: RunContext, segments: list, active: list[str], exact: list[TagFile],
-               minhash: list[TagFile], tagger: Tagger) -> DedupOutput:
-    out = dedup_night(ctx, segments, active, exact, minhash, tagger)
+               minhash: list[TagFile], tagger: Tagger, first_seen: dict[str, int]) -> DedupOutput:
+    out = dedup_night(ctx, segments, active, exact, minhash, tagger, first_seen)
     progress.advance("dedup")
     return out
 
@@ -161,7 +161,7 @@ def nightly_hygiene(shards_root: str, db_path: str = "glia.duckdb", rules_path: 
             minhash = next(t for t in taggers if t.name == "minhash")
             exact_files = [f for f in tag_files if f.tagger == "exact" and f.shard_id in ok]
             minhash_files = [f for f in tag_files if f.tagger == "minhash" and f.shard_id in ok]
-            dedup = dedup_task(ctx, segments, history_active, exact_files, minhash_files, minhash)
+            dedup = dedup_task(ctx, segments, history_active, exact_files, minhash_files, minhash, night.first_seen)
 
         nothing = sp.nothing_to_do and not night.backfill
         record = build_record(ctx, night, ingest_results, tag_files, dedup, "nothing_new" if nothing else "completed")
