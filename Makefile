@@ -34,6 +34,7 @@ demo: setup
 	@echo "Database: $(DEMO)/glia.duckdb   e.g.  $(GLIA) sql 'SELECT * FROM v_runs' --db $(DEMO)/glia.duckdb"
 
 test: setup system-deps
+	$(PY) -m ruff check .
 	$(PY) -m pytest
 
 bench: setup

@@ -137,7 +137,7 @@ def prepare(ctx: RunContext, catalog: Catalog) -> NightPlan:
         catalog.con.register("q_ids", all_ids)
         rows = catalog.con.execute(
             "SELECT d.doc_id, d.shard_path, d.row FROM documents d SEMI JOIN q_ids USING (doc_id) "
-            f"WHERE d.shard_id NOT IN (SELECT unnest(?::VARCHAR[]))",
+            "WHERE d.shard_id NOT IN (SELECT unnest(?::VARCHAR[]))",
             [sorted(superseded)],
         ).fetchall()
         catalog.con.unregister("q_ids")
