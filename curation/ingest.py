@@ -163,10 +163,12 @@ def read_documents(spec: ReadSpec, with_skips: list[pa.Table] | None = None) -> 
         blank = ~null_text & pc.fill_null(
             pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0), False
         ).to_numpy(zero_copy_only=False)
-        keep = ~(null_text | blank | np.isin(rows, excluded)) & pc.is_valid(ids).to_numpy(zero_copy_only=False)
+        # Excluded rows and null ids were reported when the ids were scanned.
+        eligible = ~np.isin(rows, excluded) & pc.is_valid(ids).to_numpy(zero_copy_only=False)
+        keep = eligible & ~(null_text | blank)
         if with_skips is not None:
             for mask, reason in ((null_text, f"null text (column {cols.text!r})"), (blank, "empty text")):
-                mask = mask & ~np.isin(rows, excluded) & pc.is_valid(ids).to_numpy(zero_copy_only=False)
+                mask = mask & eligible
                 if mask.any():
                     with_skips.append(_skips(shard, rows[mask], ids.filter(pa.array(mask)), reason))
         if not keep.any():

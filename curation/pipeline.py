@@ -142,14 +142,11 @@ def prepare(ctx: RunContext, catalog: Catalog) -> NightPlan:
         ).fetchall()
         catalog.con.unregister("q_ids")
         taken = {d: f"{p} row {r}" for d, p, r in rows}
-        exact_segments = [seg.path for seg in catalog.segments() if seg.kind == "exact"]
-        if exact_segments:
-            catalog.con.register("q_ids", all_ids)
-            listing = ", ".join("'" + p.replace("'", "''") + "'" for p in exact_segments)
-            night.first_seen = dict(catalog.con.execute(
-                f"SELECT doc_id, min(run_id) FROM read_parquet([{listing}]) SEMI JOIN q_ids USING (doc_id) GROUP BY 1"
-            ).fetchall())
-            catalog.con.unregister("q_ids")
+        history = History(catalog.segments(), active_shards=[])
+        try:
+            night.first_seen = history.first_runs(all_ids)
+        finally:
+            history.close()
     for shard, ids, skips in id_tables:
         doc_ids = ids["doc_id"].to_pylist()
         rows = ids["row"].to_pylist()
@@ -366,7 +363,8 @@ def build_record(ctx: RunContext, night: NightPlan, ingests: list[IngestResult],
         rec.status_changes[row.shard_id] = "active"
     rec.mtime_updates = dict(sp.mtime_updates)
     rec.tag_files = [i.documents for i in ok.values() if i.documents is not None]
-    rec.tag_files += [f for f in tag_files if f.shard_id in ok or f.shard_id not in {s.shard.shard_id for s in night.specs}]
+    tonight = {s.shard.shard_id for s in night.specs}
+    rec.tag_files += [f for f in tag_files if f.shard_id in ok or f.shard_id not in tonight]
     skipped = [empty_skips()] + night.skipped + [i.skipped for i in ingests]
     for path, reason in rejected.items():
         shard_id = next((s.shard_id for s in rec.new_shards if s.path == path), None)

@@ -167,7 +167,7 @@ def nightly_hygiene(shards_root: str, db_path: str = "glia.duckdb", rules_path: 
         record = build_record(ctx, night, ingest_results, tag_files, dedup, "nothing_new" if nothing else "completed")
         progress.start("finalize", 1)
         finalize_task(ctx, record)
-        return NightOutcome(ctx.run_id, record.status, record.counts, {k: v for k, v in _rejected(record).items()},
+        return NightOutcome(ctx.run_id, record.status, record.counts, _rejected(record),
                             record.skipped, time.monotonic() - t0, db)
     except BaseException as exc:
         if ctx is not None:
@@ -182,15 +182,16 @@ def _rejected(record: Any) -> dict[str, str]:
 
 
 def _record_failure(ctx: RunContext, exc: BaseException) -> None:
-    """Best effort: note the failed run in the catalog (its work stays invisible)."""
+    """Best effort: note the failed run in the catalog. Only the ``runs`` row is written:
+    no shards, tags or segments, so none of the run's work becomes visible."""
     from storage.catalog import RunRecord
 
     try:
         with Catalog.open_when_free(ctx.db_path, wait_s=5) as cat:
-            cat.record_failed_run(RunRecord(
+            cat.commit_run(RunRecord(
                 run_id=ctx.run_id, started_at=ctx.started_at, status="failed", shards_root=ctx.root,
-                config_hash=ctx.config.hash(), code_version="", config={}, error=f"{type(exc).__name__}: {exc}",
-                view_sources=view_sources(ctx.config),
+                config_hash=ctx.config.hash(), code_version="", config={},
+                error=f"{type(exc).__name__}: {exc}",
             ))
     except Exception:  # the original error matters more than the bookkeeping
         pass

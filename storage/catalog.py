@@ -289,12 +289,3 @@ class Catalog:
                 ]
                 wanted = set(active)
                 build_views(con, rec.view_sources, [f for f in files if f.shard_id in wanted])
-
-    def record_failed_run(self, rec: RunRecord) -> None:
-        """Record a run that failed before it could commit (its work is not made visible)."""
-        failed = RunRecord(
-            run_id=rec.run_id, started_at=rec.started_at, status="failed", shards_root=rec.shards_root,
-            config_hash=rec.config_hash, code_version=rec.code_version, config=rec.config,
-            error=rec.error,
-        )
-        self.commit_run(failed)

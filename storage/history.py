@@ -23,16 +23,13 @@ import pyarrow as pa
 
 from storage.catalog import Segment
 from storage.parquet_io import write_atomic
+from storage.sql import literal, parquet_scan
 
 KINDS = ("exact", "signatures", "lsh", "merges")
 
 
 def segment_path(state_dir: Path, kind: str, run_id: int) -> Path:
     return state_dir / "index" / kind / f"run-{run_id:06d}.parquet"
-
-
-def _lit(p: str) -> str:
-    return "'" + p.replace("'", "''") + "'"
 
 
 class History:
@@ -46,13 +43,12 @@ class History:
         memory_limit: str | None = None,
     ) -> None:
         self.paths = {k: [s.path for s in segments if s.kind == k] for k in KINDS}
-        self.params = [s.params for s in segments if s.kind == "signatures"]
         self.con = duckdb.connect()
         if tmp_dir is not None:
             tmp_dir.mkdir(parents=True, exist_ok=True)
-            self.con.execute(f"SET temp_directory = {_lit(str(tmp_dir))}")
+            self.con.execute(f"SET temp_directory = {literal(str(tmp_dir))}")
         if memory_limit:
-            self.con.execute(f"SET memory_limit = {_lit(memory_limit)}")
+            self.con.execute(f"SET memory_limit = {literal(memory_limit)}")
         self.con.register("active", pa.table({"shard_id": pa.array(list(active_shards), pa.string())}))
 
     def close(self) -> None:
@@ -62,7 +58,7 @@ class History:
         paths = self.paths[kind]
         if not paths:
             return None
-        return f"read_parquet([{', '.join(_lit(p) for p in paths)}])"
+        return parquet_scan(paths)
 
     def exact_matches(self, hashes: pa.Table) -> pa.Table:
         """For each ``text_hash`` in ``hashes`` seen before: the earliest (run, doc_id) and how
@@ -132,6 +128,20 @@ class History:
                 SEMI JOIN q_c USING (cluster_id) GROUP BY 1"""
         ).fetchall()
         self.con.unregister("q_c")
+        return dict(rows)
+
+    def first_runs(self, doc_ids: pa.Table) -> dict[str, int]:
+        """The run each of ``doc_ids`` (a ``doc_id`` column) was first seen in, for those seen
+        before. Deliberately over *every* shard version, active or not: a rewritten, moved or
+        returning shard's documents keep the rank they had."""
+        scan = self._scan("exact")
+        if scan is None or doc_ids.num_rows == 0:
+            return {}
+        self.con.register("q_first", doc_ids.select(["doc_id"]))
+        rows = self.con.execute(
+            f"SELECT doc_id, min(run_id) FROM {scan} SEMI JOIN q_first USING (doc_id) GROUP BY 1"
+        ).fetchall()
+        self.con.unregister("q_first")
         return dict(rows)
 
     def merges(self) -> dict[str, tuple[str, int]]:

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING
 import duckdb
 import pyarrow as pa
 
+from storage.sql import literal, parquet_scan
+
 if TYPE_CHECKING:
     from storage.catalog import TagFile
 
@@ -50,10 +52,6 @@ def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _lit(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
 def _empty_select(con: duckdb.DuckDBPyConnection, schema: pa.Schema) -> str:
     rel = con.from_arrow(schema.empty_table())
     cols = ", ".join(f"CAST(NULL AS {t}) AS {_q(n)}" for n, t in zip(rel.columns, rel.types))
@@ -67,17 +65,15 @@ def _source_select(con: duckdb.DuckDBPyConnection, src: ViewSource, paths: list[
                 [("shard_id", pa.string()), ("first_seen_run", pa.int32()), ("shard_path", pa.string())]
             )
             return _empty_select(con, pa.schema(list(src.schema) + list(extra)))
-        listing = ", ".join(_lit(p) for p in paths)
         return (
             "SELECT d.* EXCLUDE (filename), f.shard_id, f.run_id AS first_seen_run, s.path AS shard_path "
-            f"FROM read_parquet([{listing}], filename = true) d "
-            f"JOIN tag_files f ON f.path = d.filename AND f.tagger = {_lit(DOCUMENTS)} "
+            f"FROM {parquet_scan(paths, filename='true')} d "
+            f"JOIN tag_files f ON f.path = d.filename AND f.tagger = {literal(DOCUMENTS)} "
             "JOIN shards s ON s.shard_id = f.shard_id"
         )
     if not paths:
         return _empty_select(con, src.schema)
-    listing = ", ".join(_lit(p) for p in paths)
-    return f"SELECT * FROM read_parquet([{listing}])"
+    return f"SELECT * FROM {parquet_scan(paths)}"
 
 
 _STATIC_VIEWS = {
