@@ -44,8 +44,8 @@ import planting  # noqa: E402
 
 from curation.config import GliaConfig  # noqa: E402
 from curation.pipeline import (  # noqa: E402
-    RunContext, build_record, collect_garbage, dedup_night, default_state_dir, ingest_shard, now, prepare,
-    tag_shard, taggers_for, view_sources,
+    RunContext, build_record, collect_garbage, default_state_dir, ingest_shard, load_stage_states, night_info,
+    now, prepare, run_stages, stage_inputs, stages_for, tag_shard, taggers_for, view_sources,
 )
 from storage.catalog import Catalog  # noqa: E402
 
@@ -58,16 +58,15 @@ def glia_night(shards_root: Path, db: Path, cfg: GliaConfig, workers: int = 2) -
         cat.migrate(view_sources(cfg))
         ctx = RunContext(str(shards_root), db, state, cfg, cat.next_run_id(), now())
         night = prepare(ctx, cat)
-        segments = cat.segments()
         active = [r.shard_id for r in cat.shards() if r.status == "active"]
-    taggers = taggers_for(cfg)
+        stages = stages_for(cfg)
+        states = load_stage_states(cat.con, ctx, stages)
+    taggers = taggers_for(cfg, night_info(ctx, night))
     with ThreadPoolExecutor(workers) as pool:
         ingests = list(pool.map(lambda s: ingest_shard(ctx, s), night.specs))
         tag_files = list(pool.map(lambda st: tag_shard(ctx, *st), [(s, t) for s in night.specs for t in taggers]))
-    by = {t.name: [f for f in tag_files if f.tagger == t.name] for t in taggers}
-    minhash = next(t for t in taggers if t.name == "minhash")
-    dedup = dedup_night(ctx, segments, active, by["exact"], by["minhash"], minhash, night.first_seen)
-    record = build_record(ctx, night, ingests, tag_files, dedup, "completed")
+    results = run_stages(ctx, stages, states, stage_inputs(night, ingests, tag_files, active))
+    record = build_record(ctx, night, ingests, tag_files, results, "completed")
     with Catalog(db) as cat:
         cat.commit_run(record)
         collect_garbage(state, {s.path for s in cat.segments()})

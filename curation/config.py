@@ -86,6 +86,8 @@ class NearDup:
 @dataclass(frozen=True)
 class RunOptions:
     taggers: tuple[str, ...] = ("exact", "minhash")
+    # Night stages, each run only when the taggers it needs run (see curation.stages).
+    stages: tuple[str, ...] = ("dedup",)
     batch_size: int = 10_000
     glob: str = "**/*.parquet"
 
@@ -96,6 +98,7 @@ class GliaConfig:
     run: RunOptions = field(default_factory=RunOptions)
     near_dup: NearDup = field(default_factory=NearDup)
     tagger_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    stage_params: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -151,6 +154,21 @@ def _check_taggers(cfg: GliaConfig, path: Path) -> None:
             raise ConfigError(f"{path} [taggers.{name}]: {exc}") from None
 
 
+def _check_stages(cfg: GliaConfig, path: Path) -> None:
+    from curation import stages
+
+    known = stages.available()
+    for name in list(cfg.run.stages) + list(cfg.stage_params):
+        if name not in known:
+            where = "[run].stages" if name in cfg.run.stages else f"[stages.{name}]"
+            raise ConfigError(f"{path} {where}: unknown stage {name!r}; registered stages: {', '.join(known)}")
+    for name in cfg.run.stages:
+        try:
+            stages.stage_class(name)(**cfg.stage_params.get(name, {}))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{path} [stages.{name}]: {exc}") from None
+
+
 def load_config(path: Path | str | None) -> GliaConfig:
     """Load a rules file; ``None`` gives the defaults."""
     if path is None:
@@ -162,7 +180,7 @@ def load_config(path: Path | str | None) -> GliaConfig:
         raise ConfigError(f"rules file not found: {path}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    known = {"columns", "run", "near_dup", "taggers"}
+    known = {"columns", "run", "near_dup", "taggers", "stages"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"{path}: unknown section(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
@@ -171,8 +189,10 @@ def load_config(path: Path | str | None) -> GliaConfig:
         run=_build(RunOptions, data.get("run", {}), f"{path} [run]"),
         near_dup=_build(NearDup, data.get("near_dup", {}), f"{path} [near_dup]"),
         tagger_params={k: dict(v) for k, v in data.get("taggers", {}).items()},
+        stage_params={k: dict(v) for k, v in data.get("stages", {}).items()},
     )
     _check_taggers(cfg, path)
+    _check_stages(cfg, path)
     nd = cfg.near_dup
     if nd.bands < 1 or nd.rows < 1 or not 0.0 < nd.threshold <= 1.0:
         raise ConfigError(f"{path} [near_dup]: bands and rows must be >= 1 and 0 < threshold <= 1")

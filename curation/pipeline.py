@@ -2,34 +2,38 @@
 
 ``prepare`` (discover, diff with the registry, check ids) -> ``ingest_shard`` and
 ``tag_shard`` per shard (pure: a shard and a config in, one Parquet file out, never the
-database) -> ``dedup_night`` (tonight against history) -> ``finalize`` (the one write).
+database) -> night stages (``curation.stages``: dedup against history, novelty, surprise,
+decisions) -> ``build_record`` -> ``Catalog.commit_run`` (the one write).
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
+from typing import Any
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from collections.abc import Sequence
 
 import curation
 from curation.config import GliaConfig
-from curation.dedup import EXACT_DUP_SCHEMA, NEAR_DUP_SCHEMA, Tonight, resolve
+from curation import stages as stages_mod
 from curation.ingest import ReadSpec, ShardRejected, TIMESTAMP, empty_skips, read_documents, scan_ids
 from curation.shards import ShardFile, ShardPlan, discover, plan
 from storage.catalog import Catalog, RunRecord, ShardRow, TagFile
-from storage.history import History, write_segment
+from storage.history import History
 from storage.parquet_io import read_metadata, write_atomic
 from storage.views import DOCUMENTS, ViewSource
 from taggers import registry
-from taggers.base import Tagger
+from curation.stages import NightStage, StageInputs, StageResult
+from taggers.base import NightInfo, Tagger
 
 DOCUMENTS_VERSION = "1"
-EXACT_DUP, NEAR_DUP, DEDUP_VERSION = "exact_dup", "near_dup", "1"
 
 
 def documents_schema() -> pa.Schema:
@@ -74,15 +78,35 @@ def default_state_dir(db_path: Path) -> Path:
     return db_path.with_name(f"{db_path.stem}_data")
 
 
-def taggers_for(cfg: GliaConfig) -> list[Tagger]:
-    return registry.build(cfg.run.taggers, {name: cfg.params_for(name) for name in cfg.run.taggers})
+def taggers_for(cfg: GliaConfig, night: NightInfo | None = None) -> list[Tagger]:
+    """The configured taggers, bound to tonight (``Tagger.for_night``) when ``night`` is given,
+    ordered so that every tagger comes after those it ``needs``."""
+    taggers = registry.build(cfg.run.taggers, {name: cfg.params_for(name) for name in cfg.run.taggers})
+    if night is not None:
+        taggers = [t.for_night(night) for t in taggers]
+    names = {t.name for t in taggers}
+    for t in taggers:
+        missing = set(t.needs) - names
+        if missing:
+            raise ValueError(f"tagger {t.name!r} needs {', '.join(sorted(missing))}: add it to [run].taggers")
+    ordered: list[Tagger] = []
+    while len(ordered) < len(taggers):
+        ready = [t for t in taggers if t not in ordered and set(t.needs) <= {o.name for o in ordered}]
+        if not ready:
+            raise ValueError(f"taggers need each other in a cycle: {[t.name for t in taggers if t not in ordered]}")
+        ordered += ready
+    return ordered
+
+
+def night_info(ctx: RunContext, night: NightPlan) -> NightInfo:
+    return NightInfo(ctx.run_id, ctx.started_at, sum(night.n_rows.values()))
 
 
 def view_sources(cfg: GliaConfig) -> list[ViewSource]:
     srcs = [ViewSource(DOCUMENTS, DOCUMENTS_VERSION, documents_schema())]
     srcs += [ViewSource(t.name, t.version, t.schema()) for t in taggers_for(cfg)]
-    if {"exact", "minhash"} <= set(cfg.run.taggers):
-        srcs += [ViewSource(EXACT_DUP, DEDUP_VERSION, EXACT_DUP_SCHEMA), ViewSource(NEAR_DUP, DEDUP_VERSION, NEAR_DUP_SCHEMA)]
+    for stage in stages_for(cfg):
+        srcs += [ViewSource(name, stage.version, schema) for name, schema in stage.outputs().items()]
     return srcs
 
 
@@ -232,24 +256,33 @@ def _chain(first: pa.Table | None, rest):
     yield from rest
 
 
-def tag_shard(ctx: RunContext, spec: ReadSpec, tagger: Tagger) -> TagFile:
+def tag_shard(ctx: RunContext, spec: ReadSpec, tagger: Tagger, inputs: Sequence[TagFile] = ()) -> TagFile:
     """Run one tagger over one shard into ``tags/<name>@<version>/<shard_id>.parquet``.
 
-    Idempotent: a complete file from an earlier (crashed) attempt with the same inputs is
-    reused, since files only ever appear whole.
+    ``inputs`` are this shard's files of the taggers ``tagger.needs``; their columns are
+    joined into each batch by doc_id. Idempotent: a complete file from an earlier (crashed)
+    attempt with the same inputs is reused, since files only ever appear whole.
     """
     shard = spec.shard
     out = ctx.tag_path(tagger.key, shard.shard_id)
+    missing = set(tagger.needs) - {f.tagger for f in inputs}
+    if missing:
+        raise ValueError(f"tagger {tagger.name!r} needs {sorted(missing)} for shard {shard.path}; add them to [run].taggers")
     meta = {"tagger": tagger.name, "version": tagger.version, "config": tagger.config(),
-            "shard": shard.path, "shard_id": shard.shard_id, "excluded": len(spec.excluded_rows)}
+            "shard": shard.path, "shard_id": shard.shard_id, "excluded": len(spec.excluded_rows),
+            "inputs": sorted(f"{f.tagger}@{f.version}" for f in inputs)}
     if out.exists() and read_metadata(out) == meta:
         return TagFile(tagger.name, tagger.version, shard.shard_id, str(out), pq.ParquetFile(out).metadata.num_rows)
     batch_size = min(spec.batch_size, tagger.resources.batch_size)
     sized = ReadSpec(shard, spec.columns, batch_size, spec.excluded_rows)
     schema = tagger.schema()
 
+    needed = _read_inputs(inputs)
+
     def batches():
         for b in read_documents(sized):
+            if needed is not None:
+                b = _join_inputs(b, needed, shard.path)
             out_b = tagger.tag(b)
             if out_b.num_rows != b.num_rows:
                 raise RuntimeError(f"tagger {tagger.key} returned {out_b.num_rows} rows for {b.num_rows} documents")
@@ -259,55 +292,79 @@ def tag_shard(ctx: RunContext, spec: ReadSpec, tagger: Tagger) -> TagFile:
     return TagFile(tagger.name, tagger.version, shard.shard_id, str(out), rows)
 
 
-# -- cross-shard --------------------------------------------------------------------------
+def _read_inputs(inputs: Sequence[TagFile]) -> pa.Table | None:
+    if not inputs:
+        return None
+    table = None
+    for f in inputs:
+        t = pq.read_table(f.path)
+        if table is None:
+            table = t
+        else:
+            idx = pc.index_in(table["doc_id"], value_set=t["doc_id"])
+            for name in t.column_names[1:]:
+                table = table.append_column(name, pc.take(t[name], idx))
+    return table
 
 
-@dataclass
-class DedupOutput:
-    tag_files: list[TagFile]
-    segments: list  # storage.catalog.Segment
-    n_exact_dups: int
-    n_near_dups: int
+def _join_inputs(batch: pa.Table, needed: pa.Table, shard_path: str) -> pa.Table:
+    idx = pc.index_in(batch["doc_id"], value_set=needed["doc_id"])
+    if idx.null_count:
+        raise RuntimeError(f"{shard_path}: {idx.null_count} documents have no row in a needed tagger's output; rerun")
+    for name in needed.column_names[1:]:
+        if name not in batch.column_names:
+            batch = batch.append_column(name, pc.take(needed[name], idx))
+    return batch
 
 
-def dedup_params(cfg: GliaConfig, minhash: Tagger) -> dict[str, object]:
-    nd = cfg.near_dup
-    return {"minhash": minhash.key, "bands": nd.bands, "rows": nd.rows, "ngram": nd.ngram, "seed": nd.seed}
+# -- night stages -----------------------------------------------------------------------
 
 
-def dedup_night(ctx: RunContext, catalog_segments: list, active_shards: list[str],
-                exact_files: list[TagFile], minhash_files: list[TagFile], minhash: Tagger,
-                first_seen: dict[str, int] | None = None) -> DedupOutput:
-    """Resolve tonight's exact and near duplicates against each other and all earlier nights."""
-    params = dedup_params(ctx.config, minhash)
-    for seg in catalog_segments:
-        if seg.kind == "signatures" and seg.params != params:
-            raise ValueError(
-                f"the dedup history in {ctx.state_dir} was built with {seg.params}, but this run uses "
-                f"{params}; keep [near_dup] as it was, or start a new database for new parameters"
-            )
-    if not exact_files:
-        return DedupOutput([], [], 0, 0)
-    exact = pa.concat_tables([
-        pq.read_table(f.path, columns=["doc_id", "text_hash"]).append_column(
-            "shard_id", pa.array([f.shard_id] * f.n_rows, pa.string())) for f in exact_files])
-    mh = pa.concat_tables([pq.read_table(f.path, columns=["doc_id", "_minhash"]) for f in minhash_files])
-    history = History(catalog_segments, active_shards, tmp_dir=ctx.state_dir / "tmp")
-    try:
-        res = resolve(Tonight.from_tables(exact, mh, ctx.run_id, first_seen), history, ctx.run_id, ctx.config.near_dup)
-    finally:
-        history.close()
-    files: list[TagFile] = []
-    for name, table, schema in ((EXACT_DUP, res.exact, EXACT_DUP_SCHEMA), (NEAR_DUP, res.near, NEAR_DUP_SCHEMA)):
-        by_shard = table.group_by("shard_id").aggregate([])["shard_id"].to_pylist()
-        for shard_id in sorted(by_shard):
-            part = table.filter(pa.compute.equal(table["shard_id"], shard_id)).select(schema.names)
-            out = ctx.tag_path(f"{name}@{DEDUP_VERSION}", shard_id)
-            rows = write_atomic(out, [part], schema, {"tagger": name, "version": DEDUP_VERSION, "shard_id": shard_id,
-                                                      "run_id": ctx.run_id, **params})
-            files.append(TagFile(name, DEDUP_VERSION, shard_id, str(out), rows))
-    segments = [write_segment(ctx.state_dir, kind, ctx.run_id, tbl, params) for kind, tbl in sorted(res.segments.items())]
-    return DedupOutput(files, segments, res.n_exact_dups, res.n_near_dups)
+def stages_for(cfg: GliaConfig) -> list[NightStage]:
+    """The configured night stages whose needs tonight's taggers meet, in dependency order."""
+    return stages_mod.build(cfg.run.stages, cfg.stage_params, cfg.run.taggers)
+
+
+def tonight_documents(ingests: list[IngestResult]) -> pa.Table:
+    """Tonight's accepted documents (id, shard, canonical metadata) from the ingest indexes."""
+    cols = ["doc_id", "source", "timestamp", "label"]
+    parts = []
+    for i in ingests:
+        if i.error is None and i.documents is not None:
+            t = pq.read_table(i.documents.path, columns=cols)
+            parts.append(t.append_column("shard_id", pa.array([i.shard_id] * t.num_rows, pa.string())))
+    if not parts:
+        return documents_schema().empty_table().select(cols).append_column("shard_id", pa.array([], pa.string()))
+    return pa.concat_tables(parts, promote_options="default")
+
+
+def stage_inputs(night: NightPlan, ingests: list[IngestResult], tag_files: list[TagFile],
+                 history_active: list[str]) -> StageInputs:
+    """What the stages read: tonight's accepted documents and the taggers' files for them."""
+    ok = {i.shard_id for i in ingests if i.error is None}
+    files: dict[str, list[TagFile]] = {}
+    for f in tag_files:
+        if f.shard_id in ok:
+            files.setdefault(f.tagger, []).append(f)
+    return StageInputs(tonight_documents(ingests), files, night, history_active)
+
+
+def run_stages(ctx: RunContext, stages: list[NightStage], states: dict[str, Any], inputs: StageInputs,
+               run_one: Any = None) -> list[StageResult]:
+    """Run the stages in order; each sees the outputs of those before it. ``run_one`` lets the
+    flow wrap each call as a task (default: call :func:`curation.stages.run_stage`)."""
+    run_one = run_one or stages_mod.run_stage
+    results: list[StageResult] = []
+    for stage in stages:
+        res = run_one(ctx, stage, states.get(stage.name), inputs)
+        for f in res.tag_files:
+            inputs.files.setdefault(f.tagger, []).append(f)
+        results.append(res)
+    return results
+
+
+def load_stage_states(con: Any, ctx: RunContext, stages: list[NightStage]) -> dict[str, Any]:
+    return {s.name: s.load(con, ctx) for s in stages}
 
 
 # -- finalize -------------------------------------------------------------------------------
@@ -327,7 +384,7 @@ class NightOutcome:
 
 
 def build_record(ctx: RunContext, night: NightPlan, ingests: list[IngestResult], tag_files: list[TagFile],
-                 dedup: DedupOutput | None, status: str) -> RunRecord:
+                 stage_results: list[StageResult], status: str, seconds: dict[str, float] | None = None) -> RunRecord:
     sp = night.shard_plan
     cfg = ctx.config
     rec = RunRecord(
@@ -371,15 +428,19 @@ def build_record(ctx: RunContext, night: NightPlan, ingests: list[IngestResult],
         skipped.append(pa.table({"shard_id": [shard_id], "path": [path], "row": pa.array([None], pa.int64()),
                                  "doc_id": pa.array([None], pa.string()), "reason": [reason]}))
     rec.skipped = pa.concat_tables([t.cast(empty_skips().schema) for t in skipped])
-    if dedup is not None:
-        rec.tag_files += dedup.tag_files
-        rec.segments = dedup.segments
+    for res in stage_results:
+        rec.tag_files += res.tag_files
+        rec.segments += res.segments
+        rec.writes += res.writes
+        rec.metrics.update({f"{res.name}.{k}": float(v) for k, v in res.counts.items()})
+    rec.metrics.update({f"seconds.{k}": float(v) for k, v in (seconds or {}).items()})
+    stage_counts = {k: v for res in stage_results for k, v in res.counts.items()}
     rec.counts = {
         "shards_seen": len(sp.unchanged) + len(sp.to_ingest) + len(sp.rejected) + len(sp.reactivated),
         "shards_new": len(sp.new), "shards_changed": len(sp.changed), "shards_unchanged": len(sp.unchanged),
         "shards_rejected": len(rejected), "shards_missing": len(sp.missing),
         "docs": sum(i.n_docs for i in ok.values()),
-        "exact_dups": dedup.n_exact_dups if dedup else 0, "near_dups": dedup.n_near_dups if dedup else 0,
+        "exact_dups": int(stage_counts.get("exact_dups", 0)), "near_dups": int(stage_counts.get("near_dups", 0)),
         "skipped_rows": int(sum(1 for r in rec.skipped["row"].to_pylist() if r is not None)),
     }
     rec.view_sources = view_sources(cfg)

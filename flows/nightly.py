@@ -1,8 +1,10 @@
 """``nightly_hygiene``: the Prefect flow of one night.
 
 prepare (in the flow) -> ``ingest`` and one ``tag`` task per shard per tagger (mapped,
-cached on shard fingerprint + tagger version, retried on transient I/O errors) -> ``dedup``
-(tonight against history) -> ``finalize`` (the single DuckDB transaction).
+cached on shard fingerprint + tagger version, retried on transient I/O errors; a tagger
+that needs another's columns waits for that shard's file) -> one task per night stage
+(dedup against history, novelty, surprise, decisions; ``curation.stages``) -> ``finalize``
+(the single DuckDB transaction).
 
 Tasks never touch DuckDB; only prepare (reads) and finalize (the write) do, so the tagging
 tasks can run on any task runner (threads by default, Dask for a cluster).
@@ -28,9 +30,11 @@ from curation import progress  # noqa: E402
 from curation.config import load_config  # noqa: E402
 from curation.ingest import ReadSpec, ShardRejected  # noqa: E402
 from curation.pipeline import (  # noqa: E402
-    DedupOutput, IngestResult, NightOutcome, RunContext, build_record, collect_garbage, dedup_night,
-    default_state_dir, ingest_shard, now, prepare, tag_shard, taggers_for, view_sources,
+    IngestResult, NightOutcome, RunContext, build_record, collect_garbage, default_state_dir, ingest_shard,
+    load_stage_states, night_info, now, prepare, run_stages, stage_inputs, stages_for, tag_shard, taggers_for,
+    view_sources,
 )
+from curation import stages as stages_mod  # noqa: E402
 from storage.catalog import Catalog, TagFile  # noqa: E402
 from storage.lock import RunLock  # noqa: E402
 from taggers.base import Tagger  # noqa: E402
@@ -82,24 +86,33 @@ def ingest_task(ctx: RunContext, spec: ReadSpec) -> IngestResult:
 
 @task(name="tag", retries=2, retry_delay_seconds=2, retry_condition_fn=_transient,
       cache_key_fn=_tag_key, persist_result=True, task_run_name="tag-{tagger.name}")
-def tag_task(ctx: RunContext, spec: ReadSpec, tagger: Tagger, ingest: IngestResult | None = None) -> TagFile | None:
-    if ingest is not None and ingest.error is not None:
+def tag_task(ctx: RunContext, spec: ReadSpec, tagger: Tagger, ingest: IngestResult | None = None,
+             inputs: list[TagFile | None] | None = None) -> TagFile | None:
+    if (ingest is not None and ingest.error is not None) or (inputs and any(i is None for i in inputs)):
         progress.advance(tagger.name)
         return None  # the shard was rejected; ingest recorded why
     try:
-        res = tag_shard(ctx, spec, tagger)
+        res = tag_shard(ctx, spec, tagger, [i for i in inputs or [] if i is not None])
     except ShardRejected:
         res = None
     progress.advance(tagger.name)
     return res
 
 
-@task(name="dedup")
-def dedup_task(ctx: RunContext, segments: list, active: list[str], exact: list[TagFile],
-               minhash: list[TagFile], tagger: Tagger, first_seen: dict[str, int]) -> DedupOutput:
-    out = dedup_night(ctx, segments, active, exact, minhash, tagger, first_seen)
-    progress.advance("dedup")
+@task(name="stage", task_run_name="stage-{stage.name}")
+def stage_task(ctx: RunContext, stage: stages_mod.NightStage, state: Any,
+               inputs: stages_mod.StageInputs) -> stages_mod.StageResult:
+    out = stages_mod.run_stage(ctx, stage, state, inputs)
+    progress.advance(stage.name)
     return out
+
+
+def _run_stage(ctx: RunContext, stage: stages_mod.NightStage, state: Any,
+               inputs: stages_mod.StageInputs) -> stages_mod.StageResult:
+    t0 = time.monotonic()
+    res = stage_task(ctx, stage, state, inputs)
+    res.counts["seconds"] = round(time.monotonic() - t0, 3)
+    return res
 
 
 @task(name="finalize", retries=1, retry_delay_seconds=5)
@@ -127,44 +140,55 @@ def nightly_hygiene(shards_root: str, db_path: str = "glia.duckdb", rules_path: 
     ctx = None
     try:
         with Catalog(db) as cat:  # fails at once if another process holds the file
-            cat.migrate(view_sources(cfg))
+            cat.migrate(view_sources(cfg), stages_mod.ddl_for([s.name for s in stages_for(cfg)]))
             ctx = RunContext(root, db, state, cfg, cat.next_run_id(), now())
             lock.update(ctx.run_id)
             night = prepare(ctx, cat)
-            segments = cat.segments()
             registry = cat.shards()
+            stages = stages_for(cfg)
+            states = load_stage_states(cat.con, ctx, stages)
         sp = night.shard_plan
         gone = {old.shard_id for _, old in sp.changed} | {r.shard_id for r in sp.missing}
         gone |= {old.shard_id for _, old in sp.rejected if old is not None}
         history_active = [r.shard_id for r in registry if r.status == "active" and r.shard_id not in gone]
         history_active += [r.shard_id for r in sp.reactivated]
+        seconds: dict[str, float] = {"prepare": time.monotonic() - t0}
 
-        taggers = taggers_for(cfg)
+        t1 = time.monotonic()
+        taggers = taggers_for(cfg, night_info(ctx, night))
         specs = night.specs
         progress.start("ingest", len(specs))
         for t in taggers:
             progress.start(t.name, len(specs) + sum(1 for _, name in night.backfill if name == t.name))
         ingests = ingest_task.map(ctx=unmapped(ctx), spec=specs) if specs else []
         tag_futs: dict[str, list] = {}
-        for t in taggers:
-            tag_futs[t.name] = tag_task.map(ctx=unmapped(ctx), spec=specs, tagger=unmapped(t), ingest=ingests) if specs else []
-        backfill = [tag_task.submit(ctx, spec, next(t for t in taggers if t.name == name)) for spec, name in night.backfill]
+        for t in taggers:  # dependency order: a tagger's needs are mapped before it
+            inputs = [list(fs) for fs in zip(*(tag_futs[n] for n in t.needs))] if t.needs else None
+            tag_futs[t.name] = tag_task.map(
+                ctx=unmapped(ctx), spec=specs, tagger=unmapped(t), ingest=ingests,
+                **({"inputs": inputs} if inputs is not None else {})) if specs else []
+        backfill = []
+        by_name = {t.name: t for t in taggers}
+        for spec, name in night.backfill:
+            t = by_name[name]
+            needed = [ctx.tag_path(by_name[n].key, spec.shard.shard_id) for n in t.needs]
+            inputs = [TagFile(n, by_name[n].version, spec.shard.shard_id, str(p), 0) for n, p in zip(t.needs, needed)]
+            backfill.append(tag_task.submit(ctx, spec, t, None, inputs or None))
         ingest_results: list[IngestResult] = [f.result() for f in ingests]
         tag_files: list[TagFile] = [tf for futs in tag_futs.values() for tf in (f.result() for f in futs) if tf]
         tag_files += [tf for tf in (f.result() for f in backfill) if tf]
+        seconds["tag"] = time.monotonic() - t1
 
-        dedup = None
-        names = {t.name for t in taggers}
-        ok = {i.shard_id for i in ingest_results if i.error is None}
-        if {"exact", "minhash"} <= names and ok:
-            progress.start("dedup", 1)
-            minhash = next(t for t in taggers if t.name == "minhash")
-            exact_files = [f for f in tag_files if f.tagger == "exact" and f.shard_id in ok]
-            minhash_files = [f for f in tag_files if f.tagger == "minhash" and f.shard_id in ok]
-            dedup = dedup_task(ctx, segments, history_active, exact_files, minhash_files, minhash, night.first_seen)
+        stage_results = []
+        if any(i.error is None for i in ingest_results):
+            for s in stages:
+                progress.start(s.name, 1)
+            inputs = stage_inputs(night, ingest_results, tag_files, history_active)
+            stage_results = run_stages(ctx, stages, states, inputs, run_one=_run_stage)
 
         nothing = sp.nothing_to_do and not night.backfill
-        record = build_record(ctx, night, ingest_results, tag_files, dedup, "nothing_new" if nothing else "completed")
+        record = build_record(ctx, night, ingest_results, tag_files, stage_results,
+                              "nothing_new" if nothing else "completed", seconds)
         progress.start("finalize", 1)
         finalize_task(ctx, record)
         return NightOutcome(ctx.run_id, record.status, record.counts, _rejected(record),

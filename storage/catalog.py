@@ -68,6 +68,20 @@ class Segment:
     params: dict[str, object]
 
 
+@dataclass(frozen=True)
+class TableWrite:
+    """Rows for a catalog table, applied inside the run's transaction.
+
+    With ``key`` the rows are upserted: rows of ``table`` whose key columns match an incoming
+    row are deleted first. Without it they are appended. Column names must match the table's;
+    missing columns take their defaults.
+    """
+
+    table: str
+    rows: pa.Table
+    key: tuple[str, ...] = ()
+
+
 @dataclass
 class RunRecord:
     """Everything one run writes, committed together."""
@@ -87,6 +101,9 @@ class RunRecord:
     segments: list[Segment] = field(default_factory=list)
     skipped: pa.Table | None = None  # columns of the ``skipped`` table minus run_id
     view_sources: list[ViewSource] = field(default_factory=list)
+    writes: list[TableWrite] = field(default_factory=list)
+    # Everything else worth keeping about the run: per-stage counts and seconds per step.
+    metrics: dict[str, float] = field(default_factory=dict)
     error: str | None = None
 
 
@@ -166,9 +183,10 @@ class Catalog:
             return 0
         return int(self.con.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0])
 
-    def migrate(self, view_sources: Sequence[ViewSource] = ()) -> list[int]:
+    def migrate(self, view_sources: Sequence[ViewSource] = (), stage_ddl: Sequence[str] = ()) -> list[int]:
         """Apply pending migrations; return the versions applied. A new database also gets
-        its views (empty), so every documented view can be queried before the first run."""
+        its views (empty), so every documented view can be queried before the first run.
+        ``stage_ddl`` (``CREATE ... IF NOT EXISTS``) creates the tables night stages own."""
         current = self.schema_version()
         if current > LATEST_VERSION:
             raise SchemaTooNewError(
@@ -193,6 +211,10 @@ class Catalog:
                 if version == 1:
                     build_views(con, view_sources, [])
             applied.append(version)
+        if stage_ddl:
+            with self.transaction() as con:
+                for sql in stage_ddl:
+                    con.execute(sql)
         return applied
 
     # -- reads used to plan a run ---------------------------------------------------------
@@ -218,7 +240,11 @@ class Catalog:
         return files
 
     def segments(self) -> list[Segment]:
-        rows = self.con.execute(
+        return self.segments_of(self.con)
+
+    @staticmethod
+    def segments_of(con: duckdb.DuckDBPyConnection) -> list[Segment]:
+        rows = con.execute(
             "SELECT kind, path, n_rows, params FROM index_segments ORDER BY kind, run_id"
         ).fetchall()
         return [Segment(k, p, n, json.loads(params) if params else {}) for k, p, n, params in rows]
@@ -277,6 +303,12 @@ class Catalog:
                     [rec.run_id],
                 )
                 con.unregister("_skipped_in")
+            for w in rec.writes:
+                self._apply_write(con, w)
+            if rec.metrics:
+                con.execute("DELETE FROM run_metrics WHERE run_id = ?", [rec.run_id])
+                con.executemany("INSERT INTO run_metrics VALUES (?, ?, ?)",
+                                [[rec.run_id, k, float(v)] for k, v in sorted(rec.metrics.items())])
             if rec.view_sources:
                 active = [
                     r[0] for r in con.execute("SELECT shard_id FROM shards WHERE status = 'active'").fetchall()
@@ -289,3 +321,18 @@ class Catalog:
                 ]
                 wanted = set(active)
                 build_views(con, rec.view_sources, [f for f in files if f.shard_id in wanted])
+
+    @staticmethod
+    def _apply_write(con: duckdb.DuckDBPyConnection, w: TableWrite) -> None:
+        if w.rows.num_rows == 0:
+            return
+        table = '"' + w.table.replace('"', '""') + '"'
+        cols = ", ".join('"' + c.replace('"', '""') + '"' for c in w.rows.column_names)
+        con.register("_write_in", w.rows)
+        try:
+            if w.key:
+                match = " AND ".join(f't."{k}" IS NOT DISTINCT FROM i."{k}"' for k in w.key)
+                con.execute(f"DELETE FROM {table} t WHERE EXISTS (SELECT 1 FROM _write_in i WHERE {match})")
+            con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _write_in")
+        finally:
+            con.unregister("_write_in")

@@ -79,6 +79,18 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    (
+        2,
+        "run metrics: per-stage counts and seconds per step",
+        """
+        CREATE TABLE run_metrics (
+            run_id  INTEGER NOT NULL,
+            metric  VARCHAR NOT NULL,   -- e.g. seconds.tag.minhash, novelty.mean, decide.pruned
+            value   DOUBLE,
+            PRIMARY KEY (run_id, metric)
+        );
+        """,
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
+from datetime import datetime
 from typing import ClassVar
 
 import pyarrow as pa
@@ -31,6 +32,15 @@ class Resources:
     batch_size: int = 10_000
 
 
+@dataclass(frozen=True)
+class NightInfo:
+    """What a tagger may know about the night it runs in, fixed before any shard is tagged."""
+
+    run_id: int
+    started_at: datetime
+    n_docs: int  # rows in tonight's new and changed shards (before row-level skips)
+
+
 class Tagger(abc.ABC):
     """A small, versioned, stateless function from documents to tags.
 
@@ -43,6 +53,10 @@ class Tagger(abc.ABC):
     name: ClassVar[str]
     version: ClassVar[str]
     resources: ClassVar[Resources] = Resources()
+    # Taggers whose output columns (all of them, ``_`` ones included) this tagger reads: the
+    # runner joins them into the batch by doc_id, so e.g. a classifier head reuses embeddings
+    # computed once instead of running a second model pass.
+    needs: ClassVar[tuple[str, ...]] = ()
 
     @abc.abstractmethod
     def schema(self) -> pa.Schema:
@@ -52,6 +66,12 @@ class Tagger(abc.ABC):
     def tag(self, batch: pa.Table) -> pa.Table:
         """Tag a batch. ``batch`` has ``doc_id`` and non-null ``text``; the result has one
         row per input document and exactly :meth:`schema`'s columns."""
+
+    def for_night(self, night: NightInfo) -> Tagger:
+        """The tagger as configured for one night (e.g. a sampling rate from tonight's size, or
+        the run date). Whatever it binds must show up in :meth:`config`, which keys the cache.
+        The default is the tagger itself."""
+        return self
 
     def config(self) -> dict[str, object]:
         """Parameters that change the output; they go into the cache key and the file metadata."""

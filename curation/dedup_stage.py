@@ -1,0 +1,69 @@
+"""The ``dedup`` night stage: tonight's exact and near duplicates, against each other and
+against every earlier night, traced to the ids they duplicate (see ``curation.dedup``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from curation.dedup import EXACT_DUP_SCHEMA, NEAR_DUP_SCHEMA, Tonight, resolve
+from curation.stages import NightStage, StageInputs, StageOutput
+from storage.catalog import Segment
+from storage.history import History, write_segment
+from taggers import registry
+
+EXACT_DUP, NEAR_DUP = "exact_dup", "near_dup"
+
+
+class DedupStage(NightStage):
+    name = "dedup"
+    version = "1"
+    needs = ("exact", "minhash")
+
+    def outputs(self) -> dict[str, pa.Schema]:
+        return {EXACT_DUP: EXACT_DUP_SCHEMA, NEAR_DUP: NEAR_DUP_SCHEMA}
+
+    def load(self, con: duckdb.DuckDBPyConnection, ctx: Any) -> list[Segment]:
+        from storage.catalog import Catalog
+
+        return Catalog.segments_of(con)
+
+    def run(self, ctx: Any, state: list[Segment], inputs: StageInputs) -> StageOutput:
+        params = dedup_params(ctx.config)
+        for seg in state:
+            if seg.kind == "signatures" and seg.params != params:
+                raise ValueError(
+                    f"the dedup history in {ctx.state_dir} was built with {seg.params}, but this run uses "
+                    f"{params}; keep [near_dup] as it was, or start a new database for new parameters"
+                )
+        exact_files, mh_files = inputs.files.get("exact", []), inputs.files.get("minhash", [])
+        if not exact_files:
+            return StageOutput()
+        exact = pa.concat_tables([
+            pq.read_table(f.path, columns=["doc_id", "text_hash"]).append_column(
+                "shard_id", pa.array([f.shard_id] * f.n_rows, pa.string())) for f in exact_files])
+        mh = pa.concat_tables([pq.read_table(f.path, columns=["doc_id", "_minhash"]) for f in mh_files])
+        history = History(state, inputs.history_active, tmp_dir=ctx.state_dir / "tmp")
+        try:
+            res = resolve(Tonight.from_tables(exact, mh, ctx.run_id, inputs.night.first_seen), history,
+                          ctx.run_id, ctx.config.near_dup)
+        finally:
+            history.close()
+        segments = [write_segment(ctx.state_dir, kind, ctx.run_id, tbl, params) for kind, tbl in sorted(res.segments.items())]
+        return StageOutput(
+            tags={EXACT_DUP: res.exact, NEAR_DUP: res.near}, segments=segments,
+            counts={"exact_dups": res.n_exact_dups, "near_dups": res.n_near_dups},
+        )
+
+    def config(self) -> dict[str, Any]:
+        return {}
+
+
+def dedup_params(cfg: Any) -> dict[str, object]:
+    """What the stored history depends on: the signature tagger's version and the LSH shape."""
+    nd = cfg.near_dup
+    minhash = registry.build(["minhash"], {"minhash": cfg.params_for("minhash")})[0]
+    return {"minhash": minhash.key, "bands": nd.bands, "rows": nd.rows, "ngram": nd.ngram, "seed": nd.seed}
