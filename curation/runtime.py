@@ -1,0 +1,41 @@
+"""Where model artefacts are cached and which device a model runs on.
+
+Every model tagger resolves its device and cache the same way, so ``device = "auto"`` means
+the same thing everywhere: CUDA when torch sees a GPU, else CPU. Production users set
+``device = "cuda"`` (fail loudly if absent) or ``"cpu"``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def glia_home() -> Path:
+    """``$GLIA_HOME`` (default ``.glia`` in the working directory): Prefect state, model cache."""
+    return Path(os.environ.get("GLIA_HOME", ".glia")).resolve()
+
+
+def model_cache_dir(name: str) -> Path:
+    """A folder for derived model files (a dequantised LM, a trained head), created on demand.
+
+    ``$GLIA_MODEL_CACHE`` overrides the default ``$GLIA_HOME/models``, so test sessions and
+    CI runs can share one cache across temporary homes.
+    """
+    root = Path(os.environ["GLIA_MODEL_CACHE"]) if os.environ.get("GLIA_MODEL_CACHE") else glia_home() / "models"
+    path = root / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def pick_device(preference: str = "auto") -> str:
+    """``auto`` -> ``cuda`` if available else ``cpu``; ``cuda`` without a GPU is an error."""
+    import torch
+
+    if preference == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if preference.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {preference!r} requested but torch sees no CUDA GPU; use device = \"cpu\" or \"auto\"")
+    if preference not in ("cpu",) and not preference.startswith("cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {preference!r}")
+    return preference
