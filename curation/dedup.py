@@ -388,8 +388,8 @@ def resolve(tonight: Tonight, history: History, run_id: int, params: NearDup) ->
     segments["lsh"] = pa.table(
         {"band": np.tile(np.arange(nd.bands, dtype=np.uint8), len(lsh_rows)),
          "key": key_of[lsh_rows].reshape(-1),
-         "doc_id": pa.array(np.repeat(ids[lsh_rows], nd.bands).tolist(), pa.string()),
-         "shard_id": pa.array(np.repeat(tonight.shard_id[lsh_rows], nd.bands).tolist(), pa.string())}
+         "doc_id": id_arr.take(pa.array(np.repeat(lsh_rows, nd.bands))),
+         "shard_id": shard.take(pa.array(np.repeat(lsh_rows, nd.bands)))}
     ).sort_by([("band", "ascending"), ("key", "ascending")])
     return DedupResult(
         exact=exact_tbl, near=near_tbl, segments=segments,

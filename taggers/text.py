@@ -28,13 +28,17 @@ def normalize(text: pa.Array | pa.ChunkedArray) -> pa.Array:
     """
     if isinstance(text, pa.ChunkedArray):
         text = text.combine_chunks()
-    lowered = pc.utf8_lower(pc.utf8_normalize(text, "NFKC")).cast(pa.string())
     out = _by_ascii(
-        lowered,
-        lambda a: pc.binary_join(pc.ascii_split_whitespace(_map_bytes(a, _ASCII_SPACE)), " "),
-        lambda o: pc.replace_substring_regex(o, _WHITESPACE, " "),
+        text.cast(pa.string()),
+        # NFKC is the identity on ASCII and lower-casing is a byte map, so one table pass.
+        lambda a: pc.binary_join(pc.ascii_split_whitespace(_map_bytes(a, _ASCII_SPACE_LOWER)), " "),
+        lambda o: pc.replace_substring_regex(_nfkc_lower(o), _WHITESPACE, " "),
     )
     return pc.utf8_trim_whitespace(out)
+
+
+def _nfkc_lower(values: pa.Array) -> pa.Array:
+    return pc.utf8_lower(pc.utf8_normalize(values, "NFKC")).cast(pa.string())
 
 
 def hash_strings(values: pa.Array) -> np.ndarray:
@@ -68,15 +72,18 @@ _WHITESPACE = r"[\s\x{0B}\x{1C}-\x{1F}\x{85}\p{Z}]+"
 
 
 def _byte_table(to_space: str) -> np.ndarray:
+    """A byte map for ASCII text: upper-case letters to lower case, ``to_space`` to spaces."""
     table = np.arange(256, dtype=np.uint8)
+    upper = np.arange(ord("A"), ord("Z") + 1)
+    table[upper] = upper + (ord("a") - ord("A"))
     table[[b for b in range(128) if chr(b) in to_space]] = ord(" ")
     return table
 
 
-# ASCII bytes that are not word characters become spaces; every other byte is kept.
-_ASCII_NON_WORD = _byte_table("".join(chr(b) for b in range(128) if not (chr(b).isalnum() or chr(b) == "_")))
+# ASCII bytes that are not word characters become spaces (letters are lower-cased).
+_ASCII_NON_WORD_LOWER = _byte_table("".join(chr(b) for b in range(128) if not (chr(b).isalnum() or chr(b) == "_")))
 # ASCII whitespace that ascii_split_whitespace might not know becomes a plain space.
-_ASCII_SPACE = _byte_table("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f")
+_ASCII_SPACE_LOWER = _byte_table("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f")
 
 
 def _map_bytes(values: pa.Array, table: np.ndarray) -> pa.Array:
@@ -112,12 +119,13 @@ def _by_ascii(values: pa.Array, ascii_fn, other_fn) -> pa.Array:
     return parts.take(position)
 
 
-def _split_words(lowered: pa.Array) -> pa.ListArray:
-    """``\\w+`` tokens per text (plus possibly empty strings, which callers drop)."""
+def _split_words(text: pa.Array) -> pa.ListArray:
+    """``\\w+`` tokens of each NFKC, lower-cased text (plus possibly empty strings, which
+    callers drop). ASCII texts skip NFKC (the identity there) and lower-case by byte map."""
     return _by_ascii(
-        lowered.cast(pa.string()),
-        lambda a: pc.ascii_split_whitespace(_map_bytes(a, _ASCII_NON_WORD)),
-        lambda o: pc.split_pattern_regex(o, _NON_WORD),
+        text.cast(pa.string()),
+        lambda a: pc.ascii_split_whitespace(_map_bytes(a, _ASCII_NON_WORD_LOWER)),
+        lambda o: pc.split_pattern_regex(_nfkc_lower(o), _NON_WORD),
     )
 
 
@@ -131,7 +139,7 @@ def word_hashes(text: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarra
     """
     if isinstance(text, pa.ChunkedArray):
         text = text.combine_chunks()
-    tokens = _split_words(pc.utf8_lower(pc.utf8_normalize(text, "NFKC")))
+    tokens = _split_words(text)
     flat = pc.list_flatten(tokens)
     # Splitting leaves an empty token where a text starts or ends with a separator.
     per_doc = pc.list_value_length(tokens).to_numpy(zero_copy_only=False).astype(np.int64)
