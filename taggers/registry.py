@@ -2,19 +2,38 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from taggers.base import Tagger
-from taggers.exact import ExactHashTagger
-from taggers.minhash import MinHashTagger
 
 TaggerFactory = Callable[..., Tagger]
 
-_BUILTIN: dict[str, TaggerFactory] = {
-    ExactHashTagger.name: ExactHashTagger,
-    MinHashTagger.name: MinHashTagger,
+# Built-ins are named as "module:Class" and imported on first use: the model taggers pull in
+# torch, datatrove or sentence-transformers, which a night that only deduplicates never needs
+# (and `glia --help` should not pay for).
+_BUILTIN: dict[str, TaggerFactory | str] = {
+    "exact": "taggers.exact:ExactHashTagger",
+    "minhash": "taggers.minhash:MinHashTagger",
+    "embedding": "taggers.embedding:EmbeddingTagger",
+    "lm": "taggers.lm:LMTagger",
+    "risk": "taggers.risk:RiskTagger",
+    "quality": "taggers.quality:QualityTagger",
+    "staleness": "taggers.staleness:StalenessTagger",
 }
+
+
+def factory(name: str) -> TaggerFactory:
+    """The class (or callable) registered under ``name``, imported on first use."""
+    if name not in _BUILTIN:
+        raise KeyError(f"unknown tagger {name!r}; registered taggers: {', '.join(available())}")
+    entry = _BUILTIN[name]
+    if isinstance(entry, str):
+        module, _, attr = entry.partition(":")
+        entry = getattr(importlib.import_module(module), attr)
+        _BUILTIN[name] = entry
+    return entry
 
 
 def available() -> list[str]:
@@ -38,9 +57,7 @@ def build(names: Iterable[str], params: Mapping[str, Mapping[str, Any]] | None =
     params = params or {}
     taggers: list[Tagger] = []
     for name in names:
-        if name not in _BUILTIN:
-            raise KeyError(f"unknown tagger {name!r}; registered taggers: {', '.join(available())}")
-        taggers.append(_BUILTIN[name](**dict(params.get(name, {}))))
+        taggers.append(factory(name)(**dict(params.get(name, {}))))
     seen: dict[str, str] = {}
     for t in taggers:
         for col in t.schema().names[1:]:

@@ -1,0 +1,190 @@
+"""Toxicity risk: a probability per document that it is hateful or offensive, and a flag.
+
+Two backends (``[taggers.risk] backend``):
+
+- ``"default"``: a linear head on hashed word and character n-grams, trained locally on
+  labelled tweets (Davidson et al. 2017) plus clean prose (``curation.risk_model``). It needs
+  nothing from a model hub, trains itself on first use (~20-60 s on 2 cores, cached under
+  ``curation.runtime.model_cache_dir("risk")``), and tags thousands of chunks per second on a CPU.
+- ``"detoxify"``: the production path, `detoxify <https://github.com/unitaryai/detoxify>`_ run
+  from a local checkpoint (``checkpoint``, the ``.ckpt`` file) and the Hugging Face config and
+  tokenizer folder of its base model (``huggingface_config_path``); its ``toxicity`` output is
+  ``risk``. Runs on CUDA when present (``device = "auto"``).
+
+Either way a document is cut into chunks of at most ``max_chars`` characters at sentence ends
+and ``risk`` is the maximum over its chunks, so one toxic paragraph in a long document counts.
+
+Columns: ``risk`` (float32 in [0, 1]), ``risk_flag`` (``risk >= threshold``; the default head's
+threshold keeps the share of flagged literary paragraphs under 1 %) and ``risk_model`` (which
+model scored it: ``default@<training hash>`` or ``detoxify@<checkpoint hash>``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pyarrow as pa
+
+from curation import risk_model
+from taggers.base import Resources, Tagger
+
+BACKENDS = ("default", "detoxify")
+DETOXIFY_MAX_CHARS = 1000  # ~250 word pieces: well inside BERT's 512 positions, a comment or two long
+DETOXIFY_THRESHOLD = 0.5
+
+
+# -- detoxify --------------------------------------------------------------------------------
+
+
+_FILE_HASHES: dict[tuple[Any, ...], str] = {}
+
+
+def files_hash(paths: list[Path]) -> str:
+    """sha256 over files' names and contents (a folder: every file under it), cached per process
+    while sizes and mtimes stay the same: the tags' cache key follows the weights themselves."""
+    files = sorted(f for p in paths for f in ([p] if p.is_file() else p.rglob("*")) if f.is_file())
+    stamp = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    if stamp not in _FILE_HASHES:
+        h = hashlib.sha256()
+        for f in files:
+            h.update(f.name.encode() + b"\0")
+            with f.open("rb") as fh:
+                h.update(hashlib.file_digest(fh, "sha256").digest())
+        _FILE_HASHES[stamp] = h.hexdigest()[:16]
+    return _FILE_HASHES[stamp]
+
+
+_DETOXIFY: dict[tuple[str, str, str], tuple[Any, threading.Lock]] = {}
+_DETOXIFY_LOCK = threading.Lock()
+
+
+def load_detoxify(checkpoint: Path, config_path: Path, device: str) -> tuple[Any, threading.Lock]:
+    """A ``detoxify.Detoxify`` built from local files only, once per process and device.
+
+    ``Detoxify(checkpoint=..., huggingface_config_path=...)`` still asks the hub for the base
+    model's config by the name stored in the checkpoint (``arch.args.model_type``, e.g.
+    ``bert-base-uncased``), which fails offline. So the checkpoint is read here the way
+    detoxify's ``load_checkpoint`` reads it, that name is pointed at the local config folder, and
+    detoxify's own ``get_model_and_tokenizer`` builds the model; ``Detoxify.predict`` scores.
+    """
+    import torch
+    from detoxify import Detoxify
+    from detoxify.detoxify import get_model_and_tokenizer
+
+    key = (str(checkpoint), str(config_path), device)
+    with _DETOXIFY_LOCK:
+        if key not in _DETOXIFY:
+            loaded = torch.load(checkpoint, map_location=device, weights_only=False)
+            if "config" not in loaded or "state_dict" not in loaded:
+                raise ValueError(f"{checkpoint} is not a detoxify checkpoint: it needs 'config' and 'state_dict' entries")
+            args = dict(loaded["config"]["arch"]["args"])
+            args["model_type"] = str(config_path)
+            model, tokenizer = get_model_and_tokenizer(**args, state_dict=loaded["state_dict"],
+                                                       huggingface_config_path=str(config_path))
+            renames = {"toxic": "toxicity", "identity_hate": "identity_attack", "severe_toxic": "severe_toxicity"}
+            det = Detoxify.__new__(Detoxify)  # detoxify's predict, on the model built above
+            det.model, det.tokenizer, det.device = model.to(device), tokenizer, device
+            det.class_names = [renames.get(c, c) for c in loaded["config"]["dataset"]["args"]["classes"]]
+            if "toxicity" not in det.class_names:
+                raise ValueError(f"{checkpoint}: no 'toxic'/'toxicity' class among {det.class_names}")
+            _DETOXIFY[key] = (det, threading.Lock())
+        return _DETOXIFY[key]
+
+
+def detoxify_scores(det: Any, lock: threading.Lock, chunks: list[str], batch_size: int) -> np.ndarray:
+    """The ``toxicity`` probability per chunk, batched longest first (less padding)."""
+    order = np.argsort([-len(c) for c in chunks], kind="stable")
+    out = np.empty(len(chunks), np.float32)
+    with lock:  # one forward pass at a time: the tokenizer and the GPU are shared
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            res = det.predict([chunks[i] for i in idx])
+            out[idx] = np.atleast_1d(np.asarray(res["toxicity"], np.float32))
+    return out
+
+
+# -- the tagger --------------------------------------------------------------------------------
+
+
+class RiskTagger(Tagger):
+    """``risk``: probability of toxicity (max over chunks); ``risk_flag``; ``risk_model``."""
+
+    name: ClassVar[str] = "risk"
+    version: ClassVar[str] = "1"
+    resources: ClassVar[Resources] = Resources(gpu=False, batch_size=10_000)
+
+    def __init__(self, backend: str = "default", threshold: float | None = None, max_chars: int | None = None,
+                 checkpoint: str | None = None, huggingface_config_path: str | None = None,
+                 device: str = "auto", batch_size: int = 32, models_dir: str | None = None) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"[taggers.risk] backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        if threshold is not None and not 0.0 < threshold <= 1.0:
+            raise ValueError(f"[taggers.risk] threshold must be in (0, 1], got {threshold!r}")
+        if max_chars is not None and max_chars < 20:
+            raise ValueError(f"[taggers.risk] max_chars must be at least 20, got {max_chars!r}")
+        if batch_size < 1:
+            raise ValueError(f"[taggers.risk] batch_size must be positive, got {batch_size!r}")
+        self.backend = backend
+        self.device = device
+        self.batch_size = batch_size
+        self.models_dir = Path(models_dir).expanduser() if models_dir else None
+        self.checkpoint = self.config_path = None
+        if backend == "detoxify":
+            if not checkpoint or not huggingface_config_path:
+                raise ValueError(
+                    "[taggers.risk] backend = \"detoxify\" needs checkpoint (the .ckpt file) and huggingface_config_path "
+                    "(the folder with the base model's config.json and tokenizer files): nothing is downloaded at run time"
+                )
+            self.checkpoint = Path(checkpoint).expanduser().resolve()
+            self.config_path = Path(huggingface_config_path).expanduser().resolve()
+            # ValueError, not FileNotFoundError: the rules-file check reports it as a configuration error.
+            if not self.checkpoint.is_file():
+                raise ValueError(f"[taggers.risk] checkpoint {self.checkpoint} is not a file")
+            if not (self.config_path / "config.json").is_file():
+                raise ValueError(f"[taggers.risk] huggingface_config_path {self.config_path} has no config.json")
+            # An instance attribute: only this backend benefits from a GPU and wants smaller slices.
+            self.resources = Resources(gpu=True, batch_size=2_000)  # type: ignore[misc]
+            self.threshold = DETOXIFY_THRESHOLD if threshold is None else threshold
+            self.max_chars = DETOXIFY_MAX_CHARS if max_chars is None else max_chars
+        else:
+            recipe = risk_model.Recipe()
+            self.threshold = recipe.threshold if threshold is None else threshold
+            self.max_chars = recipe.max_chars if max_chars is None else max_chars
+
+    def model_id(self) -> str:
+        """``default@<hash of training data, recipe, code>`` or ``detoxify@<hash of checkpoint and config>``."""
+        if self.backend == "detoxify":
+            return f"detoxify@{files_hash([self.checkpoint, self.config_path])}"
+        return f"default@{risk_model.head_dir(self.models_dir).name.removeprefix('head-')}"
+
+    def config(self) -> dict[str, object]:
+        return {"backend": self.backend, "model": self.model_id(), "threshold": self.threshold, "max_chars": self.max_chars}
+
+    def schema(self) -> pa.Schema:
+        return pa.schema([("doc_id", pa.string()), ("risk", pa.float32()), ("risk_flag", pa.bool_()),
+                          ("risk_model", pa.string())])
+
+    def scores(self, text: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """``risk`` per text: the largest chunk probability (float32 in [0, 1])."""
+        if self.backend == "default":
+            return risk_model.load_default(self.models_dir).score(text, self.max_chars)
+        from curation.runtime import pick_device
+
+        det, lock = load_detoxify(self.checkpoint, self.config_path, pick_device(self.device))
+        chunks, owner = risk_model.chunk(text, self.max_chars)
+        return risk_model.max_by_owner(detoxify_scores(det, lock, chunks.to_pylist(), self.batch_size), owner, len(text))
+
+    def tag(self, batch: pa.Table) -> pa.Table:
+        n = batch.num_rows
+        risk = self.scores(batch.column("text")) if n else np.empty(0, np.float32)
+        risk = np.clip(risk.astype(np.float32), 0.0, 1.0)
+        return pa.table({
+            "doc_id": batch.column("doc_id"),
+            "risk": pa.array(risk, pa.float32()),
+            "risk_flag": pa.array(risk >= self.threshold, pa.bool_()),
+            "risk_model": pa.repeat(pa.scalar(self.model_id(), pa.string()), n),
+        }, schema=self.schema())
