@@ -1,0 +1,441 @@
+"""Ablation: uniform replay vs Glia's TMR replay at the same budget and seed (seed 000's "what to measure").
+
+    .venv/bin/python bench/ablate.py            # ~3-4 min of training on 2 cores (all arms)
+    .venv/bin/python bench/ablate.py --quick    # ~30 s smoke run
+
+A tiny byte-level transformer LM (2 layers, width 128, context 128; nothing from a hub) learns
+the example corpus night by night, the way a model is trained on a corpus that grows:
+
+1. A do-not-forget set is held out of night 1 (a stratified ~10 % per source, at least two
+   documents per source so the rare strata count, none involved in a duplicate pair), and a
+   held-out slice of night 3 measures learning of new data. Neither is ever trained on, and
+   Glia never sees them.
+2. Each night the real nightly flow (``flows.nightly.nightly_hygiene``: exact and near dedup,
+   then the ``replay`` stage) runs over the delivered shards into one DuckDB catalog.
+3. Night 1: the model trains on night 1's windows. The state is snapshotted.
+4. Nights 2 and 3, from the same snapshot for each arm: every step is ``batch_new`` windows of
+   tonight's new documents (identical for every arm) plus ``batch_replay`` windows of earlier
+   nights' documents, drawn
+   - (a) ``uniform``: uniformly (alpha = 0) from the same pool Glia draws from;
+   - (b) ``tmr``: the replay set the flow's ``replay`` stage built and committed tonight
+     (priorities from whatever terms have data, retention, IS weights that scale each
+     replayed window's loss);
+   - (c) ``tmr_loss``: the same build plus a user-supplied importance (``importance_sql`` over a
+     Parquet file): the arm's own model's loss on each earlier document before the night,
+     i.e. the trainer tells Glia what it finds hard. Built read-only (a what-if set).
+   Same number of replay draws, same seed, same window sampling. (a) and (c) are built from
+   the catalog without writing to it, so the retention state is the nightly stage's alone.
+5. After each night: mean byte loss (nats) on the do-not-forget set, per source, micro
+   (per byte) and macro (mean over sources), and on night 3's held-out documents.
+
+Results go to ``bench/results/ablate.json`` (``ablate_quick.json`` with ``--quick``). The
+numbers are whatever they are: this is a measurement, not a demonstration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+COMMONS = ROOT / "examples" / "commons"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Training budget. Both arms get exactly the same steps and replay draws."""
+
+    night1_steps: int
+    night_steps: int  # per later night, per arm
+    batch_new: int
+    batch_replay: int
+    ctx: int = 128
+    d_model: int = 128
+    layers: int = 2
+    heads: int = 4
+    lr: float = 2e-3
+    warmup: int = 30
+    eval_windows: int = 3  # per held-out document (its first eval_windows * ctx bytes)
+
+
+DEFAULT = Budget(night1_steps=300, night_steps=150, batch_new=16, batch_replay=16)
+QUICK = Budget(night1_steps=40, night_steps=20, batch_new=8, batch_replay=8, eval_windows=1)
+
+
+# -- corpus -----------------------------------------------------------------------------------
+
+
+def load_nights() -> dict[int, pa.Table]:
+    return {n: pa.concat_tables([pq.read_table(p) for p in sorted((COMMONS / f"night{n}").glob("*.parquet"))])
+            for n in (1, 2, 3)}
+
+
+def stratified_holdout(table: pa.Table, share: float, minimum: int, avoid: set[str], rng: np.random.Generator) -> np.ndarray:
+    """A mask of held-out rows: ``share`` of each source (at least ``minimum``), never an id in ``avoid``."""
+    src = np.asarray(table["source"].to_pylist(), dtype=object)
+    ids = np.asarray(table["id"].to_pylist(), dtype=object)
+    mask = np.zeros(table.num_rows, bool)
+    for s in sorted(set(src)):
+        cand = np.flatnonzero((src == s) & ~np.isin(ids, list(avoid)))
+        k = min(len(cand) - 1, max(minimum, int(round(share * (src == s).sum()))))
+        if k > 0:
+            mask[rng.choice(cand, size=k, replace=False)] = True
+    return mask
+
+
+def split_corpus(seed: int) -> tuple[dict[int, pa.Table], pa.Table, pa.Table]:
+    """Training documents per night, the do-not-forget set (night 1) and the new-data set (night 3)."""
+    with (COMMONS / "planted.csv").open(newline="") as fh:
+        paired = {r[k] for r in csv.DictReader(fh) for k in ("doc_id", "duplicate_of")}
+    rng = np.random.default_rng(seed)
+    nights = load_nights()
+    dnf = stratified_holdout(nights[1], 0.10, 2, paired, rng)
+    new = stratified_holdout(nights[3], 0.05, 1, paired, rng)
+    train = dict(nights)
+    train[1] = nights[1].filter(pa.array(~dnf))
+    train[3] = nights[3].filter(pa.array(~new))
+    return train, nights[1].filter(pa.array(dnf)), nights[3].filter(pa.array(new))
+
+
+# -- the tiny LM ------------------------------------------------------------------------------
+
+
+def make_model(b: Budget) -> Any:
+    import torch
+    from torch import nn
+
+    class TinyLM(nn.Module):
+        """A byte-level causal transformer."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Embedding(256, b.d_model)
+            self.pos = nn.Embedding(b.ctx, b.d_model)
+            layer = nn.TransformerEncoderLayer(b.d_model, b.heads, 4 * b.d_model, dropout=0.0, batch_first=True,
+                                               norm_first=True)
+            self.blocks = nn.TransformerEncoder(layer, b.layers, enable_nested_tensor=False)
+            self.norm = nn.LayerNorm(b.d_model)
+            self.head = nn.Linear(b.d_model, 256)
+            self.register_buffer("mask", torch.triu(torch.full((b.ctx, b.ctx), float("-inf")), 1))
+
+        def forward(self, x: Any) -> Any:
+            t = x.shape[1]
+            h = self.emb(x) + self.pos(torch.arange(t, device=x.device))
+            return self.head(self.norm(self.blocks(h, mask=self.mask[:t, :t], is_causal=True)))
+
+    return TinyLM()
+
+
+def windows(texts: list[str], rng: np.random.Generator, ctx: int) -> np.ndarray:
+    """One random window of ``ctx + 1`` bytes per text (shorter texts are padded with byte 0,
+    which the loss ignores through the length mask below)."""
+    out = np.zeros((len(texts), ctx + 1), np.int64)
+    lengths = np.zeros(len(texts), np.int64)
+    for i, t in enumerate(texts):
+        raw = np.frombuffer(t.encode("utf-8"), np.uint8)
+        start = int(rng.integers(0, max(1, len(raw) - ctx))) if len(raw) > ctx + 1 else 0
+        w = raw[start:start + ctx + 1]
+        out[i, :len(w)] = w
+        lengths[i] = len(w)
+    return np.concatenate([out, lengths[:, None]], axis=1)
+
+
+def window_losses(model: Any, batch: np.ndarray) -> Any:
+    """Mean next-byte loss (nats) of each window, ignoring padding."""
+    import torch
+    from torch.nn import functional as F
+
+    x = torch.from_numpy(batch[:, :-1])
+    lengths = torch.from_numpy(batch[:, -1])
+    logits = model(x[:, :-1])
+    nll = F.cross_entropy(logits.reshape(-1, 256), x[:, 1:].reshape(-1), reduction="none").view(x.shape[0], -1)
+    valid = (torch.arange(nll.shape[1])[None, :] < (lengths[:, None] - 1)).float()
+    return (nll * valid).sum(1) / valid.sum(1).clamp(min=1), valid.sum(1)
+
+
+def eval_set(model: Any, table: pa.Table, b: Budget) -> dict[str, Any]:
+    """Loss on fixed windows (each document's first ``eval_windows`` windows): per source, micro, macro."""
+    import torch
+
+    rows, sources = [], []
+    for text, src in zip(table["text"].to_pylist(), table["source"].to_pylist()):
+        raw = np.frombuffer(text.encode("utf-8"), np.uint8)
+        for k in range(b.eval_windows):
+            w = raw[k * b.ctx:(k + 1) * b.ctx + 1]
+            if len(w) < 2:
+                break
+            row = np.zeros(b.ctx + 2, np.int64)
+            row[:len(w)] = w
+            row[-1] = len(w)
+            rows.append(row)
+            sources.append(src)
+    data = np.stack(rows)
+    model.eval()
+    losses, counts = [], []
+    with torch.no_grad():
+        for i in range(0, len(data), 64):
+            lo, n = window_losses(model, data[i:i + 64])
+            losses.append(lo.numpy())
+            counts.append(n.numpy())
+    model.train()
+    lo, n = np.concatenate(losses), np.concatenate(counts)
+    src = np.asarray(sources, dtype=object)
+    per = {s: float(np.sum(lo[src == s] * n[src == s]) / np.sum(n[src == s])) for s in sorted(set(sources))}
+    return {"micro": float(np.sum(lo * n) / n.sum()), "macro": float(np.mean(list(per.values()))), "per_source": per,
+            "documents": table.num_rows, "windows": len(data)}
+
+
+def train(model: Any, opt: Any, b: Budget, steps: int, new_texts: list[str], replay: list[dict[str, Any]] | None,
+          seed: int, night: int, use_weights: bool, step0: int) -> dict[str, float]:
+    """``steps`` optimizer steps of ``batch_new`` new windows (+ ``batch_replay`` replayed ones, each
+    loss scaled by its IS weight when ``use_weights``). The new windows depend only on
+    ``(seed, night)``, so every arm sees exactly the same new data."""
+    import torch
+
+    rng_new = np.random.default_rng([seed, night, 1])
+    rng_rep = np.random.default_rng([seed, night, 2])
+    t0, total = time.monotonic(), 0.0
+    for step in range(steps):
+        lr = b.lr * min(1.0, (step0 + step + 1) / b.warmup)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        pick = rng_new.integers(0, len(new_texts), b.batch_new)
+        texts = [new_texts[i] for i in pick]
+        weights = [1.0] * len(texts)
+        if replay is not None:
+            items = replay[step * b.batch_replay:(step + 1) * b.batch_replay]
+            texts += [it["text"] for it in items]
+            weights += [it["weight"] if use_weights else 1.0 for it in items]
+        batch = windows(texts[:b.batch_new], rng_new, b.ctx)
+        if len(texts) > b.batch_new:
+            batch = np.concatenate([batch, windows(texts[b.batch_new:], rng_rep, b.ctx)])
+        lo, _ = window_losses(model, batch)
+        loss = (lo * torch.tensor(weights, dtype=lo.dtype)).mean()
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        total += float(lo[:b.batch_new].detach().mean())
+    return {"seconds": round(time.monotonic() - t0, 2), "mean_new_loss": total / max(1, steps)}
+
+
+# -- Glia -------------------------------------------------------------------------------------
+
+
+def write_night(table: pa.Table, root: Path, night: int) -> None:
+    """Deliver a night's training documents as two shards."""
+    folder = root / f"night{night}"
+    folder.mkdir(parents=True)
+    half = table.num_rows // 2
+    pq.write_table(table.slice(0, half), folder / "part-00000.parquet")
+    pq.write_table(table.slice(half), folder / "part-00001.parquet")
+
+
+def whatif_plan(db: Path, params: Any) -> tuple[Any, dict[str, Any]]:
+    """Draws of a replay set built from the catalog as it stands (read-only: nothing is written,
+    retention state included), for the arms that are not the nightly stage's own set."""
+    from curation.dataloader import ReplayPlan
+    from curation.replay import CatalogState, build_set, latest_run
+    from storage.catalog import Catalog
+
+    with Catalog(db, read_only=True) as cat:
+        run_id = latest_run(cat.con)
+        st = CatalogState.read(cat.con, params, run_id)
+        rs = build_set(st.pool, st.state, params, 0, st.n_sets, "api")
+        cat.con.register("_items", rs.items)
+        rows = cat.con.sql('SELECT i.doc_id, i.weight, i."count", d.shard_path, d."row" '
+                           "FROM _items i JOIN documents d USING (doc_id)").to_arrow_table()
+        cat.con.unregister("_items")
+    return ReplayPlan.from_rows(rows, 0), rs.set_row
+
+
+def learner_losses(model: Any, texts: dict[str, str], b: Budget, path: Path) -> Path:
+    """The model's loss on each earlier document (its first window), written as Parquet for the
+    replay build's ``importance_sql``: the trainer tells Glia what it finds hard."""
+    import torch
+
+    ids = sorted(texts)
+    losses = []
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(ids), 64):
+            chunk = [texts[d] for d in ids[i:i + 64]]
+            rows = np.zeros((len(chunk), b.ctx + 2), np.int64)
+            for j, t in enumerate(chunk):
+                w = np.frombuffer(t.encode("utf-8"), np.uint8)[:b.ctx + 1]
+                rows[j, :len(w)] = w
+                rows[j, -1] = len(w)
+            losses.append(window_losses(model, rows)[0].numpy())
+    model.train()
+    pq.write_table(pa.table({"doc_id": ids, "loss": np.concatenate(losses)}), path)
+    return path
+
+
+def composition(items: list[dict[str, Any]], source_of: dict[str, str]) -> dict[str, Any]:
+    counts: dict[str, int] = {}
+    for it in items:
+        s = source_of.get(it["doc_id"], "?")
+        counts[s] = counts.get(s, 0) + 1
+    w = np.array([it["weight"] for it in items])
+    return {"share_by_source": {k: round(v / len(items), 4) for k, v in sorted(counts.items())},
+            "distinct_documents": len({it["doc_id"] for it in items}), "mean_weight": float(w.mean()),
+            "min_weight": float(w.min())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="a ~30 s smoke run")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, help="result JSON (default bench/results/ablate.json, _quick with --quick)")
+    ap.add_argument("--workdir", type=Path, help="keep the shards and catalog here (default: a temp folder)")
+    ap.add_argument("--taggers", default="exact,minhash", help="taggers for the nightly runs")
+    ap.add_argument("--stages", default="dedup", help="night stages before replay (e.g. dedup,novelty,decide)")
+    ap.add_argument("--no-is-weights", action="store_true", help="ignore the TMR set's IS weights in the loss")
+    ap.add_argument("--arms", default="uniform,tmr,tmr_loss",
+                    help="uniform | tmr (tonight's replay set) | tmr_loss (+ the learner's loss as importance)")
+    ap.add_argument("--night1-steps", type=int)
+    ap.add_argument("--night-steps", type=int)
+    args = ap.parse_args(argv)
+    b = QUICK if args.quick else DEFAULT
+    if args.night1_steps or args.night_steps:
+        b = Budget(**{**asdict(b), **{k: v for k, v in (("night1_steps", args.night1_steps),
+                                                          ("night_steps", args.night_steps)) if v}})
+    arms = [a for a in args.arms.split(",") if a]
+    unknown = sorted(set(arms) - {"uniform", "tmr", "tmr_loss"})
+    if unknown:
+        ap.error(f"unknown arm(s) {unknown}; arms are uniform, tmr, tmr_loss")
+    out = args.out or ROOT / "bench" / "results" / ("ablate_quick.json" if args.quick else "ablate.json")
+
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="glia-ablate-"))
+    if args.workdir and work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("GLIA_HOME", str(work / "glia-home"))
+    import torch
+
+    from curation.dataloader import ReplayPlan, iter_replay
+    from flows.nightly import nightly_hygiene
+
+    torch.manual_seed(args.seed)
+    t_start = time.monotonic()
+    train_docs, dnf, new_eval = split_corpus(args.seed)
+    source_of = {i: s for t in train_docs.values() for i, s in zip(t["id"].to_pylist(), t["source"].to_pylist())}
+    size = b.night_steps * b.batch_replay
+    stages = [s for s in args.stages.split(",") if s and s != "replay"] + ["replay"]
+    rules = work / "rules.toml"
+    rules.write_text(
+        f"[run]\ntaggers = {json.dumps(args.taggers.split(','))}\nstages = {json.dumps(stages)}\n"
+        f"[stages.replay]\nsize = {size}\nseed = {args.seed}\nnew_fraction = 0.0\n")
+    root, db = work / "shards", work / "glia.duckdb"
+
+    def night_run(n: int) -> float:
+        write_night(train_docs[n], root, n)
+        t = time.monotonic()
+        outcome = nightly_hygiene(shards_root=str(root), db_path=str(db), rules_path=str(rules))
+        if outcome.status != "completed":
+            raise RuntimeError(f"night {n}: the nightly run ended {outcome.status}")
+        return time.monotonic() - t
+
+    result: dict[str, Any] = {
+        "budget": asdict(b), "seed": args.seed, "mode": "quick" if args.quick else "default",
+        "taggers": args.taggers.split(","), "stages": stages, "is_weights": not args.no_is_weights,
+        "do_not_forget": {"documents": dnf.num_rows, "by_source": dict(zip(*np.unique(dnf["source"].to_pylist(),
+                                                                                      return_counts=True)))},
+        "new_eval_documents": new_eval.num_rows,
+        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
+                    "torch": torch.__version__},
+        "arms_run": arms, "glia_seconds": {},
+    }
+    result["do_not_forget"]["by_source"] = {k: int(v) for k, v in result["do_not_forget"]["by_source"].items()}
+
+    # Night 1: shared by every arm.
+    result["glia_seconds"]["night1"] = round(night_run(1), 2)
+    model = make_model(b)
+    opt = torch.optim.AdamW(model.parameters(), lr=b.lr, weight_decay=0.01)
+    info = train(model, opt, b, b.night1_steps, train_docs[1]["text"].to_pylist(), None, args.seed, 1, False, 0)
+    result["night1"] = {"train": info, "do_not_forget": eval_set(model, dnf, b), "new": eval_set(model, new_eval, b)}
+    print(f"night 1: {info['seconds']} s, do-not-forget loss {result['night1']['do_not_forget']['micro']:.4f}", flush=True)
+    states = {arm: (copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())) for arm in arms}
+    result["arms"] = {arm: {} for arm in arms}
+
+    from curation.replay import TERMS, ReplayParams
+    from storage.catalog import Catalog
+
+    flow_params = {"size": size, "seed": args.seed, "new_fraction": 0.0}
+    for n in (2, 3):
+        result["glia_seconds"][f"night{n}"] = round(night_run(n), 2)
+        earlier = {i: t for k in range(1, n) for i, t in zip(train_docs[k]["id"].to_pylist(), train_docs[k]["text"].to_pylist())}
+        for arm in arms:
+            model.load_state_dict(states[arm][0])
+            opt.load_state_dict(states[arm][1])
+            if arm == "tmr":  # the set tonight's replay stage built and committed
+                plan = ReplayPlan.from_db(db)
+                with Catalog(db, read_only=True) as cat:
+                    set_row = cat.con.sql("SELECT * EXCLUDE (params, created_at) FROM replay_sets WHERE set_id = ?",
+                                          params=[plan.set_id]).to_arrow_table().to_pylist()[0]
+            elif arm == "uniform":  # alpha = 0: P(i) = 1/N over the same pool, every IS weight 1
+                plan, set_row = whatif_plan(db, ReplayParams(**flow_params, alpha=0.0, record_state=False,
+                                                             weights={t: 0.0 for t in TERMS}))
+            else:  # tmr_loss: the same TMR build plus the learner's own loss as user-supplied importance
+                path = learner_losses(model, earlier, b, work / f"losses-night{n}.parquet")
+                sql = f"SELECT doc_id, loss AS importance FROM read_parquet('{path}')"
+                plan, set_row = whatif_plan(db, ReplayParams(**flow_params, record_state=False, importance_sql=sql))
+            items = list(iter_replay(plan, seed=args.seed, epoch=n))
+            assert len(items) == size, (arm, n, len(items))
+            use_w = arm != "uniform" and not args.no_is_weights
+            info = train(model, opt, b, b.night_steps, train_docs[n]["text"].to_pylist(), items, args.seed, n, use_w,
+                         b.night1_steps + (n - 2) * b.night_steps)
+            keep = ("set_id", "size", "beta", "n_pool", "terms", "terms_missing", "rarity_source", "origin")
+            result["arms"][arm][f"night{n}"] = {
+                "train": info, "replay_set": {k: set_row.get(k) for k in keep},
+                "replay_draws": composition(items, source_of), "do_not_forget": eval_set(model, dnf, b)}
+            if n == 3:
+                result["arms"][arm]["new_data_after_night3"] = eval_set(model, new_eval, b)
+                d = result["arms"][arm]["night3"]["do_not_forget"]
+                print(f"{arm:8s} do-not-forget after night 3: micro {d['micro']:.4f}, macro {d['macro']:.4f}; "
+                      f"new data {result['arms'][arm]['new_data_after_night3']['micro']:.4f}", flush=True)
+            states[arm] = (copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()))
+
+    final = {arm: result["arms"][arm]["night3"]["do_not_forget"] for arm in arms}
+    result["summary"] = {
+        "do_not_forget_micro": {"after_night1": result["night1"]["do_not_forget"]["micro"],
+                                **{a: final[a]["micro"] for a in arms}},
+        "do_not_forget_macro": {"after_night1": result["night1"]["do_not_forget"]["macro"],
+                                **{a: final[a]["macro"] for a in arms}},
+        "do_not_forget_rare_strata": {a: {s: final[a]["per_source"][s] for s in ("devil", "jargon")
+                                          if s in final[a]["per_source"]} for a in arms},
+        "new_data": {a: result["arms"][a]["new_data_after_night3"]["micro"] for a in arms},
+        "best_micro": min(arms, key=lambda a: final[a]["micro"]),
+        "best_macro": min(arms, key=lambda a: final[a]["macro"]),
+    }
+    result["total_seconds"] = round(time.monotonic() - t_start, 1)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=lambda o: o.item() if hasattr(o, "item") else str(o)) + "\n")
+    s = result["summary"]
+    print(json.dumps({k: s[k] for k in ("do_not_forget_micro", "do_not_forget_macro", "do_not_forget_rare_strata",
+                                        "new_data")}, indent=1))
+    print(f"wrote {out} ({result['total_seconds']} s; work folder {work})")
+    if not args.workdir:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0 if all(math.isfinite(v) for v in s["new_data"].values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
