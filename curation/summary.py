@@ -1,0 +1,279 @@
+"""A night's summary: counts per source, per tag and per decision, and time per step.
+
+Two halves, both plain SQL:
+
+- :func:`tonight_metrics` runs *before* the commit, over the run's own Parquet attribute files
+  (an in-memory DuckDB, so the catalog is not opened twice), and returns ``run_metrics`` rows
+  that ``Catalog.commit_run`` writes in the run's one transaction, beside the stage counts
+  (``<stage>.<count>``) and step times (``seconds.<step>``) that are already there.
+- :func:`read_summary` reads a committed run's summary back from the catalog (read-only) and
+  :func:`to_markdown` renders it for the Prefect run artifact and for people.
+
+Summary metric names (``run_metrics.metric``); ``@<source>`` restricts one to a source:
+
+==========================================  =================================================
+``summary.docs[@src]``                      tonight's accepted documents
+``summary.tag.<column>.true[@src]``         documents whose boolean tag is true
+``summary.tag.<column>.count[@src]``        documents with a non-null value (ids, text)
+``summary.tag.<column>.mean[@src]``         mean of a numeric tag (finite values)
+``summary.tag.<column>.value:<v>[@src]``    documents per value of a categorical tag
+``summary.tag.<column>.item:<k>[@src]``     documents per reason kind of a list tag
+``summary.decision.<action>[@src]``         documents per decision (``keep``, ``prune``)
+==========================================  =================================================
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import duckdb
+import pyarrow as pa
+
+from storage.sql import parquet_scan
+from storage.views import DOCUMENTS, ViewSource
+
+if TYPE_CHECKING:
+    from storage.catalog import RunRecord
+
+PREFIX = "summary."
+# A string tag with at most this many distinct values tonight is counted per value.
+MAX_CATEGORIES = 20
+# The decision column of the decide stage's output (curation.rules.DECISION_SCHEMA).
+DECISION_COLUMN = "action"
+NO_SOURCE = "(none)"
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _name(base: str, source: str | None) -> str:
+    return base if source is None else f"{base}@{source}"
+
+
+def _grouped(con: duckdb.DuckDBPyConnection, select: str, from_: str, extra_group: str = "") -> list[tuple]:
+    """Rows of ``select`` per source and over all sources (source NULL), optionally also by
+    ``extra_group``: one scan with GROUPING SETS."""
+    if extra_group:
+        sets = f"GROUPING SETS ((d.source, {extra_group}), ({extra_group}))"
+        return con.execute(f"SELECT d.source, {extra_group}, {select} FROM {from_} GROUP BY {sets}").fetchall()
+    return con.execute(f"SELECT d.source, {select} FROM {from_} GROUP BY GROUPING SETS ((d.source), ())").fetchall()
+
+
+def _column_metrics(con: duckdb.DuckDBPyConnection, from_: str, col: str, typ: pa.DataType) -> dict[str, float]:
+    """Summary metrics of one tag column over the rows of ``from_`` (which joins ``d``)."""
+    out: dict[str, float] = {}
+    c = f"t.{_q(col)}"
+    base = f"{PREFIX}tag.{col}"
+    if pa.types.is_boolean(typ):
+        for src, n in _grouped(con, f"count_if(coalesce({c}, false))", from_):
+            out[_name(f"{base}.true", src)] = float(n)
+    elif pa.types.is_uint64(typ):  # 64-bit hashes (text_hash): an average says nothing
+        pass
+    elif pa.types.is_integer(typ) or pa.types.is_floating(typ) or pa.types.is_decimal(typ):
+        # fsum (Kahan) and 12 significant digits: a parallel scan adds in any order, and a
+        # rerun after a crash must record the same summary as an uninterrupted run.
+        for src, mean in _grouped(con, f"fsum(CASE WHEN isfinite({c}::DOUBLE) THEN {c}::DOUBLE END)"
+                                       f" / count(CASE WHEN isfinite({c}::DOUBLE) THEN 1 END)", from_):
+            if mean is not None:
+                out[_name(f"{base}.mean", src)] = float(f"{float(mean):.12g}")
+    elif pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_dictionary(typ):
+        n_distinct, n_values = con.execute(f"SELECT count(DISTINCT {c}), count({c}) FROM {from_}").fetchone()
+        # Categories repeat (keep/prune, a language); ids (exact_dup_of) mostly do not.
+        if 0 < n_distinct <= MAX_CATEGORIES and n_values >= 3 * n_distinct:
+            for src, value, n in _grouped(con, "count(*)", from_ + f" WHERE {c} IS NOT NULL", extra_group=c):
+                out[_name(f"{base}.value:{value}", src)] = float(n)
+        else:
+            for src, n in _grouped(con, f"count({c})", from_):
+                out[_name(f"{base}.count", src)] = float(n)
+    elif pa.types.is_list(typ) or pa.types.is_large_list(typ):
+        if not (pa.types.is_string(typ.value_type) or pa.types.is_large_string(typ.value_type)):
+            return out
+        # A reason like "near_dup_of:<id>" or "risk>0.8" is counted by its kind (the leading word),
+        # once per document, so ids and thresholds do not make every reason its own row.
+        items = (f"(SELECT d.source, t.doc_id, regexp_extract(x.k, '^[A-Za-z_]+') AS k FROM {from_}, "
+                 f"unnest({c}) AS x(k)) AS i")
+        n_keys = con.execute(f"SELECT count(DISTINCT k) FROM {items}").fetchone()[0]
+        if 0 < n_keys <= MAX_CATEGORIES:
+            rows = con.execute(
+                f"SELECT source, k, count(DISTINCT doc_id) FROM {items} WHERE k <> '' "
+                "GROUP BY GROUPING SETS ((source, k), (k))").fetchall()
+            for src, key, n in rows:
+                out[_name(f"{base}.item:{key}", src)] = float(n)
+    else:  # timestamps, structs, binary: presence is what can be said generically
+        for src, n in _grouped(con, f"count({c})", from_):
+            out[_name(f"{base}.count", src)] = float(n)
+    return out
+
+
+def tonight_metrics(record: RunRecord) -> dict[str, float]:
+    """Summary metrics of the run in ``record`` (not yet committed), from its attribute files.
+
+    Covers tonight's accepted documents: their count per source, every public tag column of
+    every tagger and stage output that tagged them, and the decision per document if the
+    ``decide`` stage ran (its per-document output, or its rows in ``record.writes``).
+    """
+    docs = [f.path for f in record.tag_files if f.tagger == DOCUMENTS]
+    if not docs:
+        return {}
+    sources: dict[tuple[str, str], ViewSource] = {(s.tagger, s.version): s for s in record.view_sources}
+    files: dict[tuple[str, str], list[str]] = {}
+    for f in record.tag_files:
+        if f.tagger != DOCUMENTS and (f.tagger, f.version) in sources:
+            files.setdefault((f.tagger, f.version), []).append(f.path)
+    out: dict[str, float] = {}
+    con = duckdb.connect()
+    try:
+        d = f"(SELECT doc_id, coalesce(source, '{NO_SOURCE}') AS source FROM {parquet_scan(sorted(docs))}) AS d"
+        for src, n in _grouped(con, "count(*)", d):
+            out[_name(f"{PREFIX}docs", src)] = float(n)
+        decided = False
+        for key in sorted(files):
+            src = sources[key]
+            cols = [c for c in src.public_columns if c in src.schema.names]
+            if not cols:
+                continue
+            from_ = f"{d} JOIN {parquet_scan(sorted(files[key]))} AS t USING (doc_id)"
+            for col in cols:
+                typ = src.schema.field(col).type
+                if col == DECISION_COLUMN and pa.types.is_string(typ):
+                    out.update(_decisions(con, from_, f"t.{_q(col)}"))
+                    decided = True
+                else:
+                    out.update(_column_metrics(con, from_, col, typ))
+        if not decided:
+            for w in record.writes:
+                if {"doc_id", DECISION_COLUMN} <= set(w.rows.column_names):
+                    con.register("_decisions_in", w.rows.select(["doc_id", DECISION_COLUMN]))
+                    out.update(_decisions(con, f"{d} JOIN _decisions_in AS t USING (doc_id)", f"t.{_q(DECISION_COLUMN)}"))
+                    con.unregister("_decisions_in")
+                    break
+    finally:
+        con.close()
+    return out
+
+
+def _decisions(con: duckdb.DuckDBPyConnection, from_: str, col: str) -> dict[str, float]:
+    rows = _grouped(con, "count(*)", from_ + f" WHERE {col} IS NOT NULL", extra_group=col)
+    return {_name(f"{PREFIX}decision.{action}", src): float(n) for src, action, n in rows}
+
+
+# -- reading a committed run back ------------------------------------------------------------
+
+
+@dataclass
+class RunSummary:
+    """A committed run's summary, as read from the catalog."""
+
+    run_id: int
+    status: str
+    started_at: Any
+    seconds: float | None
+    totals: dict[str, int]                       # docs, exact/near dups, shards, skipped rows
+    steps: dict[str, float]                      # step -> seconds
+    stage_counts: dict[str, float]               # "<stage>.<count>" -> value
+    sources: list[str] = field(default_factory=list)
+    docs: dict[str | None, float] = field(default_factory=dict)                        # source|None -> docs
+    tags: dict[str, dict[str | None, float]] = field(default_factory=dict)             # "<col>.<stat>" -> ...
+    decisions: dict[str, dict[str | None, float]] = field(default_factory=dict)        # action -> source -> n
+
+
+def split_metric(metric: str) -> tuple[str, str | None]:
+    """``"summary.tag.x.true@kjv"`` -> ``("summary.tag.x.true", "kjv")``; no source -> None."""
+    base, at, source = metric.partition("@")
+    return base, (source if at else None)
+
+
+def read_summary(con: duckdb.DuckDBPyConnection, run_id: int | None = None) -> RunSummary | None:
+    """The summary of run ``run_id`` (default: the latest run), or None if there is no such run."""
+    if run_id is None:
+        row = con.execute("SELECT max(run_id) FROM runs").fetchone()
+        if row is None or row[0] is None:
+            return None
+        run_id = int(row[0])
+    run = con.execute(
+        "SELECT status, started_at, seconds, n_docs, n_exact_dups, n_near_dups, n_shards_new, n_shards_changed, "
+        "n_shards_rejected, n_skipped_rows FROM runs WHERE run_id = ?", [run_id]).fetchone()
+    if run is None:
+        return None
+    names = ("docs", "exact_dups", "near_dups", "shards_new", "shards_changed", "shards_rejected", "skipped_rows")
+    s = RunSummary(run_id, run[0], run[1], run[2], dict(zip(names, (int(v or 0) for v in run[3:]))), {}, {})
+    metrics = con.execute("SELECT metric, value FROM run_metrics WHERE run_id = ? ORDER BY metric", [run_id]).fetchall()
+    sources: set[str] = set()
+    for metric, value in metrics:
+        if value is None:
+            continue
+        if metric.startswith("seconds."):
+            s.steps[metric.removeprefix("seconds.")] = value
+        elif not metric.startswith(PREFIX):
+            stage, _, what = metric.partition(".")
+            if what == "seconds":
+                s.steps[f"stage {stage}"] = value
+            else:
+                s.stage_counts[metric] = value
+        else:
+            base, source = split_metric(metric)
+            if source is not None:
+                sources.add(source)
+            kind, _, rest = base.removeprefix(PREFIX).partition(".")
+            if kind == "docs":
+                s.docs[source] = value
+            elif kind == "tag":
+                s.tags.setdefault(rest, {})[source] = value
+            elif kind == "decision":
+                s.decisions.setdefault(rest, {})[source] = value
+    s.sources = sorted(sources)
+    # Pipeline order: prepare, tag, the stages (in the order they ran), then anything else.
+    order = {"prepare": 0, "tag": 1}
+    s.steps = dict(sorted(s.steps.items(), key=lambda kv: (order.get(kv[0], 2 if kv[0].startswith("stage ") else 3))))
+    return s
+
+
+def _fmt(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if float(value).is_integer():
+        return f"{int(value):,}"
+    return f"{value:,.3f}"
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    esc = [[str(c).replace("|", "\\|") for c in r] for r in rows]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in esc]
+    return "\n".join(lines)
+
+
+def to_markdown(s: RunSummary, db_path: Path | str | None = None) -> str:
+    """The summary as Markdown: the run, time per step, and counts per source, tag and decision."""
+    t = s.totals
+    parts = [f"# Glia run {s.run_id}: {s.status}", ""]
+    if db_path is not None:
+        parts += [f"Database: `{db_path}`", ""]
+    parts += [table(["documents", "exact dups", "near dups", "new shards", "changed shards", "rejected shards",
+                      "skipped rows", "seconds"],
+                     [[_fmt(t["docs"]), _fmt(t["exact_dups"]), _fmt(t["near_dups"]), _fmt(t["shards_new"]),
+                       _fmt(t["shards_changed"]), _fmt(t["shards_rejected"]), _fmt(t["skipped_rows"]),
+                       _fmt(round(s.seconds, 2) if s.seconds is not None else None)]]), ""]
+    if s.steps:
+        parts += ["## Time per step", "", table(["step", "seconds"], [[k, _fmt(round(v, 3))] for k, v in s.steps.items()]), ""]
+    cols = ["all", *s.sources]
+    if s.docs:
+        parts += ["## Documents per source", "",
+                  table(["", *cols], [["documents", *(_fmt(s.docs.get(None if c == "all" else c)) for c in cols)]]), ""]
+    if s.decisions:
+        parts += ["## Decisions", "", table(["decision", *cols], [
+            [a, *(_fmt(by.get(None if c == "all" else c, 0.0)) for c in cols)] for a, by in sorted(s.decisions.items())]), ""]
+    if s.tags:
+        parts += ["## Tags of tonight's documents", "",
+                  "`true`: documents where the tag holds; `count`: documents with a value; `mean`: average; "
+                  "`value:`/`item:`: documents per value or reason kind.", "",
+                  table(["tag", *cols], [
+                      [k, *(_fmt(by.get(None if c == "all" else c)) for c in cols)] for k, by in sorted(s.tags.items())]), ""]
+    if s.stage_counts:
+        parts += ["## Stage counts", "", table(["metric", "value"], [[k, _fmt(v)] for k, v in s.stage_counts.items()]), ""]
+    return "\n".join(parts).rstrip() + "\n"
