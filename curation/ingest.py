@@ -1,9 +1,9 @@
 """Reading shards into documents: schema checks, id checks, row skips.
 
 Every stage that reads a shard goes through :func:`read_documents`, so every tagger sees
-exactly the same documents: rows with a null id, a null or blank text, or an id already
-taken are left out, and :func:`scan_ids` / :func:`read_documents` report each of them with
-the file and the 0-based row.
+exactly the same documents: rows with a null id, a null or blank text, a text that is not
+valid UTF-8 or longer than ``[run].max_doc_bytes``, or an id already taken are left out, and
+:func:`scan_ids` / :func:`read_documents` report each of them with the file and the 0-based row.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation.config import Columns
+from curation.config import Columns, RunOptions
 from curation.shards import ShardFile, open_parquet
 from storage.catalog import SKIPPED_SCHEMA
 
@@ -38,9 +38,10 @@ def _check_schema(shard: ShardFile, schema: pa.Schema, cols: Columns) -> dict[st
                 f"set [columns].{role} in the rules file if it has another name"
             )
     text_type = schema.field(cols.text).type
-    if not (pa.types.is_string(text_type) or pa.types.is_large_string(text_type)):
+    if not (_is_text(text_type) or pa.types.is_binary(text_type) or pa.types.is_large_binary(text_type)):
         raise ShardRejected(
-            f"{shard.path}: text column {cols.text!r} has type {text_type}, expected a string column"
+            f"{shard.path}: text column {cols.text!r} has type {text_type}, expected a string column "
+            "(or binary holding UTF-8)"
         )
     id_type = schema.field(cols.id).type
     if not (
@@ -61,6 +62,38 @@ def _check_schema(shard: ShardFile, schema: pa.Schema, cols: Columns) -> dict[st
     return present
 
 
+def _is_text(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+def as_utf8(values: pa.Array) -> tuple[pa.Array, list[tuple[int, str]]]:
+    """``values`` (string or binary) as a string array whose values are all valid UTF-8, and
+    ``(index, reason)`` for each value that is not (nulled in the result).
+
+    Parquet readers do not check that a string column holds UTF-8, and a binary column may
+    hold anything; one bad value would otherwise fail a tagger (and the night) much later.
+    The check is one vectorised pass; only a batch that fails it is looked at value by value.
+    """
+    large = pa.types.is_large_string(values.type) or pa.types.is_large_binary(values.type)
+    as_string = values.view(pa.large_string() if large else pa.string())
+    try:
+        as_string.validate(full=True)
+        return as_string, []
+    except pa.ArrowInvalid:
+        pass
+    bad: list[tuple[int, str]] = []
+    for i, raw in enumerate(values.view(pa.large_binary() if large else pa.binary()).to_pylist()):
+        if raw is None:
+            continue
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            bad.append((i, f"not valid UTF-8 ({exc.reason} at byte {exc.start})"))
+    mask = np.zeros(len(values), dtype=bool)
+    mask[[i for i, _ in bad]] = True
+    return pc.if_else(pa.array(mask), pa.nulls(len(values), as_string.type), as_string), bad
+
+
 def _skips(shard: ShardFile, rows: np.ndarray, ids: pa.Array | None, reason: str) -> pa.Table:
     n = len(rows)
     return pa.table(
@@ -73,6 +106,11 @@ def _skips(shard: ShardFile, rows: np.ndarray, ids: pa.Array | None, reason: str
         },
         schema=SKIPPED_SCHEMA,
     )
+
+
+def _row_skips(shard: ShardFile, rows: np.ndarray, ids: pa.Array | None, reasons: list[str]) -> pa.Table:
+    """Like :func:`_skips`, with a reason per row."""
+    return _skips(shard, rows, ids, "").set_column(4, "reason", pa.array(reasons, pa.string()))
 
 
 def empty_skips() -> pa.Table:
@@ -96,12 +134,17 @@ def scan_ids(shard: ShardFile, cols: Columns) -> tuple[pa.Table, pa.Table]:
     except Exception as exc:
         raise ShardRejected(f"{shard.path}: cannot read column {cols.id!r}: {exc}") from exc
     ids = pc.cast(raw, pa.string()).combine_chunks() if raw.num_chunks else pa.array([], pa.string())
+    ids, bad_ids = as_utf8(ids)
     rows = np.arange(len(ids), dtype=np.int64)
     skipped = [empty_skips()]
-    null = pc.is_null(ids).to_numpy(zero_copy_only=False)
+    bad = np.zeros(len(ids), dtype=bool)
+    bad[[i for i, _ in bad_ids]] = True
+    null = pc.is_null(ids).to_numpy(zero_copy_only=False) & ~bad
     if null.any():
         skipped.append(_skips(shard, rows[null], None, f"null id (column {cols.id!r})"))
-    ok = ~null
+    if bad_ids:
+        skipped.append(_row_skips(shard, rows[bad], None, [f"id is {reason}" for _, reason in bad_ids]))
+    ok = ~(null | bad)
     table = pa.table({"doc_id": ids.filter(pa.array(ok)), "row": rows[ok]})
     # Keep the first occurrence of each id; later ones are recorded with the row they repeat.
     first = pc.index_in(table["doc_id"], value_set=pc.unique(table["doc_id"]))
@@ -128,14 +171,16 @@ class ReadSpec:
     columns: Columns
     batch_size: int
     excluded_rows: tuple[int, ...] = ()
+    max_doc_bytes: int = RunOptions.max_doc_bytes  # 0: no limit
 
 
 def read_documents(spec: ReadSpec, with_skips: list[pa.Table] | None = None) -> Iterator[pa.Table]:
     """Yield batches of ``doc_id`` (string), ``row`` (int64), ``text`` and the optional
     metadata columns under their canonical names (``timestamp`` as UTC microseconds).
 
-    Rows with a null or blank text and the ``excluded_rows`` are left out; if ``with_skips``
-    is a list, a table of the text skips is appended to it per batch.
+    Rows with a null or blank text, a text that is not valid UTF-8 (a binary text column is
+    decoded) or longer than ``max_doc_bytes`` bytes, and the ``excluded_rows`` are left out; if
+    ``with_skips`` is a list, a table of the text skips is appended to it per batch.
     """
     shard, cols = spec.shard, spec.columns
     try:
@@ -157,20 +202,32 @@ def read_documents(spec: ReadSpec, with_skips: list[pa.Table] | None = None) -> 
         n = batch.num_rows
         rows = np.arange(offset, offset + n, dtype=np.int64)
         offset += n
-        text = batch.column(cols.text)
         ids = pc.cast(batch.column(cols.id), pa.string())
-        null_text = pc.is_null(text).to_numpy(zero_copy_only=False)
-        blank = ~null_text & pc.fill_null(
-            pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0), False
-        ).to_numpy(zero_copy_only=False)
+        null_text = pc.is_null(batch.column(cols.text)).to_numpy(zero_copy_only=False)
+        text, bad_utf8 = as_utf8(batch.column(cols.text))
+        nbytes = pc.fill_null(pc.binary_length(text), 0).to_numpy(zero_copy_only=False)
+        too_big = nbytes > spec.max_doc_bytes if spec.max_doc_bytes > 0 else np.zeros(n, dtype=bool)
+        # A too-big text is not trimmed: that would copy it once more just to be dropped.
+        small = pc.if_else(pa.array(too_big), "", text) if too_big.any() else text
+        blank = pc.fill_null(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(small)), 0), False).to_numpy(
+            zero_copy_only=False) & ~too_big & ~null_text
+        bad = np.zeros(n, dtype=bool)
+        bad[[i for i, _ in bad_utf8]] = True
         # Excluded rows and null ids were reported when the ids were scanned.
         eligible = ~np.isin(rows, excluded) & pc.is_valid(ids).to_numpy(zero_copy_only=False)
-        keep = eligible & ~(null_text | blank)
+        keep = eligible & ~(null_text | bad | too_big | blank)
         if with_skips is not None:
-            for mask, reason in ((null_text, f"null text (column {cols.text!r})"), (blank, "empty text")):
+            limit = f"over [run].max_doc_bytes = {spec.max_doc_bytes:,}"
+            masks = [(null_text, f"null text (column {cols.text!r})"), (blank, "empty text")]
+            masks += [(too_big & (nbytes == b), f"text of {b:,} bytes, {limit}") for b in np.unique(nbytes[too_big])]
+            for mask, reason in masks:
                 mask = mask & eligible
                 if mask.any():
                     with_skips.append(_skips(shard, rows[mask], ids.filter(pa.array(mask)), reason))
+            bad_rows = [(i, f"text is {reason}") for i, reason in bad_utf8 if eligible[i]]
+            if bad_rows:
+                at = np.array([i for i, _ in bad_rows], dtype=np.int64)
+                with_skips.append(_row_skips(shard, rows[at], ids.take(pa.array(at)), [r for _, r in bad_rows]))
         if not keep.any():
             continue
         sel = pa.array(keep)

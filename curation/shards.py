@@ -18,6 +18,7 @@ import fsspec
 import pyarrow.parquet as pq
 import xxhash
 
+from curation import faults
 from storage.catalog import ShardRow
 
 _MAGIC = b"PAR1"
@@ -84,12 +85,18 @@ def fingerprint(fs: fsspec.AbstractFileSystem, inner: str, display: str) -> Shar
             fh.seek(size - 8)
             tail = fh.read(8)
             footer_len = struct.unpack("<i", tail[:4])[0]
+            if head == _MAGIC and tail[4:] != _MAGIC:
+                return ShardFile(display, size, mtime, None,
+                                 "truncated Parquet file: it starts like Parquet but has no footer (an interrupted copy?)")
             if head != _MAGIC or tail[4:] != _MAGIC:
                 return ShardFile(display, size, mtime, None, "not a Parquet file: no PAR1 magic bytes")
             if not 0 < footer_len <= size - 12:
                 return ShardFile(display, size, mtime, None, f"corrupt Parquet footer (length {footer_len})")
             fh.seek(size - 8 - footer_len)
             footer = fh.read(footer_len)
+    except PermissionError as exc:
+        return ShardFile(display, size, mtime, None,
+                         f"permission denied: the file is not readable by this user ({exc.strerror}); fix its permissions")
     except OSError as exc:
         return ShardFile(display, size, mtime, None, f"cannot read file: {exc}")
     return ShardFile(display, size, mtime, xxhash.xxh3_128_hexdigest(footer))
@@ -116,6 +123,7 @@ def discover(root: str, pattern: str = "**/*.parquet") -> list[ShardFile]:
         if name.startswith((".", "_")) or fs.isdir(m):
             continue
         display = os.path.abspath(m) if not _is_remote(root) else fs.unstrip_protocol(m)
+        faults.point("discover")  # crash-test hook (curation.faults); a no-op normally
         out.append(fingerprint(fs, m, display))
     return out
 

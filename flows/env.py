@@ -25,3 +25,31 @@ def apply() -> None:
     Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
     for key, value in DEFAULTS.items():
         os.environ.setdefault(key, value)
+
+
+def tie_embedded_server_to_process() -> None:
+    """Make Prefect's embedded server (a uvicorn child process) exit when this process does,
+    even when this process is killed: its command is started through :mod:`flows.deathsig`.
+
+    Only the ``subprocess`` name inside Prefect's server module is wrapped, so no other child
+    process is affected.
+    """
+    import subprocess
+    import types
+
+    from prefect.server.api import server
+
+    if getattr(server.subprocess, "_glia_tied", False):
+        return
+
+    class _Popen(subprocess.Popen):  # type: ignore[type-arg]
+        def __init__(self, args, *rest, **kw):  # noqa: ANN001 - Popen's own signature
+            if isinstance(args, list) and args[1:3] == ["-m", "uvicorn"]:
+                args = [args[0], "-m", "flows.deathsig", str(os.getpid()), *args]
+                root = str(Path(__file__).resolve().parents[1])
+                env = dict(kw.get("env") or os.environ)
+                env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+                kw["env"] = env
+            super().__init__(args, *rest, **kw)
+
+    server.subprocess = types.SimpleNamespace(**{**vars(subprocess), "Popen": _Popen, "_glia_tied": True})

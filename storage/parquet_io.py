@@ -16,6 +16,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curation import faults
+
 GLIA_META_KEY = b"glia"
 
 
@@ -45,6 +47,7 @@ def write_atomic(
             for batch in batches:
                 writer.write_table(batch.cast(schema))
                 rows += batch.num_rows
+                faults.point("write_atomic.batch")  # crash-test hook: a half-written temp file
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
