@@ -22,10 +22,14 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 # docker-compose (v1, Debian) only validates docker-compose.yml; there is no Docker engine here.
+# Debian's chromium + chromium-driver drive the dashboard's browser test (no browser download).
 system-deps:
 	@command -v docker-compose >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq docker-compose >/dev/null; \
 	  else echo "note: install docker-compose (apt-get install docker-compose) to run the compose check"; fi; }
+	@{ command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; } || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else echo "note: install chromium chromium-driver (apt-get) to run the dashboard's browser test"; fi; }
 
 demo: setup
 	rm -rf $(DEMO)

@@ -3,6 +3,10 @@
     glia run SHARDS_DIR [--db glia.duckdb] [--rules glia.toml] [--state-dir DIR] [--strict]
     glia status [--db glia.duckdb]            run history
     glia sql "SELECT ..." [--db glia.duckdb]  read-only SQL against the catalog
+    glia undo RUN_ID | --doc ID | --reason R [--db ...]   restore pruned documents
+    glia prune status [--db ...]              the prune queue by status
+    glia manifest export --out FILE [--db ...]  the clean manifest (v_manifest) as Parquet
+    glia models train-risk [--out DIR] [--force]  train the default toxicity head of the risk tagger
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ class RichReporter:
 def _run(args: argparse.Namespace, console: Console) -> int:
     from curation import progress as prog
     from curation.config import ConfigError
-    from flows.nightly import nightly_hygiene
+    from flows.runners import nightly_for
     from storage.catalog import DatabaseBusyError
     from storage.lock import RunInProgressError
 
@@ -48,7 +52,8 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     try:
         with bar:
             prog.install(RichReporter(bar))
-            outcome = nightly_hygiene(
+            # The task runner (threads or Dask) follows the rules file: flows.runners.
+            outcome = nightly_for(str(args.rules) if args.rules else None)(
                 shards_root=args.shards, db_path=str(args.db), rules_path=str(args.rules) if args.rules else None,
                 state_dir=str(args.state_dir) if args.state_dir else None,
             )
@@ -118,6 +123,27 @@ def _sql(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK
 
 
+
+def _models(args: argparse.Namespace, console: Console) -> int:
+    """``glia models train-risk``: build the risk tagger's default head now and report held-out numbers."""
+    from curation import risk_model
+
+    try:
+        head, folder, trained = risk_model.ensure(args.out, force=args.force)
+        ev = risk_model.evaluate(head)
+    except (FileNotFoundError, ValueError) as exc:
+        console.print(f"glia: {exc}", style="red", markup=False)
+        return EXIT_ERROR
+    done = "trained" if trained else "already built (--force retrains)"
+    console.print(f"risk head {head.key} in {folder}: {done}; training took {head.info['train_seconds']:.1f} s "
+                  f"({head.info['n_tweets']} tweets, {head.info['n_prose_chunks']} prose chunks)", markup=False)
+    console.print(f"held out: ROC-AUC {ev['roc_auc_davidson_test']:.4f} on {ev['n_davidson_test']} Davidson test tweets; "
+                  f"at threshold {ev['threshold']}: {ev['tweet_tpr']:.1%} of toxic tweets and {ev['prose_fpr']:.2%} of "
+                  f"{ev['n_prose_heldout']} literary paragraphs flagged")
+    if args.out:
+        console.print(f"use it with [taggers.risk] models_dir = \"{args.out}\"", markup=False)
+    return EXIT_OK
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="glia", description="Nightly data hygiene for training corpora.")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -136,10 +162,29 @@ def main(argv: list[str] | None = None) -> int:
     for p in (status, sql):
         p.add_argument("--width", type=int, default=200, help="maximum table width in characters")
         p.add_argument("--max-rows", type=int, default=100)
+    from curation import replay  # glia replay build | export
+    replay.add_cli(sub)
+    from curation import operate  # glia serve | deploy | dashboard
+    operate.add_cli(sub)
+    from curation import prune  # glia undo | prune status | manifest export
+    prune.add_cli(sub)
+    models = sub.add_parser("models", help="build model artefacts ahead of a run")
+    models_sub = models.add_subparsers(dest="models_cmd", required=True)
+    train_risk = models_sub.add_parser("train-risk", help="train the risk tagger's default toxicity head")
+    train_risk.add_argument("--out", type=Path, help="folder for the head (default: the model cache, .glia/models/risk)")
+    train_risk.add_argument("--force", action="store_true", help="retrain even if the head for the current data exists")
     args = parser.parse_args(argv)
     console = Console()
+    if args.cmd == "models":
+        return _models(args, console)
+    if args.cmd in prune.COMMANDS:
+        return prune.run_cli(args, console)
+    if args.cmd in operate.COMMANDS:
+        return operate.run_cli(args, console)
     if args.cmd == "run":
         return _run(args, console)
+    if args.cmd == "replay":
+        return replay.run_cli(args, console)
     if args.cmd == "status":
         args.query = "SELECT run_id, status, started_at, seconds, n_shards_new, n_shards_changed, n_docs, n_exact_dups, n_near_dups, n_skipped_rows FROM v_runs"
         return _sql(args, console)

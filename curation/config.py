@@ -90,6 +90,23 @@ class RunOptions:
     stages: tuple[str, ...] = ("dedup",)
     batch_size: int = 10_000
     glob: str = "**/*.parquet"
+    # A document whose text is longer than this many UTF-8 bytes is skipped (recorded in
+    # `skipped`): the per-document taggers' time and memory grow with it (datatrove's quality
+    # filters take seconds per MB). 0 turns the limit off.
+    max_doc_bytes: int = 8 * 1024 * 1024
+    # Where the per-shard tasks run (flows.runners). Never changes results, so it is kept out
+    # of the config hash. "threads": `workers` threads in this process; "dask": a `distributed`
+    # cluster, the scheduler at `dask_address` or, when that is empty, a LocalCluster of
+    # `workers` processes. With `dask_gpu_resource` set (e.g. "GPU"), taggers that want a GPU
+    # run only on Dask workers started with that resource (`dask worker --resources GPU=1`).
+    task_runner: str = "threads"
+    workers: int = 2
+    dask_address: str = ""
+    dask_gpu_resource: str = ""
+
+
+# RunOptions keys that choose where work runs, not what it computes (left out of the hash).
+EXECUTION_KEYS = ("task_runner", "workers", "dask_address", "dask_gpu_resource")
 
 
 @dataclass(frozen=True)
@@ -105,7 +122,9 @@ class GliaConfig:
 
     def hash(self) -> str:
         """A short, stable hash of everything that changes results."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, default=list).encode()
+        d = self.to_dict()
+        d["run"] = {k: v for k, v in d["run"].items() if k not in EXECUTION_KEYS}
+        blob = json.dumps(d, sort_keys=True, default=list).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
     def params_for(self, tagger: str) -> dict[str, Any]:

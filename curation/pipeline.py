@@ -9,6 +9,7 @@ decisions) -> ``build_record`` -> ``Catalog.commit_run`` (the one write).
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from typing import Any
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from collections.abc import Sequence
 import curation
 from curation.config import GliaConfig
 from curation import stages as stages_mod
+from curation import faults
 from curation.ingest import ReadSpec, ShardRejected, TIMESTAMP, empty_skips, read_documents, scan_ids
 from curation.shards import ShardFile, ShardPlan, discover, plan
 from storage.catalog import Catalog, RunRecord, ShardRow, TagFile
@@ -186,7 +188,8 @@ def prepare(ctx: RunContext, catalog: Catalog) -> NightPlan:
             night.skipped.append(pa.table({
                 "shard_id": [shard.shard_id] * len(excluded), "path": [shard.path] * len(excluded),
                 "row": pa.array(excluded, pa.int64()), "doc_id": ex_ids, "reason": reasons}))
-        night.specs.append(ReadSpec(shard, cfg.columns, cfg.run.batch_size, tuple(sorted(excluded + dropped))))
+        night.specs.append(ReadSpec(shard, cfg.columns, cfg.run.batch_size, tuple(sorted(excluded + dropped)),
+                                    cfg.run.max_doc_bytes))
 
     # Active shards that lack a tagger's current version (a tagger added or bumped since).
     wanted = {(t.name, t.version) for t in taggers_for(cfg)}
@@ -203,7 +206,7 @@ def prepare(ctx: RunContext, catalog: Catalog) -> NightPlan:
                     [row.shard_id],
                 ).fetchall()
             )
-            spec = ReadSpec(shard, cfg.columns, cfg.run.batch_size, excluded)
+            spec = ReadSpec(shard, cfg.columns, cfg.run.batch_size, excluded, cfg.run.max_doc_bytes)
             night.backfill += [(spec, name) for name in missing]
     return night
 
@@ -274,7 +277,7 @@ def tag_shard(ctx: RunContext, spec: ReadSpec, tagger: Tagger, inputs: Sequence[
     if out.exists() and read_metadata(out) == meta:
         return TagFile(tagger.name, tagger.version, shard.shard_id, str(out), pq.ParquetFile(out).metadata.num_rows)
     batch_size = min(spec.batch_size, tagger.resources.batch_size)
-    sized = ReadSpec(shard, spec.columns, batch_size, spec.excluded_rows)
+    sized = ReadSpec(shard, spec.columns, batch_size, spec.excluded_rows, spec.max_doc_bytes)
     schema = tagger.schema()
 
     needed = _read_inputs(inputs)
@@ -287,6 +290,7 @@ def tag_shard(ctx: RunContext, spec: ReadSpec, tagger: Tagger, inputs: Sequence[
             if out_b.num_rows != b.num_rows:
                 raise RuntimeError(f"tagger {tagger.key} returned {out_b.num_rows} rows for {b.num_rows} documents")
             yield out_b
+            faults.point(f"tag.batch.{tagger.name}")  # crash-test hook: this file half-written
 
     rows = write_atomic(out, batches(), schema, meta)
     return TagFile(tagger.name, tagger.version, shard.shard_id, str(out), rows)
@@ -356,7 +360,9 @@ def run_stages(ctx: RunContext, stages: list[NightStage], states: dict[str, Any]
     run_one = run_one or stages_mod.run_stage
     results: list[StageResult] = []
     for stage in stages:
+        faults.point(f"stage.before.{stage.name}")  # crash-test hooks (curation.faults)
         res = run_one(ctx, stage, states.get(stage.name), inputs)
+        faults.point(f"stage.after.{stage.name}")
         for f in res.tag_files:
             inputs.files.setdefault(f.tagger, []).append(f)
         results.append(res)
@@ -453,6 +459,14 @@ def collect_garbage(state_dir: Path, registered: set[str]) -> int:
     Only Glia's own state is touched, never a source shard.
     """
     removed = 0
+    # Half-written files (tags, index, bank) of a killed run: the run lock is held, so no
+    # writer is alive to own them.
+    if state_dir.exists():
+        for p in sorted(state_dir.rglob(".*.tmp")):
+            if p.is_dir():  # a bank snapshot is written as a folder, then renamed
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
     index = state_dir / "index"
     if not index.exists():
         return 0
@@ -460,8 +474,6 @@ def collect_garbage(state_dir: Path, registered: set[str]) -> int:
         if str(p) not in registered:
             p.unlink(missing_ok=True)
             removed += 1
-    for p in index.rglob(".*.tmp"):
-        p.unlink(missing_ok=True)
     return removed
 
 

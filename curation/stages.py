@@ -125,6 +125,10 @@ class NightStage(abc.ABC):
 # only when it runs.
 _BUILTIN: dict[str, str] = {
     "dedup": "curation.dedup_stage:DedupStage",
+    "surprise": "curation.surprise:SurpriseStage",
+    "novelty": "curation.novelty:NoveltyStage",
+    "replay": "curation.replay_stage:ReplayStage",
+    "decide": "curation.decide:DecideStage",
 }
 
 

@@ -26,7 +26,11 @@ from prefect import flow, task, unmapped  # noqa: E402
 from prefect.context import TaskRunContext  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
+env.tie_embedded_server_to_process()
+
+from curation import faults  # noqa: E402
 from curation import progress  # noqa: E402
+from flows import artifacts, runners  # noqa: E402
 from curation.config import load_config  # noqa: E402
 from curation.ingest import ReadSpec, ShardRejected  # noqa: E402
 from curation.pipeline import (  # noqa: E402
@@ -80,6 +84,7 @@ def _tag_key(ctx: TaskRunContext, params: dict[str, Any]) -> str | None:
       cache_key_fn=_ingest_key, persist_result=True)
 def ingest_task(ctx: RunContext, spec: ReadSpec) -> IngestResult:
     res = ingest_shard(ctx, spec)
+    faults.point("ingest.done")  # crash-test hooks (curation.faults): a no-op normally
     progress.advance("ingest")
     return res
 
@@ -93,6 +98,7 @@ def tag_task(ctx: RunContext, spec: ReadSpec, tagger: Tagger, ingest: IngestResu
         return None  # the shard was rejected; ingest recorded why
     try:
         res = tag_shard(ctx, spec, tagger, [i for i in inputs or [] if i is not None])
+        faults.point(f"tag.done.{tagger.name}")  # between taggers: this file whole, others not
     except ShardRejected:
         res = None
     progress.advance(tagger.name)
@@ -120,6 +126,7 @@ def finalize_task(ctx: RunContext, record: Any) -> None:
     with Catalog.open_when_free(ctx.db_path) as cat:
         cat.commit_run(record)
         registered = {s.path for s in cat.segments()}
+    faults.point("finalize.after_commit")  # committed, garbage not yet collected
     collect_garbage(ctx.state_dir, registered)
     progress.advance("finalize")
 
@@ -164,16 +171,18 @@ def nightly_hygiene(shards_root: str, db_path: str = "glia.duckdb", rules_path: 
         tag_futs: dict[str, list] = {}
         for t in taggers:  # dependency order: a tagger's needs are mapped before it
             inputs = [list(fs) for fs in zip(*(tag_futs[n] for n in t.needs))] if t.needs else None
-            tag_futs[t.name] = tag_task.map(
-                ctx=unmapped(ctx), spec=specs, tagger=unmapped(t), ingest=ingests,
-                **({"inputs": inputs} if inputs is not None else {})) if specs else []
+            with runners.placement(t, cfg.run):  # GPU taggers on GPU workers (Dask), else a no-op
+                tag_futs[t.name] = tag_task.map(
+                    ctx=unmapped(ctx), spec=specs, tagger=unmapped(t), ingest=ingests,
+                    **({"inputs": inputs} if inputs is not None else {})) if specs else []
         backfill = []
         by_name = {t.name: t for t in taggers}
         for spec, name in night.backfill:
             t = by_name[name]
             needed = [ctx.tag_path(by_name[n].key, spec.shard.shard_id) for n in t.needs]
             inputs = [TagFile(n, by_name[n].version, spec.shard.shard_id, str(p), 0) for n, p in zip(t.needs, needed)]
-            backfill.append(tag_task.submit(ctx, spec, t, None, inputs or None))
+            with runners.placement(t, cfg.run):
+                backfill.append(tag_task.submit(ctx, spec, t, None, inputs or None))
         ingest_results: list[IngestResult] = [f.result() for f in ingests]
         tag_files: list[TagFile] = [tf for futs in tag_futs.values() for tf in (f.result() for f in futs) if tf]
         tag_files += [tf for tf in (f.result() for f in backfill) if tf]
@@ -189,8 +198,10 @@ def nightly_hygiene(shards_root: str, db_path: str = "glia.duckdb", rules_path: 
         nothing = sp.nothing_to_do and not night.backfill
         record = build_record(ctx, night, ingest_results, tag_files, stage_results,
                               "nothing_new" if nothing else "completed", seconds)
+        record.metrics.update(artifacts.summary_metrics(record))  # per source / tag / decision, same commit
         progress.start("finalize", 1)
         finalize_task(ctx, record)
+        artifacts.publish_summary(db, ctx.run_id)  # the Markdown table on the flow run's page
         return NightOutcome(ctx.run_id, record.status, record.counts, _rejected(record),
                             record.skipped, time.monotonic() - t0, db)
     except BaseException as exc:

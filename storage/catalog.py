@@ -18,6 +18,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from curation import faults
 from storage.migrations import LATEST_VERSION, MIGRATIONS
 from storage.views import ViewSource, build_views
 
@@ -290,6 +291,7 @@ class Catalog:
                     "INSERT OR REPLACE INTO tag_files VALUES (?, ?, ?, ?, ?, ?)",
                     [f.tagger, f.version, f.shard_id, f.path, f.n_rows, rec.run_id],
                 )
+            faults.point("commit.mid")  # crash-test hook: half the statements of the transaction ran
             for seg in rec.segments:
                 con.execute(
                     "INSERT OR REPLACE INTO index_segments VALUES (?, ?, ?, ?, ?)",
@@ -321,6 +323,7 @@ class Catalog:
                 ]
                 wanted = set(active)
                 build_views(con, rec.view_sources, [f for f in files if f.shard_id in wanted])
+            faults.point("commit.end")  # crash-test hook: everything written, COMMIT not yet run
 
     @staticmethod
     def _apply_write(con: duckdb.DuckDBPyConnection, w: TableWrite) -> None:
