@@ -34,10 +34,16 @@ system-deps:
 demo: setup
 	rm -rf $(DEMO)
 	@for night in night1 night2 night3; do \
-	  echo "== $$night"; $(GLIA) run examples/commons/$$night --db $(DEMO)/glia.duckdb || exit 1; done
-	@echo "== night3 again (nothing new)"; $(GLIA) run examples/commons/night3 --db $(DEMO)/glia.duckdb
+	  echo "== $$night"; $(GLIA) run examples/commons/$$night --db $(DEMO)/glia.duckdb --rules examples/glia.toml || exit 1; done
+	@echo "== night3 again (nothing new)"; $(GLIA) run examples/commons/night3 --db $(DEMO)/glia.duckdb --rules examples/glia.toml
 	@echo "== cross-night duplicates (v_duplicates)"
 	@$(GLIA) sql "SELECT doc_id, kind, survivor_id, round(jaccard, 3) AS jaccard, matched_id, cluster_size, first_seen_run, survivor_first_seen_run FROM v_duplicates WHERE first_seen_run > survivor_first_seen_run LIMIT 8" --db $(DEMO)/glia.duckdb
+	@echo "== model tags (v_documents)"
+	@$(GLIA) sql "SELECT doc_id, round(novelty, 3) AS novelty, round(surprise, 2) AS surprise, round(utility, 2) AS utility, round(risk, 3) AS risk, quality_pass, action FROM v_documents WHERE surprise IS NOT NULL ORDER BY surprise DESC LIMIT 5" --db $(DEMO)/glia.duckdb
+	@echo "== prune queue, protected, replay (v_prune_queue, v_protected, v_replay)"
+	@$(GLIA) sql "SELECT status, count(*) AS docs FROM v_prune_queue GROUP BY ALL ORDER BY ALL" --db $(DEMO)/glia.duckdb
+	@$(GLIA) sql "SELECT stratum, count(*) AS docs FROM v_protected GROUP BY ALL ORDER BY docs DESC LIMIT 5" --db $(DEMO)/glia.duckdb
+	@$(GLIA) sql "SELECT set_id, count(*) AS documents, sum(count) AS draws, round(min(weight), 3) AS min_is_weight FROM v_replay GROUP BY ALL ORDER BY ALL" --db $(DEMO)/glia.duckdb
 	@echo "Database: $(DEMO)/glia.duckdb   e.g.  $(GLIA) sql 'SELECT * FROM v_runs' --db $(DEMO)/glia.duckdb"
 
 test: setup system-deps

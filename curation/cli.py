@@ -40,6 +40,23 @@ class RichReporter:
             self.progress.advance(self.ids[stage], n)
 
 
+def _stage_rows(m: dict[str, float]) -> list[tuple[str, object]]:
+    """Summary lines for the stages that ran tonight (their counts are in run_metrics)."""
+    rows: list[tuple[str, object]] = []
+    if "novelty.scored" in m:
+        rows.append(("novelty (mean) / bank size", f"{m.get('novelty.novelty_mean', float('nan')):.3f} / "
+                                                   f"{int(m.get('novelty.bank_size', 0))}"))
+    if "surprise.scored" in m:
+        rows.append(("scored by the LM (surprise)", int(m["surprise.scored"])))
+    if "decide.decided" in m:
+        rows.append(("queued for pruning / protected", f"{int(m.get('decide.pruned', 0))} / {int(m.get('decide.protected', 0))}"))
+        if m.get("decide.held_by_cap"):
+            rows.append(("  kept by the prune cap", int(m["decide.held_by_cap"])))
+    if "replay.items" in m:
+        rows.append(("replay set: draws / documents", f"{int(m.get('replay.draws', 0))} / {int(m['replay.items'])}"))
+    return rows
+
+
 def _run(args: argparse.Namespace, console: Console) -> int:
     from curation import progress as prog
     from curation.config import ConfigError
@@ -83,6 +100,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         ("exact duplicates", c.get("exact_dups", 0)),
         ("near duplicates", c.get("near_dups", 0)),
         ("rows skipped", c.get("skipped_rows", 0)),
+        *_stage_rows(outcome.metrics),
         ("time", f"{outcome.seconds:.1f} s"),
         ("database", str(outcome.db_path)),
     ]

@@ -387,6 +387,7 @@ class NightOutcome:
     skipped: pa.Table
     seconds: float
     db_path: Path
+    metrics: dict[str, float] = field(default_factory=dict)  # run_metrics of the run (stage counts)
 
 
 def build_record(ctx: RunContext, night: NightPlan, ingests: list[IngestResult], tag_files: list[TagFile],

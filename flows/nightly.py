@@ -203,7 +203,7 @@ def nightly_hygiene(shards_root: str, db_path: str = "glia.duckdb", rules_path: 
         finalize_task(ctx, record)
         artifacts.publish_summary(db, ctx.run_id)  # the Markdown table on the flow run's page
         return NightOutcome(ctx.run_id, record.status, record.counts, _rejected(record),
-                            record.skipped, time.monotonic() - t0, db)
+                            record.skipped, time.monotonic() - t0, db, dict(record.metrics))
     except BaseException as exc:
         if ctx is not None:
             _record_failure(ctx, exc)

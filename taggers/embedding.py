@@ -226,7 +226,9 @@ def load_encoder(path: Path, kind: str, device: str) -> SentenceTransformerEncod
                 _ENCODERS[key] = StaticEncoder(m, int(m.dim), threading.Lock())
             else:
                 from sentence_transformers import SentenceTransformer
+                from transformers.utils import logging as hf_logging
 
+                hf_logging.disable_progress_bar()  # a nightly log wants no weight-loading bars
                 m = SentenceTransformer(str(path), device=device, local_files_only=True)
                 m.eval()
                 dim_of = getattr(m, "get_embedding_dimension", None) or m.get_sentence_embedding_dimension
