@@ -272,7 +272,8 @@ def resolve(tonight: Tonight, history: History, run_id: int, params: NearDup) ->
     _, comp = connected_components(graph, directed=False)
 
     # survivor per component: smallest (run, doc_id)
-    order = sorted(range(n_nodes), key=lambda k: (node_run[k], node_id[k]))
+    # np.lexsort on Python str objects orders by code point, like sorted() on the tuples.
+    order = np.lexsort((np.array(node_id, dtype=object), np.asarray(node_run, dtype=np.int64))).tolist() if n_nodes else []
     surv_of_comp: dict[int, int] = {}
     for k in order:
         surv_of_comp.setdefault(int(comp[k]), k)
