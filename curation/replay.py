@@ -756,3 +756,17 @@ def run_cli(args: Any, console: Any) -> int:
         + (f"; no data for: {', '.join(row['terms_missing'])}" if row["terms_missing"] else "")
         + f"\n  SELECT * FROM v_replay WHERE set_id = {row['set_id']}")
     return 0
+
+
+# The trainer-facing readers live in curation.dataloader (torch is imported only there); they
+# are reachable from here too, as `curation.replay.ReplayIterableDataset` and friends.
+_DATALOADER_NAMES = ("ReplayPlan", "ReplayIterableDataset", "ReplayDataset", "ReplaySampler", "iter_replay",
+                     "iter_batches")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _DATALOADER_NAMES:
+        from curation import dataloader
+
+        return getattr(dataloader, name)
+    raise AttributeError(f"module 'curation.replay' has no attribute {name!r}")
