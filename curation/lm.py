@@ -275,6 +275,12 @@ class ScoringModel:
         Raises ``ValueError`` naming a prefix that matches nothing, or a parameter whose
         per-document gradient is not supported (only linear layers and 1-D scale vectors are).
         """
+        # Under the lock: score_batch swaps per-document copies into the scale parameters
+        # (functional_call) while it runs, and a subset resolved meanwhile would see them.
+        with self.lock:
+            return self._subset(prefixes)
+
+    def _subset(self, prefixes: Sequence[str] | None) -> ParamSubset:
         import torch.nn as nn
 
         prefixes = list(prefixes) if prefixes else self.default_subset()

@@ -224,3 +224,22 @@ def test_a_night_with_lm_and_surprise_then_a_rewritten_shard(tmp_path: Path) -> 
     assert sorted(p for p in (tmp_path / "glia_data").rglob("*") if p.is_file()) == files
     assert query(db, "SELECT count(*) FROM scoring_models")[0][0] == 2
     shutil.rmtree(root)
+
+
+def test_threads_sharing_the_model_never_see_each_others_per_document_copies() -> None:
+    """Regression: score_batch swaps per-document copies of the scale vectors into the shared
+    model (functional_call); a tagging thread resolving its parameter subset meanwhile saw a
+    [B, 1, d] "parameter" and failed the night. Subset resolution now takes the model's lock."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    tagger = LMTagger(max_docs_per_night=8, max_tokens=16, batch_size=4).for_night(
+        NightInfo(1, datetime(2026, 1, 1, tzinfo=timezone.utc), 64))
+    src = pq.read_table(COMMONS / "night1" / "part-00000.parquet").slice(0, 64)
+    batch = pa.table({"doc_id": src["id"], "text": src["text"], "source": src["source"]})
+    pieces = [batch.slice(i, 16) for i in range(0, 64, 16)]
+    for _ in range(2):
+        with ThreadPoolExecutor(2) as pool:
+            outs = list(pool.map(tagger.tag, pieces))
+        scored = pc.sum(pa.concat_arrays([o["lm_scored"].combine_chunks() for o in outs]).cast(pa.int64())).as_py()
+        assert scored > 0
+        assert all(pc.all(pc.or_(pc.invert(o["lm_scored"]), pc.is_valid(o["utility"]))).as_py() for o in outs)
