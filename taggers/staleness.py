@@ -25,7 +25,7 @@ _US_PER_DAY = 86_400 * 1_000_000
 
 
 class StalenessTagger(Tagger):
-    """``age_days``: days from the document's ``timestamp`` to the run's start (float32,
+    """``age_days``: days from the document's ``timestamp`` to the run's date (float32,
     negative for a timestamp after the start, null without a timestamp); ``stale``:
     ``age_days > max_age_days`` (null when ``age_days`` is)."""
 
@@ -42,10 +42,13 @@ class StalenessTagger(Tagger):
         self.as_of: datetime = datetime.now(timezone.utc)
 
     def for_night(self, night: NightInfo) -> StalenessTagger:
-        """A copy bound to tonight's start (a naive time is taken as UTC, like shard timestamps)."""
+        """A copy bound to tonight's date: midnight UTC of the run's start (a naive time is
+        taken as UTC, like shard timestamps). A day, not the second, so that a night rerun
+        after a crash tags exactly what the uninterrupted run would have, and reuses its files."""
         bound = copy.copy(self)
         start = night.started_at
-        bound.as_of = (start if start.tzinfo else start.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
+        start = (start if start.tzinfo else start.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
+        bound.as_of = start.replace(hour=0, minute=0, second=0, microsecond=0)
         return bound
 
     def config(self) -> dict[str, object]:

@@ -288,6 +288,9 @@ def test_staleness_without_a_timestamp_column_is_null_and_binding_shows_in_confi
     assert out["age_days"].null_count == 2 and out["stale"].null_count == 2
     nxt = StalenessTagger().for_night(NightInfo(8, NIGHT.started_at + timedelta(days=1), 4))
     assert t.config()["as_of"] == "2025-07-01T00:00:00+00:00"
+    # A rerun of the night hours later (after a crash) tags the same ages.
+    rerun = StalenessTagger().for_night(NightInfo(7, NIGHT.started_at + timedelta(hours=5, seconds=7), 4))
+    assert rerun.config() == t.config()
     assert nxt.config() != t.config()  # the task cache key differs from night to night
     naive = StalenessTagger().for_night(NightInfo(9, datetime(2025, 7, 1), 0))
     assert naive.config() == t.config()  # a naive start is UTC, like shard timestamps
@@ -305,7 +308,8 @@ def test_quality_and_staleness_in_a_nightly_run(tmp_path: Path) -> None:
                         "label": ["boilerplate", "boilerplate"]})
     pq.write_table(pa.concat_tables([src, crafted.cast(src.schema)]), shards / "part-0.parquet")
     # a limit halfway between two neighbouring ages today, so some documents are stale and some not
-    ages = sorted((datetime.now(timezone.utc) - ts).total_seconds() / 86400 for ts in src["timestamp"].to_pylist())
+    today = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    ages = sorted((today - ts).total_seconds() / 86400 for ts in src["timestamp"].to_pylist())
     gap = max(range(10, 30), key=lambda i: ages[i + 1] - ages[i])
     limit = (ages[gap] + ages[gap + 1]) / 2
     rules = tmp_path / "glia.toml"
@@ -316,6 +320,7 @@ def test_quality_and_staleness_in_a_nightly_run(tmp_path: Path) -> None:
     assert outcome.status == "completed" and outcome.counts["docs"] == 42
 
     (started,) = query(db, "SELECT started_at FROM runs WHERE run_id = 1")[0]
+    started = started.replace(hour=0, minute=0, second=0, microsecond=0)  # ages are as of the night's date
     rows = query(db, "SELECT doc_id, timestamp, age_days, stale, quality_pass, quality_failed, q_n_words "
                      "FROM v_documents ORDER BY doc_id")
     assert len(rows) == 42
@@ -331,7 +336,7 @@ def test_quality_and_staleness_in_a_nightly_run(tmp_path: Path) -> None:
     assert "fineweb:short_line_ratio" in by_id["web-nav"][5]
     assert "gopher_quality:gopher_short_doc" in by_id["web-cookie"][5]
     assert sum(r[3] for r in rows if r[1] is not None) == 40 - (gap + 1)
-    # the staleness file was tagged against this night's start, which its metadata records
+    # the staleness file was tagged against this night's date, which its metadata records
     (path,) = query(db, "SELECT path FROM tag_files WHERE tagger = 'staleness'")[0]
     meta = json.loads(pq.read_schema(path).metadata[b"glia"])
     assert datetime.fromisoformat(meta["config"]["as_of"]) == started
