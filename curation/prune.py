@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curation.rules import RuleError
+from storage.sql import relations
 
 QUEUED, QUARANTINED, APPLIED, RESTORED = "queued", "quarantined", "applied", "restored"
 ACTIVE = (QUEUED, QUARANTINED, APPLIED)  # statuses that count as pruned (planned or done)
@@ -326,10 +327,6 @@ class UndoResult:
     by_status: dict[str, int]
 
 
-def _has_table(con: Any, name: str) -> bool:
-    return bool(con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]).fetchall()[0][0])
-
-
 def undo(db_path: Path | str, run_id: int | None = None, doc_ids: Sequence[str] = (), reason: str | None = None,
          now: datetime | None = None) -> UndoResult:
     """Restore queued, quarantined and applied documents chosen by the run that queued them,
@@ -358,7 +355,7 @@ def undo(db_path: Path | str, run_id: int | None = None, doc_ids: Sequence[str] 
     lock.acquire()
     try:
         with Catalog(db_path) as cat:
-            if not _has_table(cat.con, "prune_queue"):
+            if "prune_queue" not in relations(cat.con):
                 raise ValueError(f"{db_path} has no prune queue: add \"decide\" to [run].stages and run a night first")
             with cat.transaction() as con:
                 sel = f"status IN ('queued', 'quarantined', 'applied') AND {cond}"
@@ -442,7 +439,7 @@ def run_cli(args: Any, console: Any) -> int:
                           "later nights will not queue them again for the same kind of reason")
         elif args.cmd == "prune":
             with Catalog(args.db, read_only=True) as cat:
-                if not _has_table(cat.con, "prune_queue"):
+                if "prune_queue" not in relations(cat.con):
                     raise ValueError(f"{args.db} has no prune queue: add \"decide\" to [run].stages and run a night first")
                 cat.con.sql(STATUS_SQL).show(max_width=200)
         else:

@@ -55,6 +55,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from storage.catalog import TableWrite
+from storage.sql import identifier, relation_columns, relations
 
 # Priority terms, in the order they are reported. ``rarity`` and ``protected`` come from the
 # ``decide`` stage (``strata``, ``protected``), rarity falls back to metadata columns.
@@ -469,21 +470,13 @@ def build_set(pool: Pool, state: pa.Table, params: ReplayParams, set_id: int, n_
 # -- reading the catalog -------------------------------------------------------------------------
 
 
-def _relation_columns(con: duckdb.DuckDBPyConnection, name: str) -> list[str]:
-    return [r[0] for r in con.execute(
-        "SELECT column_name FROM information_schema.columns WHERE table_name = ? ORDER BY ordinal_position", [name]
-    ).fetchall()]
-
-
-def _q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _strata_expr(cols: Sequence[str], present: set[str]) -> tuple[str, str | None]:
     """SQL for each document's strata: its metadata ``col=value`` (as :func:`metadata_strata`)
     plus the decide stage's protected ``strata`` when that column exists."""
     use = [c for c in cols if c in present]
-    parts = ", ".join(f"CASE WHEN {_q(c)} IS NULL THEN NULL ELSE '{c}=' || CAST({_q(c)} AS VARCHAR) END" for c in use)
+    parts = ", ".join(f"CASE WHEN {identifier(c)} IS NULL THEN NULL ELSE '{c}=' || CAST({identifier(c)} AS VARCHAR) END" for c in use)
     meta = f"list_filter([{parts}], lambda x: x IS NOT NULL)" if use else "CAST([] AS VARCHAR[])"
     source = rarity_label(use, "strata" in present)
     if "strata" in present:
@@ -512,11 +505,10 @@ class CatalogState:
     @classmethod
     def read(cls, con: duckdb.DuckDBPyConnection, params: ReplayParams, run_id: int) -> CatalogState:
         """Read everything a build needs; documents first seen in ``run_id`` count as new."""
-        rels = {r[0] for r in con.execute(
-            "SELECT table_name FROM information_schema.tables").fetchall()}
+        rels = relations(con)
         importance = run_importance_sql(con, params.importance_sql) if params.importance_sql else None
         pruned = pa.array([], pa.string())
-        if "prune_queue" in rels and {"doc_id", "status"} <= set(_relation_columns(con, "prune_queue")):
+        if "prune_queue" in rels and {"doc_id", "status"} <= set(relation_columns(con, "prune_queue")):
             pruned = con.sql(
                 "SELECT DISTINCT CAST(doc_id AS VARCHAR) AS doc_id FROM prune_queue WHERE status IN (SELECT unnest(?))",
                 params=[list(PRUNED_STATUSES)]).to_arrow_table().column("doc_id").combine_chunks()
@@ -557,12 +549,12 @@ def read_catalog_pool(con: duckdb.DuckDBPyConnection, params: ReplayParams, run_
     (from ``v_documents``: every tag column joined by name)."""
     if "v_documents" not in rels:
         return Pool(POOL_SCHEMA.empty_table(), run_id)
-    present = set(_relation_columns(con, "v_documents"))
+    present = set(relation_columns(con, "v_documents"))
     sel = ["CAST(doc_id AS VARCHAR) AS doc_id", "shard_id", "CAST(first_seen_run AS BIGINT) AS first_seen_run"]
     for term in ("surprise", "utility", "novelty"):
         sel.append(f"CAST({term} AS DOUBLE) AS {term}" if term in present else f"CAST(NULL AS DOUBLE) AS {term}")
     col = params.importance_column
-    sel.append(f"CAST({_q(col)} AS DOUBLE) AS importance" if col and col in present else "CAST(NULL AS DOUBLE) AS importance")
+    sel.append(f"CAST({identifier(col)} AS DOUBLE) AS importance" if col and col in present else "CAST(NULL AS DOUBLE) AS importance")
     sel.append("CAST(protected AS BOOLEAN) AS protected" if "protected" in present else "CAST(NULL AS BOOLEAN) AS protected")
     strata, rarity_source = _strata_expr(params.rarity_columns, present)
     sel.append(f"{strata} AS strata")
@@ -571,7 +563,7 @@ def read_catalog_pool(con: duckdb.DuckDBPyConnection, params: ReplayParams, run_
         where += [f"{c} IS NULL" for c in ("exact_dup_of", "near_dup_of") if c in present]
     if "prune_queue" not in rels and "action" in present:
         where.append("action IS DISTINCT FROM 'prune'")
-    if "v_manifest" in rels and "doc_id" in _relation_columns(con, "v_manifest"):
+    if "v_manifest" in rels and "doc_id" in relation_columns(con, "v_manifest"):
         where.append("doc_id IN (SELECT CAST(doc_id AS VARCHAR) FROM v_manifest)")
     total = con.execute("SELECT count(*) FROM v_documents").fetchall()[0][0]
     con.register("_replay_pruned", pa.table({"doc_id": pruned}))

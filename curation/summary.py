@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 import pyarrow as pa
 
-from storage.sql import parquet_scan
+from storage.sql import identifier, parquet_scan
 from storage.views import DOCUMENTS, ViewSource
 
 if TYPE_CHECKING:
@@ -45,10 +45,6 @@ MAX_CATEGORIES = 20
 # The decision column of the decide stage's output (curation.rules.DECISION_SCHEMA).
 DECISION_COLUMN = "action"
 NO_SOURCE = "(none)"
-
-
-def _q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _name(base: str, source: str | None) -> str:
@@ -67,7 +63,7 @@ def _grouped(con: duckdb.DuckDBPyConnection, select: str, from_: str, extra_grou
 def _column_metrics(con: duckdb.DuckDBPyConnection, from_: str, col: str, typ: pa.DataType) -> dict[str, float]:
     """Summary metrics of one tag column over the rows of ``from_`` (which joins ``d``)."""
     out: dict[str, float] = {}
-    c = f"t.{_q(col)}"
+    c = f"t.{identifier(col)}"
     base = f"{PREFIX}tag.{col}"
     if pa.types.is_boolean(typ):
         for src, n in _grouped(con, f"count_if(coalesce({c}, false))", from_):
@@ -141,7 +137,7 @@ def tonight_metrics(record: RunRecord) -> dict[str, float]:
             for col in cols:
                 typ = src.schema.field(col).type
                 if col == DECISION_COLUMN and pa.types.is_string(typ):
-                    out.update(_decisions(con, from_, f"t.{_q(col)}"))
+                    out.update(_decisions(con, from_, f"t.{identifier(col)}"))
                     decided = True
                 else:
                     out.update(_column_metrics(con, from_, col, typ))
@@ -149,7 +145,7 @@ def tonight_metrics(record: RunRecord) -> dict[str, float]:
             for w in record.writes:
                 if {"doc_id", DECISION_COLUMN} <= set(w.rows.column_names):
                     con.register("_decisions_in", w.rows.select(["doc_id", DECISION_COLUMN]))
-                    out.update(_decisions(con, f"{d} JOIN _decisions_in AS t USING (doc_id)", f"t.{_q(DECISION_COLUMN)}"))
+                    out.update(_decisions(con, f"{d} JOIN _decisions_in AS t USING (doc_id)", f"t.{identifier(DECISION_COLUMN)}"))
                     con.unregister("_decisions_in")
                     break
     finally:

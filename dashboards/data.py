@@ -24,6 +24,7 @@ import pandas as pd
 
 from curation.summary import RunSummary, read_summary
 from storage.catalog import Catalog, DatabaseBusyError
+from storage.sql import identifier, relation_columns, relations
 
 
 class DatabaseBusy(RuntimeError):
@@ -66,27 +67,25 @@ class Db:
 
     def relations(self) -> set[str]:
         """Tables and views of the catalog."""
-        return {r[0] for r in self.rows("SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'")}
+        return self._with(relations)
 
     def has(self, *names: str) -> bool:
         return set(names) <= self.relations()
 
     def columns(self, relation: str) -> dict[str, str]:
         """Column name -> DuckDB type of a table or view."""
-        return dict(self.rows("SELECT column_name, data_type FROM information_schema.columns "
-                              "WHERE table_schema = 'main' AND table_name = ? ORDER BY ordinal_position", [relation]))
+        return self._with(relation_columns, relation)
 
     def summary(self, run_id: int | None = None) -> RunSummary | None:
+        return self._with(read_summary, run_id)
+
+    def _with(self, fn: Any, *args: Any) -> Any:
+        """``fn(con, *args)`` on a connection opened for this call only."""
         cat = self._open()
         try:
-            return read_summary(cat.con, run_id)
+            return fn(cat.con, *args)
         finally:
             cat.close()
-
-
-def quote(name: str) -> str:
-    """A quoted identifier, for column names read from ``information_schema`` (never user text)."""
-    return '"' + name.replace('"', '""') + '"'
 
 
 # -- the pages' queries ------------------------------------------------------------------------
@@ -156,7 +155,7 @@ def tag_distribution(db: Db, column: str, kind: str) -> pd.DataFrame:
     documents with a value; list -> documents per leading word of the items (reason kinds)."""
     if column not in tag_columns(db):
         raise KeyError(f"no tag column {column!r} in v_documents")
-    c, src = quote(column), "coalesce(CAST(source AS VARCHAR), '(none)')"
+    c, src = identifier(column), "coalesce(CAST(source AS VARCHAR), '(none)')"
     if kind == "numeric":
         return db.df(f"SELECT {src} AS source, count({c}) AS documents, avg({c}) AS mean, quantile_cont({c}, 0.1) AS p10, "
                      f"quantile_cont({c}, 0.5) AS median, quantile_cont({c}, 0.9) AS p90 FROM v_documents GROUP BY 1 ORDER BY 1")
@@ -241,7 +240,7 @@ def document(db: Db, doc_id: str) -> DocumentView | None:
     text, err = None, None
     try:
         # The shard path comes from the catalog; the row number and the column are bound or quoted.
-        got = db.rows(f"SELECT {quote(text_column(db))} FROM read_parquet(?, file_row_number = true) "
+        got = db.rows(f"SELECT {identifier(text_column(db))} FROM read_parquet(?, file_row_number = true) "
                       "WHERE file_row_number = ?", [row["shard_path"], int(row["row"])])
         text = got[0][0] if got else None
         if text is None:

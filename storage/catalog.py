@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from curation import faults
 from storage.migrations import LATEST_VERSION, MIGRATIONS
+from storage.sql import identifier, relations
 from storage.views import ViewSource, build_views
 
 
@@ -177,10 +178,7 @@ class Catalog:
     # -- schema ---------------------------------------------------------------------------
 
     def schema_version(self) -> int:
-        exists = self.con.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_version'"
-        ).fetchone()[0]
-        if not exists:
+        if "schema_version" not in relations(self.con):
             return 0
         return int(self.con.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0])
 
@@ -329,8 +327,8 @@ class Catalog:
     def _apply_write(con: duckdb.DuckDBPyConnection, w: TableWrite) -> None:
         if w.rows.num_rows == 0:
             return
-        table = '"' + w.table.replace('"', '""') + '"'
-        cols = ", ".join('"' + c.replace('"', '""') + '"' for c in w.rows.column_names)
+        table = identifier(w.table)
+        cols = ", ".join(identifier(c) for c in w.rows.column_names)
         con.register("_write_in", w.rows)
         try:
             if w.key:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 
 def literal(value: str) -> str:
@@ -16,3 +17,21 @@ def parquet_scan(paths: Sequence[str], **options: str) -> str:
     files may be read), with extra options such as ``filename="true"``."""
     args = "".join(f", {k} = {v}" for k, v in options.items())
     return f"read_parquet([{', '.join(literal(p) for p in paths)}]{args})"
+
+
+def identifier(name: str) -> str:
+    """A double-quoted SQL identifier (a table, view or column name)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def relations(con: Any) -> set[str]:
+    """Names of the tables and views in the catalog's main schema."""
+    return {r[0] for r in con.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'").fetchall()}
+
+
+def relation_columns(con: Any, name: str) -> dict[str, str]:
+    """Column name -> DuckDB type of a table or view of the main schema, in column order."""
+    return dict(con.execute(
+        "SELECT column_name, data_type FROM information_schema.columns "
+        "WHERE table_schema = 'main' AND table_name = ? ORDER BY ordinal_position", [name]).fetchall())

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import duckdb
 import pyarrow as pa
 
-from storage.sql import literal, parquet_scan
+from storage.sql import identifier, literal, parquet_scan
 
 if TYPE_CHECKING:
     from storage.catalog import TagFile
@@ -48,13 +48,9 @@ class ViewSource:
         return [c for c in self.schema.names if c != "doc_id" and not c.startswith("_")]
 
 
-def _q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def _empty_select(con: duckdb.DuckDBPyConnection, schema: pa.Schema) -> str:
     rel = con.from_arrow(schema.empty_table())
-    cols = ", ".join(f"CAST(NULL AS {t}) AS {_q(n)}" for n, t in zip(rel.columns, rel.types))
+    cols = ", ".join(f"CAST(NULL AS {t}) AS {identifier(n)}" for n, t in zip(rel.columns, rel.types))
     return f"SELECT {cols} WHERE false"
 
 
@@ -130,7 +126,7 @@ def build_views(
     names: set[str] = set()
     for src in sources:
         paths = sorted(by_key.get((src.tagger, src.version), []))
-        con.execute(f"CREATE OR REPLACE VIEW {_q(src.view)} AS {_source_select(con, src, paths)}")
+        con.execute(f"CREATE OR REPLACE VIEW {identifier(src.view)} AS {_source_select(con, src, paths)}")
         names.add(src.view)
     if DOCUMENTS not in names:
         return
@@ -138,8 +134,8 @@ def build_views(
     joins = []
     for i, src in enumerate(s for s in sources if s.tagger != DOCUMENTS):
         alias = f"t{i}"
-        select += [f"{alias}.{_q(c)}" for c in src.public_columns]
-        joins.append(f"LEFT JOIN {_q(src.view)} {alias} USING (doc_id)")
+        select += [f"{alias}.{identifier(c)}" for c in src.public_columns]
+        joins.append(f"LEFT JOIN {identifier(src.view)} {alias} USING (doc_id)")
     con.execute(
         f"CREATE OR REPLACE VIEW v_documents AS SELECT {', '.join(select)} FROM documents d {' '.join(joins)}"
     )
