@@ -25,7 +25,6 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from curation import prune as pr
 from curation.protect import (
@@ -35,7 +34,7 @@ from curation.protect import (
 from curation.rules import DECISION_SCHEMA, MissingTagError, RuleError, Rules, decide
 from curation.stages import NightStage, StageInputs, StageOutput
 from storage.catalog import TableWrite
-from storage.sql import parquet_scan
+from storage.sql import identifier, parquet_scan
 
 DECISION = "decision"
 READS_FROM = ("dedup", "novelty", "surprise")  # stages whose outputs the default terms read
@@ -248,16 +247,9 @@ class DecideStage(NightStage):
 def _read_column(inputs: StageInputs, output: str, column: str, ids: pa.Array) -> pa.Array | None:
     """Tonight's ``column`` of tagger/stage output ``output``, aligned to ``ids`` (null where a
     document has no row); None if the output did not run tonight or lacks the column."""
-    if output in inputs.tables:
-        if column not in inputs.tables[output].column_names:
-            return None
-        t = inputs.tables[output]
-    elif inputs.files.get(output):
-        if column not in pq.read_schema(inputs.files[output][0].path).names:
-            return None
-        t = inputs.read(output, [column])
-    else:
+    if column not in inputs.columns(output):
         return None
+    t = inputs.read(output, [column])
     idx = pc.index_in(ids, value_set=t["doc_id"].combine_chunks().cast(pa.string()))
     return t[column].combine_chunks().take(idx)
 
@@ -315,14 +307,8 @@ def _tonight_where(inputs: StageInputs, tags: pa.Table, protect: Protect) -> pa.
     docs = inputs.documents
     table = docs.select([c for c in docs.column_names if c != "shard_id"]).append_column("shard_id", docs["shard_id"])
     ids = table["doc_id"].combine_chunks().cast(pa.string())
-    for name in sorted(set(inputs.files) | set(inputs.tables)):
-        if name in inputs.tables:
-            names = inputs.tables[name].column_names
-        elif inputs.files[name]:
-            names = pq.read_schema(inputs.files[name][0].path).names
-        else:
-            continue
-        for col in names:
+    for name in sorted(inputs.files):
+        for col in inputs.columns(name):
             if col in ("doc_id", "shard_id") or col.startswith("_") or col in table.column_names:
                 continue
             got = _read_column(inputs, name, col, ids)
@@ -379,7 +365,7 @@ class _Embeddings:
             try:
                 con.register("q", pa.table({"doc_id": pa.array(queue_ids, pa.string())}))
                 cut = int(fraction * 1_000_003)  # the same hash cut as protect.sample_mask
-                c = '"' + cfg.column.replace('"', '""') + '"'
+                c = identifier(cfg.column)
                 hist = con.sql(
                     f"SELECT CAST(doc_id AS VARCHAR) AS doc_id, {c} AS e, hash(doc_id) % 1000003 < {cut} AS s "
                     f"FROM {parquet_scan([p for _, p, _ in hist_files])} "

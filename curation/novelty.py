@@ -152,7 +152,7 @@ def _duplicates(inputs: StageInputs) -> pa.Array:
     """doc_ids that tonight's ``dedup`` marked as exact or near duplicates (none if it did not run)."""
     dups = [pa.array([], pa.string())]
     for name, col in DUP_COLUMNS.items():
-        if name in inputs.tables or name in inputs.files:
+        if name in inputs.files:
             t = inputs.read(name, [col])
             dups.append(t.filter(pc.is_valid(t[col]))["doc_id"].combine_chunks())
     return pa.concat_arrays(dups)

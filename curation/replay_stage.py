@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curation.replay import (
-    DDL, POOL_SCHEMA, PRUNED_STATUSES, CatalogState, Pool, ReplayParams, attach, build_set, combine_pools,
+    DDL, POOL_SCHEMA, CatalogState, Pool, ReplayParams, attach, build_set, combine_pools,
     concat_lists, metadata_strata, rarity_label,
 )
 from curation.stages import NightStage, StageInputs, StageOutput
@@ -45,11 +45,9 @@ class ReplayStage(NightStage):
         return CatalogState.read(con, self.params, ctx.run_id)
 
     def run(self, ctx: Any, state: CatalogState, inputs: StageInputs) -> StageOutput:
+        # Ids queued on earlier nights; tonight's prunes are read from the decide stage's
+        # `action` column (tonight_pool).
         pruned = state.pruned_ids
-        queued = inputs.tables.get("prune_queue")
-        if queued is not None and {"doc_id", "status"} <= set(queued.column_names):
-            mask = pc.is_in(queued["status"], value_set=pa.array(PRUNED_STATUSES))
-            pruned = pa.concat_arrays([pruned, pc.cast(queued.filter(mask)["doc_id"], pa.string()).combine_chunks()])
         old = state.pool
         # Earlier documents count only while their shard is still active tonight.
         in_history = pc.is_in(old.table["shard_id"], value_set=pa.array(inputs.history_active, pa.string()))
@@ -74,17 +72,10 @@ class ReplayStage(NightStage):
 def _outputs(inputs: StageInputs, wanted: set[str]) -> list[pa.Table]:
     """Tonight's tagger and stage outputs that carry any ``wanted`` column, read with only those."""
     out = []
-    for name, files in sorted(inputs.files.items()):
-        if not files:
-            continue
-        cols = [c for c in pq.read_schema(files[0].path).names if c in wanted]
+    for name in sorted(inputs.files):
+        cols = [c for c in inputs.columns(name) if c in wanted]
         if cols:
             out.append(inputs.read(name, cols))
-    for name, table in sorted(inputs.tables.items()):
-        if name not in inputs.files and "doc_id" in table.column_names:
-            cols = [c for c in table.column_names if c in wanted]
-            if cols:
-                out.append(table.select(["doc_id", *cols]))
     return out
 
 

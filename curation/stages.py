@@ -51,18 +51,14 @@ class StageInputs:
     files: dict[str, list[TagFile]]
     night: NightPlan
     history_active: list[str]  # shards whose earlier documents count as history tonight
-    tables: dict[str, pa.Table] = field(default_factory=dict)  # outputs of earlier stages tonight
 
     def read(self, name: str, columns: Sequence[str] | None = None) -> pa.Table:
         """Tonight's rows of tagger or stage output ``name`` with a ``shard_id`` column.
 
         Raises ``KeyError`` naming what is available if ``name`` did not run tonight.
         """
-        if name in self.tables:
-            t = self.tables[name]
-            return t if columns is None else t.select(list(dict.fromkeys(["doc_id", *columns, "shard_id"])))
         if name not in self.files:
-            raise KeyError(f"no output named {name!r} tonight; have: {', '.join(sorted(self.files) + sorted(self.tables))}")
+            raise KeyError(f"no output named {name!r} tonight; have: {', '.join(sorted(self.files))}")
         parts = []
         for f in self.files[name]:
             t = pq.read_table(f.path, columns=None if columns is None else list(dict.fromkeys(["doc_id", *columns])))
@@ -70,6 +66,12 @@ class StageInputs:
         if not parts:
             return pa.table({"doc_id": pa.array([], pa.string()), "shard_id": pa.array([], pa.string())})
         return pa.concat_tables(parts, promote_options="default")
+
+    def columns(self, name: str) -> list[str]:
+        """Column names of output ``name`` tonight (every shard's file has the tagger's schema);
+        empty if it did not run or wrote no file."""
+        files = self.files.get(name)
+        return pq.read_schema(files[0].path).names if files else []
 
 
 @dataclass
