@@ -114,6 +114,34 @@ def glia(args: list[str], tmp: Path, timeout: float = 240) -> subprocess.Complet
     )
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float, what: str) -> None:
+    """Poll ``url`` until it answers 200; fail with the tail of ``log`` if ``proc`` exits first
+    or ``timeout`` seconds pass."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"{what} did not start: {log.read_text()[-2000:]}")
+        time.sleep(0.3)
+
+
 # -- ground truth ----------------------------------------------------------------------------
 
 

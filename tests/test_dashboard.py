@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
-import httpx
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import NIGHTS, cli_env, query, run_night
+from tests.conftest import NIGHTS, cli_env, free_port, query, run_night, wait_healthy
 
 RULES = '[run]\nstages = ["dedup", "decide", "replay"]\n'
 
@@ -56,24 +54,13 @@ def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def app(db: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     from curation.operate import dashboard_command
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     log_path = tmp_path_factory.mktemp("streamlit") / "streamlit.log"
     log = log_path.open("w")
     proc = subprocess.Popen(dashboard_command(db, "127.0.0.1", port), env=cli_env(), stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/_stcore/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the dashboard did not start: {log_path.read_text()[-2000:]}")
-            time.sleep(0.3)
+        wait_healthy(f"{url}/_stcore/health", proc, log_path, 60, "the dashboard")
         yield url
     finally:
         proc.terminate()

@@ -27,9 +27,8 @@ import pytest
 from conftest import NIGHTS, REPO, query, run_night
 
 # Pruning applied within the three nights: every duplicate is queued for pruning, quarantined
-# at once and applied one night later (the cap is off, so nothing is held back). Set to None to
-# run without the decide stage (e.g. while it is being reworked).
-PRUNE_RULES: str | None = """
+# at once and applied one night later (the cap is off, so nothing is held back).
+PRUNE_RULES = """
 [run]
 stages = ["dedup", "decide"]
 
@@ -120,10 +119,8 @@ def test_runs_with_pruning_never_touch_a_source_shard(tmp_path: Path) -> None:
     root = tmp_path / "shards"
     root.mkdir()
     db = tmp_path / "db" / "glia.duckdb"
-    rules = None
-    if PRUNE_RULES is not None:
-        rules = tmp_path / "rules.toml"
-        rules.write_text(PRUNE_RULES)
+    rules = tmp_path / "rules.toml"
+    rules.write_text(PRUNE_RULES)
     watch = WriteWatch.get()
     watch.hits.clear()
     expected: dict[str, tuple] = {}
@@ -141,19 +138,17 @@ def test_runs_with_pruning_never_touch_a_source_shard(tmp_path: Path) -> None:
             shutil.copytree(NIGHTS[n], root / f"night{n}")
             expected = fingerprint(root) | expected  # what was there keeps its first fingerprint
         outcomes.append(watched(run_night, root, db, rules=rules))
-    if PRUNE_RULES is not None:
-        from curation.prune import export_manifest, undo
+    from curation.prune import export_manifest, undo
 
-        watched(export_manifest, db, tmp_path / "export" / "manifest.parquet")
-        watched(undo, db, reason="exact_dup_of")
+    watched(export_manifest, db, tmp_path / "export" / "manifest.parquet")
+    watched(undo, db, reason="exact_dup_of")
     assert [o.status for o in outcomes] == ["completed", "completed", "completed", "nothing_new"]
     assert watch.hits == [], f"writes, deletes or renames under the shard folder: {watch.hits[:10]}"
     assert len([v for v in expected.values() if v[0] != "dir"]) == 7
     assert fingerprint(root) == expected
-    if PRUNE_RULES is not None:
-        # Pruning really was applied (and partly undone), so those code paths ran.
-        statuses = dict(query(db, "SELECT to_status, count(*) FROM prune_events GROUP BY 1"))
-        assert statuses.get("applied", 0) > 0 and statuses.get("restored", 0) > 0, statuses
+    # Pruning really was applied (and partly undone), so those code paths ran.
+    statuses = dict(query(db, "SELECT to_status, count(*) FROM prune_events GROUP BY 1"))
+    assert statuses.get("applied", 0) > 0 and statuses.get("restored", 0) > 0, statuses
 
 
 def test_the_watch_sees_writes_under_the_folder(tmp_path: Path) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,17 +23,11 @@ import httpx
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import NIGHTS, REPO, query
+from tests.conftest import NIGHTS, REPO, free_port, query, wait_healthy
 
 SHARD = NIGHTS[1] / "part-00000.parquet"
 PREFECT = Path(sys.executable).with_name("prefect")
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -90,7 +83,7 @@ def _stop(proc: subprocess.Popen) -> None:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     home = tmp_path_factory.mktemp("prefect-server")
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(PREFECT_HOME=str(home / "prefect"), GLIA_HOME=str(home / "glia"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
                PREFECT_LOGGING_LEVEL="WARNING", PREFECT_API_URL=f"http://127.0.0.1:{port}/api", NO_COLOR="1", COLUMNS="200",
@@ -101,16 +94,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
                             env=env, stdout=log, stderr=subprocess.STDOUT, cwd=home)
     srv = Server(f"http://127.0.0.1:{port}/api", env, home)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{srv.api}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"prefect server did not start: {(home / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.5)
+        wait_healthy(f"{srv.api}/health", proc, home / "server.log", 120, "prefect server")
         yield srv
     finally:
         _stop(proc)
