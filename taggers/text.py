@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import xxhash
+
+from taggers.xxh3 import xxh3_64
 
 _U64 = np.uint64
 # 64-bit constants from xxhash64 (PRIME64_1..3): odd, well-mixed multipliers.
@@ -28,12 +29,13 @@ def normalize(text: pa.Array | pa.ChunkedArray) -> pa.Array:
     """
     if isinstance(text, pa.ChunkedArray):
         text = text.combine_chunks()
-    out = _by_ascii(
-        text.cast(pa.string()),
-        # NFKC is the identity on ASCII and lower-casing is a byte map, so one table pass.
-        lambda a: pc.binary_join(pc.ascii_split_whitespace(_map_bytes(a, _ASCII_SPACE_LOWER)), " "),
+    # Non-ASCII texts get NFKC, lower case and single spaces by regex first; after that
+    # the ASCII steps (byte map, split on ASCII spaces, join) leave them unchanged.
+    folded = _fold_to_ascii_rules(
+        text.cast(pa.string()), _ASCII_SPACE_LOWER,
         lambda o: pc.replace_substring_regex(_nfkc_lower(o), _WHITESPACE, " "),
     )
+    out = pc.binary_join(pc.ascii_split_whitespace(folded), " ")
     return pc.utf8_trim_whitespace(out)
 
 
@@ -44,24 +46,10 @@ def _nfkc_lower(values: pa.Array) -> pa.Array:
 def hash_strings(values: pa.Array) -> np.ndarray:
     """xxh3-64 of each string's UTF-8 bytes, as uint64 (nulls hash as the empty string).
 
-    Hashes slices of the Arrow data buffer directly: no Python str is built per value.
+    Hashes the Arrow data buffer directly (no Python str per value); strings up to 128
+    bytes are hashed by array operations (:func:`taggers.xxh3.xxh3_64`).
     """
-    if pa.types.is_large_string(values.type):
-        offsets = np.frombuffer(values.buffers()[1], dtype=np.int64)
-    else:
-        values = values.cast(pa.string())
-        offsets = np.frombuffer(values.buffers()[1], dtype=np.int32)
-    offsets = offsets[values.offset : values.offset + len(values) + 1]
-    data = values.buffers()[2]
-    buf = memoryview(data) if data is not None else memoryview(b"")
-    valid = values.is_valid().to_numpy(zero_copy_only=False)
-    digest = xxhash.xxh3_64_intdigest
-    empty = digest(b"")
-    return np.fromiter(
-        (digest(buf[offsets[i] : offsets[i + 1]]) if valid[i] else empty for i in range(len(values))),
-        dtype=np.uint64,
-        count=len(values),
-    )
+    return xxh3_64(values)
 
 
 # Python's ``\w`` is "letter, number or underscore" in Unicode; RE2's ``\w`` is ASCII only,
@@ -97,36 +85,30 @@ def _map_bytes(values: pa.Array, table: np.ndarray) -> pa.Array:
     )
 
 
-def _by_ascii(values: pa.Array, ascii_fn, other_fn) -> pa.Array:
-    """Apply ``ascii_fn`` to the pure-ASCII texts and ``other_fn`` to the rest, keeping order.
+def _fold_to_ascii_rules(values: pa.Array, table: np.ndarray, other_fn) -> pa.Array:
+    """Every text mapped through the ASCII byte ``table``, with the non-ASCII texts first
+    rewritten by ``other_fn`` (Unicode-aware) so that the byte map is right for them too.
 
-    Regex work costs ~35 us per 1.5k-character text, byte tables and ASCII splitting ~2 us,
-    and most text is ASCII. Only Arrow's *ascii* split kernels are used on the fast path:
-    pyarrow 26's utf8_split_whitespace can read past the end of the string data.
+    Regex work costs ~35 us per 1.5k-character text, a byte table ~2 us, and most text is
+    ASCII, so only the texts that need it see a regex. The byte map and Arrow's *ascii*
+    split kernels are safe on any UTF-8 (bytes below 0x80 are always whole ASCII
+    characters); pyarrow 26's utf8_split_whitespace can read past the end of the data.
     """
-    if len(values) == 0:
-        return other_fn(values)
     is_ascii = pc.fill_null(pc.string_is_ascii(values), True).to_numpy(zero_copy_only=False)
-    if is_ascii.all():
-        return ascii_fn(values)
-    if not is_ascii.any():
-        return other_fn(values)
-    ascii_idx, other_idx = np.flatnonzero(is_ascii), np.flatnonzero(~is_ascii)
-    parts = pa.concat_arrays([ascii_fn(values.take(ascii_idx)), other_fn(values.take(other_idx))])
-    position = np.empty(len(values), dtype=np.int64)
-    position[ascii_idx] = np.arange(len(ascii_idx))
-    position[other_idx] = len(ascii_idx) + np.arange(len(other_idx))
-    return parts.take(position)
+    if not is_ascii.all():
+        other = ~is_ascii
+        values = pc.replace_with_mask(values, pa.array(other), other_fn(values.filter(pa.array(other))))
+    return _map_bytes(values, table)
 
 
 def _split_words(text: pa.Array) -> pa.ListArray:
     """``\\w+`` tokens of each NFKC, lower-cased text (plus possibly empty strings, which
     callers drop). ASCII texts skip NFKC (the identity there) and lower-case by byte map."""
-    return _by_ascii(
-        text.cast(pa.string()),
-        lambda a: pc.ascii_split_whitespace(_map_bytes(a, _ASCII_NON_WORD_LOWER)),
-        lambda o: pc.split_pattern_regex(_nfkc_lower(o), _NON_WORD),
+    folded = _fold_to_ascii_rules(
+        text.cast(pa.string()), _ASCII_NON_WORD_LOWER,
+        lambda o: pc.replace_substring_regex(_nfkc_lower(o), _NON_WORD, " "),
     )
+    return pc.ascii_split_whitespace(folded)
 
 
 def word_hashes(text: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
