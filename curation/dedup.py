@@ -22,7 +22,6 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import duckdb
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
@@ -120,31 +119,41 @@ class DedupResult:
 
 
 def _tonight_pairs(keys: np.ndarray, idx: np.ndarray, max_bucket: int) -> np.ndarray:
-    """Candidate pairs (i < j) among tonight's documents that share a band key."""
+    """Candidate pairs ``(i, j)``, ``i < j``, among tonight's documents that share a band key.
+
+    ``keys`` is ``(len(idx), bands)``, ``idx`` ascending. A bucket of at most ``max_bucket``
+    documents yields all its pairs; a bigger one (boilerplate) only links each member to its
+    smallest ``idx``, which keeps the component without the quadratic pair count.
+    """
     if len(idx) < 2:
         return np.empty((0, 2), np.int64)
-    bands = keys.shape[1]
-    tbl = pa.table(
-        {
-            "band": np.repeat(np.arange(bands, dtype=np.uint8)[None, :], len(idx), axis=0).reshape(-1),
-            "key": keys.reshape(-1),
-            "idx": np.repeat(idx, bands),
-        }
-    )
-    con = duckdb.connect()
-    con.register("tb", tbl)
-    pairs = con.execute(
-        f"""WITH b AS (
-              SELECT band, key, idx, count(*) OVER w AS n, min(idx) OVER w AS first
-              FROM tb WINDOW w AS (PARTITION BY band, key))
-            SELECT DISTINCT a.idx AS i, c.idx AS j
-              FROM b a JOIN b c ON a.band = c.band AND a.key = c.key AND a.idx < c.idx
-              WHERE a.n > 1 AND a.n <= {int(max_bucket)}
-            UNION
-            SELECT DISTINCT first AS i, idx AS j FROM b WHERE n > {int(max_bucket)} AND idx <> first"""
-    ).fetchnumpy()
-    con.close()
-    return np.stack([pairs["i"], pairs["j"]], axis=1).astype(np.int64) if len(pairs["i"]) else np.empty((0, 2), np.int64)
+    # Per band, a stable sort by key keeps each bucket's members in ascending idx order.
+    members, new_bucket = [], []
+    for b in range(keys.shape[1]):
+        order = np.argsort(keys[:, b], kind="stable")
+        k = keys[order, b]
+        members.append(idx[order])
+        new_bucket.append(np.r_[True, k[1:] != k[:-1]])
+    member = np.concatenate(members).astype(np.int64)
+    starts = np.flatnonzero(np.concatenate(new_bucket))
+    sizes = np.diff(np.r_[starts, len(member)])
+
+    parts = []
+    for size in np.unique(sizes[(sizes >= 2) & (sizes <= max_bucket)]):
+        first = starts[sizes == size][:, None]
+        a, c = np.triu_indices(int(size), 1)
+        parts.append(np.stack([member[first + a].ravel(), member[first + c].ravel()], axis=1))
+    big, big_size = starts[sizes > max_bucket], sizes[sizes > max_bucket]
+    if len(big):
+        head = np.repeat(big, big_size - 1)
+        rank = np.arange(len(head)) - np.repeat(np.cumsum(big_size - 1) - (big_size - 1), big_size - 1)
+        parts.append(np.stack([member[head], member[head + 1 + rank]], axis=1))
+    if not parts:
+        return np.empty((0, 2), np.int64)
+    pairs = np.concatenate(parts)
+    span = np.int64(member.max()) + 1
+    code = np.unique(pairs[:, 0] * span + pairs[:, 1])  # a pair shared by several bands once
+    return np.stack([code // span, code % span], axis=1)
 
 
 def resolve(tonight: Tonight, history: History, run_id: int, params: NearDup) -> DedupResult:
@@ -386,12 +395,16 @@ def resolve(tonight: Tonight, history: History, run_id: int, params: NearDup) ->
     }
     # LSH: every document with words that is not an exact copy of an earlier one.
     lsh_rows = np.flatnonzero(has & (exact_dup_of == None))  # noqa: E711 - elementwise on object array
+    # Band-major, by key within a band (stable, so by row among equal keys): DuckDB's
+    # row-group min/max on (band, key) then skips most of the file in a lookup.
+    lsh_keys = key_of[lsh_rows]
+    by_key = np.argsort(lsh_keys, axis=0, kind="stable")
+    row_of = pa.array(lsh_rows[by_key].T.reshape(-1))
     segments["lsh"] = pa.table(
-        {"band": np.tile(np.arange(nd.bands, dtype=np.uint8), len(lsh_rows)),
-         "key": key_of[lsh_rows].reshape(-1),
-         "doc_id": id_arr.take(pa.array(np.repeat(lsh_rows, nd.bands))),
-         "shard_id": shard.take(pa.array(np.repeat(lsh_rows, nd.bands)))}
-    ).sort_by([("band", "ascending"), ("key", "ascending")])
+        {"band": np.repeat(np.arange(nd.bands, dtype=np.uint8), len(lsh_rows)),
+         "key": np.take_along_axis(lsh_keys, by_key, axis=0).T.reshape(-1),
+         "doc_id": id_arr.take(row_of), "shard_id": shard.take(row_of)}
+    )
     return DedupResult(
         exact=exact_tbl, near=near_tbl, segments=segments,
         n_exact_dups=int(sum(x is not None for x in exact_dup_of)),

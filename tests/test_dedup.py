@@ -168,3 +168,38 @@ def test_survivors_do_not_depend_on_shard_order_or_grouping(tmp_path: Path) -> N
     assert b_dups == a_dups
     assert b_docs == a_docs
     assert query(b_db, "SELECT n_shards_new, n_docs FROM runs ORDER BY run_id") == [(4, 1500), (2, 800)]
+
+
+def _pairs_by_buckets(keys, idx, max_bucket: int) -> set[tuple[int, int]]:
+    """The documented candidate rule, written plainly: per band, every bucket of up to
+    ``max_bucket`` members gives all its pairs, a bigger one links each member to its
+    smallest idx."""
+    out: set[tuple[int, int]] = set()
+    for b in range(keys.shape[1]):
+        buckets: dict[int, list[int]] = defaultdict(list)
+        for k, i in zip(keys[:, b].tolist(), idx.tolist()):
+            buckets[k].append(i)
+        for members in buckets.values():
+            members.sort()
+            if len(members) <= max_bucket:
+                out |= {(a, c) for n, a in enumerate(members) for c in members[n + 1 :]}
+            else:
+                out |= {(members[0], c) for c in members[1:]}
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_tonight_candidate_pairs_follow_the_bucket_rule(seed: int) -> None:
+    import numpy as np
+
+    from curation.dedup import _tonight_pairs
+
+    rng = np.random.default_rng(seed)
+    n, bands = int(rng.integers(2, 600)), int(rng.integers(1, 17))
+    # Few distinct keys, so buckets of every size (including over max_bucket) occur.
+    keys = rng.integers(0, int(rng.integers(2, 60)), (n, bands)).astype(np.uint64)
+    idx = np.sort(rng.choice(5 * n, n, replace=False)).astype(np.int64)
+    max_bucket = int(rng.integers(2, 20))
+    got = _tonight_pairs(keys, idx, max_bucket)
+    assert len(got) == len({tuple(p) for p in got.tolist()})  # each pair once
+    assert {tuple(p) for p in got.tolist()} == _pairs_by_buckets(keys, idx, max_bucket)
