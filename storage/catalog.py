@@ -271,12 +271,9 @@ class Catalog:
                     (finished - rec.started_at).total_seconds(), rec.error, json.dumps(rec.config),
                 ],
             )
-            for s in rec.new_shards:
-                con.execute(
-                    "INSERT OR REPLACE INTO shards VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [s.shard_id, s.path, s.size, s.mtime_ns, s.footer_hash, s.n_rows, s.n_docs,
-                     s.status, s.first_run, s.last_run, s.error],
-                )
+            _upsert(con, "shards", SHARD_COLUMNS, 1, [
+                (s.shard_id, s.path, s.size, s.mtime_ns, s.footer_hash, s.n_rows, s.n_docs,
+                 s.status, s.first_run, s.last_run, s.error) for s in rec.new_shards])
             for shard_id, status in rec.status_changes.items():
                 con.execute(
                     "UPDATE shards SET status = ?, last_run = ? WHERE shard_id = ?",
@@ -284,17 +281,11 @@ class Catalog:
                 )
             for shard_id, mtime in rec.mtime_updates.items():
                 con.execute("UPDATE shards SET mtime_ns = ? WHERE shard_id = ?", [mtime, shard_id])
-            for f in rec.tag_files:
-                con.execute(
-                    "INSERT OR REPLACE INTO tag_files VALUES (?, ?, ?, ?, ?, ?)",
-                    [f.tagger, f.version, f.shard_id, f.path, f.n_rows, rec.run_id],
-                )
+            _upsert(con, "tag_files", TAG_FILE_COLUMNS, 3,
+                    [(f.tagger, f.version, f.shard_id, f.path, f.n_rows, rec.run_id) for f in rec.tag_files])
             faults.point("commit.mid")  # crash-test hook: half the statements of the transaction ran
-            for seg in rec.segments:
-                con.execute(
-                    "INSERT OR REPLACE INTO index_segments VALUES (?, ?, ?, ?, ?)",
-                    [seg.kind, rec.run_id, seg.path, seg.n_rows, json.dumps(seg.params)],
-                )
+            _upsert(con, "index_segments", SEGMENT_COLUMNS, 2,
+                    [(seg.kind, rec.run_id, seg.path, seg.n_rows, json.dumps(seg.params)) for seg in rec.segments])
             if rec.skipped is not None and rec.skipped.num_rows:
                 skipped = rec.skipped.select(SKIPPED_SCHEMA.names).cast(SKIPPED_SCHEMA)
                 con.register("_skipped_in", skipped)
@@ -337,3 +328,27 @@ class Catalog:
             con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _write_in")
         finally:
             con.unregister("_write_in")
+
+
+SHARD_COLUMNS = ("shard_id", "path", "size", "mtime_ns", "footer_hash", "n_rows", "n_docs", "status",
+                 "first_run", "last_run", "error")
+TAG_FILE_COLUMNS = ("tagger", "version", "shard_id", "path", "n_rows", "run_id")
+SEGMENT_COLUMNS = ("kind", "run_id", "path", "n_rows", "params")
+
+
+def _upsert(con: duckdb.DuckDBPyConnection, table: str, columns: Sequence[str], n_key: int,
+            rows: Sequence[Sequence[object]]) -> None:
+    """``INSERT OR REPLACE`` of many rows as one statement over an Arrow table (a statement
+    per row costs ~2 ms in DuckDB). ``rows`` are keyed by their first ``n_key`` values; of
+    rows with the same key the last wins, as it would with one statement per row."""
+    latest = {tuple(r[:n_key]): r for r in rows}
+    if not latest:
+        return
+    data = pa.table({c: [r[i] for r in latest.values()] for i, c in enumerate(columns)})
+    cols = ", ".join(identifier(c) for c in columns)
+    con.register("_upsert_in", data)
+    try:
+        con.execute(f"INSERT OR REPLACE INTO {identifier(table)} ({cols}) SELECT {cols} FROM _upsert_in")
+    finally:
+        con.unregister("_upsert_in")
+
