@@ -139,6 +139,16 @@ def word_hashes(text: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarra
     return hashes, offsets
 
 
+def _avalanche_inplace(h: np.ndarray, tmp: np.ndarray) -> None:
+    """:func:`_avalanche` of ``h`` into ``h`` (``tmp``: scratch of the same shape)."""
+    for shift, prime in ((33, _P2), (29, _P3)):
+        np.right_shift(h, _U64(shift), out=tmp)
+        np.bitwise_xor(h, tmp, out=h)
+        np.multiply(h, prime, out=h)
+    np.right_shift(h, _U64(32), out=tmp)
+    np.bitwise_xor(h, tmp, out=h)
+
+
 def _avalanche(h: np.ndarray) -> np.ndarray:
     """xxhash64's final mix, so every input bit affects every output bit."""
     h = h ^ (h >> _U64(33))
@@ -162,27 +172,38 @@ def shingle_hashes(words: np.ndarray, offsets: np.ndarray, n: int) -> tuple[np.n
     total = len(words)
     with np.errstate(over="ignore"):
         # Rolling combination over a window of n words: h_i = mix(w_i, ..., w_{i+n-1}).
+        # In place: each temporary would be a fresh multi-megabyte array per step.
         span = max(total - n + 1, 0)
-        h = words[:span] * _P1
+        h = np.multiply(words[:span], _P1)
+        tmp = np.empty_like(h)
         for k in range(1, n):
-            h = (h ^ words[k : k + span]) * _P1
-            h = (h << _U64(31)) | (h >> _U64(33))
-        h = _avalanche(h)
+            np.bitwise_xor(h, words[k : k + span], out=h)
+            np.multiply(h, _P1, out=h)
+            np.right_shift(h, _U64(33), out=tmp)
+            np.left_shift(h, _U64(31), out=h)
+            np.bitwise_or(h, tmp, out=h)
+        _avalanche_inplace(h, tmp)
 
         full = counts >= n
         n_shingles = np.where(full, counts - n + 1, np.minimum(counts, 1))
         out_offsets = np.zeros(len(counts) + 1, dtype=np.int64)
         np.cumsum(n_shingles, out=out_offsets[1:])
-        out = np.empty(out_offsets[-1], dtype=np.uint64)
 
-        # Full documents: the windows starting at their first count-n+1 words.
+        # Full documents: the windows starting at their first count-n+1 words, i.e. every
+        # window that does not cross into the next document (marked by a +1/-1 difference).
         starts = offsets[:-1][full]
-        lengths = n_shingles[full]
         if len(starts):
-            src = np.repeat(starts - np.concatenate(([0], np.cumsum(lengths)[:-1])), lengths)
-            src = src + np.arange(lengths.sum())
-            dest_mask = np.repeat(full, n_shingles)
-            out[dest_mask] = h[src]
+            mark = np.zeros(total + 1, dtype=np.int8)
+            mark[starts + counts[full] - n + 1] = -1
+            mark[starts] += 1  # for n == 1 a document's end is the next one's start
+            windows = h[np.cumsum(mark[:span], dtype=np.int8).view(bool)]
+        else:
+            windows = h[:0]
+        if len(windows) == out_offsets[-1]:
+            out = windows
+        else:
+            out = np.empty(out_offsets[-1], dtype=np.uint64)
+            out[np.repeat(full, n_shingles)] = windows
 
         # Short documents (1..n-1 words): one shingle over all their words. Rare, so a loop.
         for d in np.flatnonzero(~full & (counts > 0)):
