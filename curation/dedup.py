@@ -282,10 +282,13 @@ def resolve(tonight: Tonight, history: History, run_id: int, params: NearDup) ->
 
     # survivor per component: smallest (run, doc_id)
     # np.lexsort on Python str objects orders by code point, like sorted() on the tuples.
-    order = np.lexsort((np.array(node_id, dtype=object), np.asarray(node_run, dtype=np.int64))).tolist() if n_nodes else []
-    surv_of_comp: dict[int, int] = {}
-    for k in order:
-        surv_of_comp.setdefault(int(comp[k]), k)
+    node_ids = np.array(node_id, dtype=object)
+    node_runs = np.asarray(node_run, dtype=np.int64)
+    order = np.lexsort((node_ids, node_runs)) if n_nodes else np.empty(0, np.int64)
+    comp_in_order = comp[order]
+    _, first_in_comp = np.unique(comp_in_order, return_index=True)
+    surv_of_comp = np.zeros(comp.max() + 1 if n_nodes else 0, dtype=np.int64)
+    surv_of_comp[comp_in_order[first_in_comp]] = order[first_in_comp]
     comp_size_nodes = np.bincount(comp, minlength=comp.max() + 1 if n_nodes else 1)
 
     # cluster sizes: tonight members + every active history doc under the component's roots
@@ -325,41 +328,38 @@ def resolve(tonight: Tonight, history: History, run_id: int, params: NearDup) ->
         match[src[first]] = dst[first]
         match_j[src[first]] = jj[first]
 
-    def sig_of(k: int) -> np.ndarray | None:
-        if k < n:
-            return sig[k] if has[k] else None
-        if k < n + len(h_ids):
-            return h_sig[k - n]
-        return None
-
-    near_of = np.empty(n, dtype=object); near_j = np.full(n, np.nan, np.float32)
-    cluster = np.empty(n, dtype=object); csize = np.zeros(n, np.int64)
-    m_id = np.empty(n, dtype=object); m_j = np.full(n, np.nan, np.float32)
-    seg_cluster = np.empty(n, dtype=object); seg_cluster_run = np.zeros(n, np.int32)
-    size_cache: dict[int, int] = {}
-    for i in range(n):
-        c = int(comp[i])
-        s = surv_of_comp[c]
-        seg_cluster[i] = node_id[s]; seg_cluster_run[i] = node_run[s]
-        if comp_size_nodes[c] <= 1 or not has[i] and match[i] < 0:
-            continue
-        if c not in size_cache:
-            size_cache[c] = cluster_size(c)
-        cluster[i] = node_id[s]; csize[i] = size_cache[c]
-        if match[i] >= 0:
-            m_id[i] = node_id[match[i]]; m_j[i] = match_j[i]
-        if s != i:
-            near_of[i] = node_id[s]
-            ss = sig_of(s)
-            if ss is not None and has[i]:
-                near_j[i] = float((sig[i] == ss).mean())
-            elif ss is not None or rep_pos[i] != i:
-                near_j[i] = 1.0
+    rows = np.arange(n)
+    surv = surv_of_comp[comp[:n]]  # each tonight document's survivor node
+    seg_cluster, seg_cluster_run = node_ids[surv], node_runs[surv].astype(np.int32)
+    # Tags only for documents in a cluster of two or more that have words or a direct match.
+    tagged = (comp_size_nodes[comp[:n]] > 1) & (has | (match >= 0))
+    cluster = np.where(tagged, seg_cluster, None)
+    size_of_comp = np.zeros(len(surv_of_comp), dtype=np.int64)
+    for c in np.unique(comp[:n][tagged]):  # one per cluster, not per document
+        size_of_comp[c] = cluster_size(int(c))
+    csize = np.where(tagged, size_of_comp[comp[:n]], 0)
+    matched = tagged & (match >= 0)
+    m_id = np.where(matched, node_ids[np.maximum(match, 0)], None)
+    m_j = np.where(matched, match_j, np.float32(np.nan)).astype(np.float32)
+    # Survivor's signature: tonight's if it has words, a history document's always, none for
+    # a root that is only a name.
+    surv_is_tonight = surv < n
+    surv_has_sig = np.where(surv_is_tonight, has[np.minimum(surv, max(n - 1, 0))], surv < n + len(h_ids))
+    dup = tagged & (surv != rows)
+    near_of = np.where(dup, seg_cluster, None)
+    near_j = np.full(n, np.nan, np.float32)
+    both = dup & surv_has_sig & has
+    for from_tonight in (True, False):
+        sel = np.flatnonzero(both & (surv_is_tonight == from_tonight))
+        if len(sel):
+            other = sig[surv[sel]] if from_tonight else h_sig[surv[sel] - n]
+            near_j[sel] = jaccard(sig[sel], other)
+    near_j[dup & ~both & (surv_has_sig | (rep_pos != rows))] = 1.0
 
     # merges: history roots in a component whose survivor is someone else
     merge_rows = []
     for c, roots in comp_roots.items():
-        s = surv_of_comp[c]
+        s = int(surv_of_comp[c])
         for r in sorted(roots):
             if r != node_id[s]:
                 merge_rows.append((r, node_id[s], node_run[s]))
