@@ -113,7 +113,7 @@ class Tonight:
 class DedupResult:
     exact: pa.Table  # EXACT_DUP_SCHEMA + shard_id
     near: pa.Table  # NEAR_DUP_SCHEMA + shard_id
-    segments: dict[str, pa.Table]  # kind -> table for storage.history.write_segment
+    segments: dict[str, pa.Table]  # kind -> table for storage.history.write_segments
     n_exact_dups: int
     n_near_dups: int
 

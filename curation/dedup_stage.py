@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 from curation.dedup import EXACT_DUP_SCHEMA, NEAR_DUP_SCHEMA, Tonight, resolve
 from curation.stages import NightStage, StageInputs, StageOutput
 from storage.catalog import Segment
-from storage.history import History, write_segment
+from storage.history import History, write_segments
 from taggers import registry
 
 EXACT_DUP, NEAR_DUP = "exact_dup", "near_dup"
@@ -52,7 +52,7 @@ class DedupStage(NightStage):
                           ctx.run_id, ctx.config.near_dup)
         finally:
             history.close()
-        segments = [write_segment(ctx.state_dir, kind, ctx.run_id, tbl, params) for kind, tbl in sorted(res.segments.items())]
+        segments = write_segments(ctx.state_dir, ctx.run_id, res.segments, params)
         return StageOutput(
             tags={EXACT_DUP: res.exact, NEAR_DUP: res.near}, segments=segments,
             counts={"exact_dups": res.n_exact_dups, "near_dups": res.n_near_dups},

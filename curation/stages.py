@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from storage.catalog import Segment, TableWrite, TagFile
-from storage.parquet_io import write_atomic
+from storage.parquet_io import FileWrite, write_all
 
 if TYPE_CHECKING:
     from curation.pipeline import NightPlan, RunContext
@@ -177,6 +177,7 @@ def build(names: Iterable[str], params: Mapping[str, Mapping[str, Any]], have: I
 
 def write_stage_tags(ctx: RunContext, stage: NightStage, tags: Mapping[str, pa.Table]) -> list[TagFile]:
     """Split each output table by shard into ``tags/<output>@<version>/<shard_id>.parquet``."""
+    writes: list[FileWrite] = []
     files: list[TagFile] = []
     schemas = stage.outputs()
     for name, table in tags.items():
@@ -189,10 +190,11 @@ def write_stage_tags(ctx: RunContext, stage: NightStage, tags: Mapping[str, pa.T
         for shard_id in sorted(shard_ids):
             part = table.filter(pc.equal(table["shard_id"], shard_id)).select(schema.names).cast(schema)
             out = ctx.tag_path(f"{name}@{stage.version}", shard_id)
-            rows = write_atomic(out, [part], schema, {"tagger": name, "version": stage.version, "stage": stage.name,
-                                                      "shard_id": shard_id, "run_id": ctx.run_id,
-                                                      "config": stage.config()})
-            files.append(TagFile(name, stage.version, shard_id, str(out), rows))
+            writes.append(FileWrite(out, part, schema, {"tagger": name, "version": stage.version, "stage": stage.name,
+                                                        "shard_id": shard_id, "run_id": ctx.run_id,
+                                                        "config": stage.config()}))
+            files.append(TagFile(name, stage.version, shard_id, str(out), part.num_rows))
+    write_all(writes)
     return files
 
 

@@ -15,14 +15,14 @@ out). DuckDB spills joins to ``tmp_dir`` when they do not fit in memory.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 
 from storage.catalog import Segment
-from storage.parquet_io import write_atomic
+from storage.parquet_io import FileWrite, write_all
 from storage.sql import literal, parquet_scan
 
 KINDS = ("exact", "signatures", "lsh", "merges")
@@ -153,8 +153,11 @@ class History:
         return {c: (m, r) for c, m, r in rows}
 
 
-def write_segment(state_dir: Path, kind: str, run_id: int, table: pa.Table, params: dict[str, object]) -> Segment:
-    """Write one run's segment atomically (sorted for locality) and describe it for the catalog."""
-    path = segment_path(state_dir, kind, run_id)
-    write_atomic(path, [table], table.schema, {"kind": kind, "run_id": run_id, **params})
-    return Segment(kind=kind, path=str(path), n_rows=table.num_rows, params=params)
+def write_segments(state_dir: Path, run_id: int, tables: Mapping[str, pa.Table], params: dict[str, object]) -> list[Segment]:
+    """Write one run's segments (kind -> table) atomically, side by side, and describe them
+    for the catalog, in kind order."""
+    kinds = sorted(tables)
+    write_all([FileWrite(segment_path(state_dir, k, run_id), tables[k], tables[k].schema,
+                         {"kind": k, "run_id": run_id, **params}) for k in kinds])
+    return [Segment(kind=k, path=str(segment_path(state_dir, k, run_id)), n_rows=tables[k].num_rows, params=params)
+            for k in kinds]

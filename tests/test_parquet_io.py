@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import NIGHTS
-from storage.parquet_io import read_metadata, write_atomic
+from storage.parquet_io import FileWrite, read_metadata, write_all, write_atomic
 
 SCHEMA = pa.schema([("doc_id", pa.string()), ("text", pa.string())])
 
@@ -67,3 +67,21 @@ def test_batch_that_does_not_fit_the_schema_fails_cleanly(tmp_path: Path) -> Non
 
 def test_read_metadata_of_a_foreign_parquet_file_is_none(tmp_path: Path) -> None:
     assert read_metadata(NIGHTS[1] / "part-00000.parquet") is None
+
+
+def test_write_all_writes_each_file_whole_and_reports_a_failure_after_the_rest(tmp_path: Path) -> None:
+    parts = real_batches(4)
+    bad = pa.table({"doc_id": ["x"]})  # no text column: does not fit the schema
+    writes = [FileWrite(tmp_path / f"f{i}.parquet", p, SCHEMA, {"i": i}) for i, p in enumerate(parts)]
+    assert write_all(writes, workers=2) == [p.num_rows for p in parts]
+    for i, p in enumerate(parts):
+        assert pq.read_table(tmp_path / f"f{i}.parquet").equals(p) and read_metadata(tmp_path / f"f{i}.parquet") == {"i": i}
+
+    mixed = [FileWrite(tmp_path / "g0.parquet", parts[0], SCHEMA), FileWrite(tmp_path / "g1.parquet", bad, SCHEMA),
+             FileWrite(tmp_path / "g2.parquet", parts[2], SCHEMA)]
+    with pytest.raises(ValueError):
+        write_all(mixed, workers=2)
+    assert pq.read_table(tmp_path / "g0.parquet").equals(parts[0])
+    assert pq.read_table(tmp_path / "g2.parquet").equals(parts[2])
+    assert not (tmp_path / "g1.parquet").exists()
+    assert not list(tmp_path.glob(".*.tmp"))
