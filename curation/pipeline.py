@@ -426,6 +426,7 @@ def build_record(ctx: RunContext, night: NightPlan, ingests: list[IngestResult],
     for row in sp.reactivated:
         rec.status_changes[row.shard_id] = "active"
     rec.mtime_updates = dict(sp.mtime_updates)
+    rec.first_seen = {d: r for d, r in night.first_seen.items() if r < ctx.run_id}
     rec.tag_files = [i.documents for i in ok.values() if i.documents is not None]
     tonight = {s.shard.shard_id for s in night.specs}
     rec.tag_files += [f for f in tag_files if f.shard_id in ok or f.shard_id not in tonight]

@@ -104,6 +104,8 @@ class RunRecord:
     skipped: pa.Table | None = None  # columns of the ``skipped`` table minus run_id
     view_sources: list[ViewSource] = field(default_factory=list)
     writes: list[TableWrite] = field(default_factory=list)
+    # doc_id -> the earlier run it was first seen in, for tonight's documents seen before.
+    first_seen: dict[str, int] = field(default_factory=dict)
     # Everything else worth keeping about the run: per-stage counts and seconds per step.
     metrics: dict[str, float] = field(default_factory=dict)
     error: str | None = None
@@ -294,6 +296,12 @@ class Catalog:
                     [rec.run_id],
                 )
                 con.unregister("_skipped_in")
+            if rec.first_seen:
+                con.register("_first_seen_in", pa.table({"doc_id": pa.array(list(rec.first_seen), pa.string()),
+                                                         "run_id": pa.array(list(rec.first_seen.values()), pa.int32())}))
+                con.execute("INSERT INTO first_seen SELECT doc_id, run_id FROM _first_seen_in "
+                            "ON CONFLICT (doc_id) DO UPDATE SET run_id = least(first_seen.run_id, excluded.run_id)")
+                con.unregister("_first_seen_in")
             for w in rec.writes:
                 self._apply_write(con, w)
             if rec.metrics:

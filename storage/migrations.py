@@ -91,6 +91,18 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    (
+        3,
+        "first_seen: documents whose shard is newer than the document",
+        """
+        -- A document that arrives in a rewritten, moved or returning shard keeps the run it was
+        -- first seen in (the survivor rule ranks by it); the documents view reads it from here.
+        CREATE TABLE first_seen (
+            doc_id  VARCHAR PRIMARY KEY,
+            run_id  INTEGER NOT NULL
+        );
+        """,
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -62,11 +62,14 @@ def _source_select(con: duckdb.DuckDBPyConnection, src: ViewSource, paths: list[
             )
             return _empty_select(con, pa.schema(list(src.schema) + list(extra)))
         return (
-            "SELECT d.* EXCLUDE (filename), f.shard_id, f.run_id AS first_seen_run, s.path AS shard_path "
+            # A document first seen before its shard's version arrived keeps that earlier run.
+            "SELECT d.* EXCLUDE (filename), f.shard_id, least(f.run_id, fs.run_id)::INTEGER AS first_seen_run, "
+            "s.path AS shard_path "
             # by name: shards may carry different extra columns, or change their types between nights
             f"FROM {parquet_scan(paths, filename='true', union_by_name='true')} d "
             f"JOIN tag_files f ON f.path = d.filename AND f.tagger = {literal(DOCUMENTS)} "
-            "JOIN shards s ON s.shard_id = f.shard_id"
+            "JOIN shards s ON s.shard_id = f.shard_id "
+            "LEFT JOIN first_seen fs ON fs.doc_id = d.doc_id"
         )
     if not paths:
         return _empty_select(con, src.schema)

@@ -137,8 +137,11 @@ def test_changed_shard_is_reprocessed_and_old_version_superseded(night1_db) -> N
     assert query(db, "SELECT count(*), count(DISTINCT doc_id) FROM v_documents") == [(1500, 1500)]
     assert query(db, "SELECT count(*) FROM documents WHERE shard_id = ?", [old_id]) == [(0,)]
     new_hash = xxhash.xxh3_64_intdigest(" ".join(unicodedata.normalize("NFKC", text).lower().split()).encode())
+    # The edited document is new text in a new shard version, but it was first seen in night 1.
     got = query(db, "SELECT shard_id, first_seen_run, text_hash FROM v_documents WHERE doc_id = ?", [doc])
-    assert got == [(new_id, 2, new_hash)]
+    assert got == [(new_id, 1, new_hash)]
+    assert query(db, "SELECT DISTINCT first_seen_run FROM v_documents WHERE shard_id = ?", [new_id]) == [(1,)]
+    assert query(db, "SELECT DISTINCT first_seen_run FROM documents") == [(1,)]
     assert new_hash != old_hashes[doc]
     # Other documents of the rewritten shard keep their text hash; other shards are untouched.
     same = query(db, "SELECT doc_id, text_hash FROM v_documents WHERE shard_id = ? AND doc_id <> ?", [new_id, doc])
@@ -182,3 +185,20 @@ def test_rewriting_a_shard_keeps_one_survivor_per_cluster(night1_db) -> None:
     assert kept_after_following_survivors(db) == []
     survivors_after = set(query(db, "SELECT doc_id FROM v_documents EXCEPT SELECT doc_id FROM v_duplicates"))
     assert survivors_after == survivors_before
+
+
+def test_a_database_from_before_the_first_seen_table_upgrades_on_the_next_run(night1_db) -> None:
+    import duckdb
+
+    root, db = night1_db
+    # Put the catalog back to schema version 2, the last release without ``first_seen``.
+    with duckdb.connect(str(db)) as con:
+        con.execute("DROP TABLE first_seen")
+        con.execute("DELETE FROM schema_version WHERE version = 3")
+    doc, _ = edit_one_text(root / "part-00001.parquet", 5, " The end.")
+
+    assert run_night(root, db).status == "completed"
+
+    assert query(db, "SELECT max(version) FROM schema_version") == [(3,)]
+    assert query(db, "SELECT first_seen_run FROM v_documents WHERE doc_id = ?", [doc]) == [(1,)]
+    assert query(db, "SELECT count(*) FROM first_seen") == [(500,)]
