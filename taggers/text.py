@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from taggers.xxh3 import xxh3_64
+from taggers.xxh3 import xxh3_64, xxh64_avalanche
 
 _U64 = np.uint64
 # 64-bit constants from xxhash64 (PRIME64_1..3): odd, well-mixed multipliers.
@@ -140,22 +140,14 @@ def word_hashes(text: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarra
 
 
 def _avalanche_inplace(h: np.ndarray, tmp: np.ndarray) -> None:
-    """:func:`_avalanche` of ``h`` into ``h`` (``tmp``: scratch of the same shape)."""
+    """:func:`taggers.xxh3.xxh64_avalanche` of ``h`` into ``h`` (``tmp``: scratch of the same
+    shape), so every input bit affects every output bit."""
     for shift, prime in ((33, _P2), (29, _P3)):
         np.right_shift(h, _U64(shift), out=tmp)
         np.bitwise_xor(h, tmp, out=h)
         np.multiply(h, prime, out=h)
     np.right_shift(h, _U64(32), out=tmp)
     np.bitwise_xor(h, tmp, out=h)
-
-
-def _avalanche(h: np.ndarray) -> np.ndarray:
-    """xxhash64's final mix, so every input bit affects every output bit."""
-    h = h ^ (h >> _U64(33))
-    h = h * _P2
-    h = h ^ (h >> _U64(29))
-    h = h * _P3
-    return h ^ (h >> _U64(32))
 
 
 def shingle_hashes(words: np.ndarray, offsets: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -210,5 +202,5 @@ def shingle_hashes(words: np.ndarray, offsets: np.ndarray, n: int) -> tuple[np.n
             acc = _U64(0)
             for w in words[offsets[d] : offsets[d + 1]]:
                 acc = ((acc ^ w) * _P1) & _U64(0xFFFFFFFFFFFFFFFF)
-            out[out_offsets[d]] = _avalanche(np.array([acc], dtype=np.uint64))[0]
+            out[out_offsets[d]] = xxh64_avalanche(np.array([acc], dtype=np.uint64))[0]
     return out, out_offsets

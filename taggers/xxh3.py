@@ -42,7 +42,8 @@ def _s32(offset: int) -> np.uint64:
     return _U64(int.from_bytes(_SECRET[offset : offset + 4], "little"))
 
 
-def _xxh64_avalanche(h: np.ndarray) -> np.ndarray:
+def xxh64_avalanche(h: np.ndarray) -> np.ndarray:
+    """xxhash64's final mix, so every input bit affects every output bit."""
     h = h ^ (h >> _U64(33))
     h = h * _P64_2
     h = h ^ (h >> _U64(29))
@@ -94,7 +95,7 @@ class _Reader:
 def _len_1to3(rd: _Reader, start: np.ndarray, n: np.ndarray) -> np.ndarray:
     c1, c2, c3 = rd.r8(start), rd.r8(start + (n >> 1)), rd.r8(start + n - 1)
     combined = (c1 << _U64(16)) | (c2 << _U64(24)) | c3 | (n.astype(np.uint64) << _U64(8))
-    return _xxh64_avalanche(combined ^ (_s32(0) ^ _s32(4)))
+    return xxh64_avalanche(combined ^ (_s32(0) ^ _s32(4)))
 
 
 def _len_4to8(rd: _Reader, start: np.ndarray, n: np.ndarray) -> np.ndarray:
@@ -151,7 +152,7 @@ def xxh3_64(values: pa.Array) -> np.ndarray:
     rd = _Reader(raw)
     out = np.empty(len(values), dtype=np.uint64)
     with np.errstate(over="ignore"):
-        out[n == 0] = _xxh64_avalanche(np.array([_s64(56) ^ _s64(64)], np.uint64))[0]
+        out[n == 0] = xxh64_avalanche(np.array([_s64(56) ^ _s64(64)], np.uint64))[0]
         for lo, hi, fn in ((1, 3, _len_1to3), (4, 8, _len_4to8), (9, 16, _len_9to16), (17, SHORT_MAX, _len_17to128)):
             sel = np.flatnonzero((n >= lo) & (n <= hi))
             if len(sel):
