@@ -254,15 +254,15 @@ def whatif_plan(db: Path, params: Any) -> tuple[Any, dict[str, Any]]:
     from curation.dataloader import ReplayPlan
     from curation.replay import CatalogState, build_set, latest_run
     from storage.catalog import Catalog
+    from storage.sql import registered
 
     with Catalog(db, read_only=True) as cat:
         run_id = latest_run(cat.con)
         st = CatalogState.read(cat.con, params, run_id)
         rs = build_set(st.pool, st.state, params, 0, st.n_sets, "api")
-        cat.con.register("_items", rs.items)
-        rows = cat.con.sql('SELECT i.doc_id, i.weight, i."count", d.shard_path, d."row" '
-                           "FROM _items i JOIN documents d USING (doc_id)").to_arrow_table()
-        cat.con.unregister("_items")
+        with registered(cat.con, "_items", rs.items):
+            rows = cat.con.sql('SELECT i.doc_id, i.weight, i."count", d.shard_path, d."row" '
+                               "FROM _items i JOIN documents d USING (doc_id)").to_arrow_table()
     return ReplayPlan.from_rows(rows, 0), rs.set_row
 
 

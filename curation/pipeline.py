@@ -30,6 +30,7 @@ from curation.shards import ShardFile, ShardPlan, discover, plan
 from storage.catalog import Catalog, RunRecord, ShardRow, TagFile
 from storage.history import History
 from storage.parquet_io import read_metadata, write_atomic
+from storage.sql import registered
 from storage.views import DOCUMENTS, ViewSource
 from taggers import registry
 from curation.stages import NightStage, StageInputs, StageResult
@@ -160,13 +161,12 @@ def prepare(ctx: RunContext, catalog: Catalog) -> NightPlan:
     taken: dict[str, str] = {}
     if id_tables:
         all_ids = pa.concat_tables([t.select(["doc_id"]) for _, t, _ in id_tables])
-        catalog.con.register("q_ids", all_ids)
-        rows = catalog.con.execute(
-            "SELECT d.doc_id, d.shard_path, d.row FROM documents d SEMI JOIN q_ids USING (doc_id) "
-            "WHERE d.shard_id NOT IN (SELECT unnest(?::VARCHAR[]))",
-            [sorted(superseded)],
-        ).fetchall()
-        catalog.con.unregister("q_ids")
+        with registered(catalog.con, "q_ids", all_ids):
+            rows = catalog.con.execute(
+                "SELECT d.doc_id, d.shard_path, d.row FROM documents d SEMI JOIN q_ids USING (doc_id) "
+                "WHERE d.shard_id NOT IN (SELECT unnest(?::VARCHAR[]))",
+                [sorted(superseded)],
+            ).fetchall()
         taken = {d: f"{p} row {r}" for d, p, r in rows}
         history = History(catalog.segments(), active_shards=[])
         try:
@@ -426,7 +426,7 @@ def build_record(ctx: RunContext, night: NightPlan, ingests: list[IngestResult],
     for row in sp.reactivated:
         rec.status_changes[row.shard_id] = "active"
     rec.mtime_updates = dict(sp.mtime_updates)
-    rec.first_seen = {d: r for d, r in night.first_seen.items() if r < ctx.run_id}
+    rec.first_seen = dict(night.first_seen)
     rec.tag_files = [i.documents for i in ok.values() if i.documents is not None]
     tonight = {s.shard.shard_id for s in night.specs}
     rec.tag_files += [f for f in tag_files if f.shard_id in ok or f.shard_id not in tonight]

@@ -55,7 +55,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from storage.catalog import TableWrite
-from storage.sql import identifier, relation_columns, relations
+from storage.sql import identifier, registered, relation_columns, relations
 
 # Priority terms, in the order they are reported. ``rarity`` and ``protected`` come from the
 # ``decide`` stage (``strata``, ``protected``), rarity falls back to metadata columns.
@@ -566,12 +566,9 @@ def read_catalog_pool(con: duckdb.DuckDBPyConnection, params: ReplayParams, run_
     if "v_manifest" in rels and "doc_id" in relation_columns(con, "v_manifest"):
         where.append("doc_id IN (SELECT CAST(doc_id AS VARCHAR) FROM v_manifest)")
     total = con.execute("SELECT count(*) FROM v_documents").fetchall()[0][0]
-    con.register("_replay_pruned", pa.table({"doc_id": pruned}))
-    try:
-        where.append("doc_id NOT IN (SELECT doc_id FROM _replay_pruned)")
+    where.append("doc_id NOT IN (SELECT doc_id FROM _replay_pruned)")
+    with registered(con, "_replay_pruned", pa.table({"doc_id": pruned})):
         table = con.sql(f"SELECT {', '.join(sel)} FROM v_documents WHERE {' AND '.join(where)}").to_arrow_table()
-    finally:
-        con.unregister("_replay_pruned")
     table = table.cast(POOL_SCHEMA)
     if importance is not None:
         table = attach(table, importance, ["importance"])

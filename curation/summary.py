@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 import pyarrow as pa
 
-from storage.sql import identifier, parquet_scan
+from storage.sql import identifier, parquet_scan, registered
 from storage.views import DOCUMENTS, ViewSource
 
 if TYPE_CHECKING:
@@ -144,9 +144,9 @@ def tonight_metrics(record: RunRecord) -> dict[str, float]:
         if not decided:
             for w in record.writes:
                 if {"doc_id", DECISION_COLUMN} <= set(w.rows.column_names):
-                    con.register("_decisions_in", w.rows.select(["doc_id", DECISION_COLUMN]))
-                    out.update(_decisions(con, f"{d} JOIN _decisions_in AS t USING (doc_id)", f"t.{identifier(DECISION_COLUMN)}"))
-                    con.unregister("_decisions_in")
+                    with registered(con, "_decisions_in", w.rows.select(["doc_id", DECISION_COLUMN])):
+                        out.update(_decisions(con, f"{d} JOIN _decisions_in AS t USING (doc_id)",
+                                              f"t.{identifier(DECISION_COLUMN)}"))
                     break
     finally:
         con.close()

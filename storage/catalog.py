@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from curation import faults
 from storage.migrations import LATEST_VERSION, MIGRATIONS
-from storage.sql import identifier, relations
+from storage.sql import identifier, registered, relations
 from storage.views import ViewSource, build_views
 
 
@@ -290,18 +290,17 @@ class Catalog:
                     [(seg.kind, rec.run_id, seg.path, seg.n_rows, json.dumps(seg.params)) for seg in rec.segments])
             if rec.skipped is not None and rec.skipped.num_rows:
                 skipped = rec.skipped.select(SKIPPED_SCHEMA.names).cast(SKIPPED_SCHEMA)
-                con.register("_skipped_in", skipped)
-                con.execute(
-                    'INSERT INTO skipped SELECT ?, shard_id, path, "row", doc_id, reason FROM _skipped_in',
-                    [rec.run_id],
-                )
-                con.unregister("_skipped_in")
+                with registered(con, "_skipped_in", skipped):
+                    con.execute(
+                        'INSERT INTO skipped SELECT ?, shard_id, path, "row", doc_id, reason FROM _skipped_in',
+                        [rec.run_id],
+                    )
             if rec.first_seen:
-                con.register("_first_seen_in", pa.table({"doc_id": pa.array(list(rec.first_seen), pa.string()),
-                                                         "run_id": pa.array(list(rec.first_seen.values()), pa.int32())}))
-                con.execute("INSERT INTO first_seen SELECT doc_id, run_id FROM _first_seen_in "
-                            "ON CONFLICT (doc_id) DO UPDATE SET run_id = least(first_seen.run_id, excluded.run_id)")
-                con.unregister("_first_seen_in")
+                first_seen = pa.table({"doc_id": pa.array(list(rec.first_seen), pa.string()),
+                                       "run_id": pa.array(list(rec.first_seen.values()), pa.int32())})
+                with registered(con, "_first_seen_in", first_seen):
+                    con.execute("INSERT INTO first_seen SELECT doc_id, run_id FROM _first_seen_in "
+                                "ON CONFLICT (doc_id) DO UPDATE SET run_id = least(first_seen.run_id, excluded.run_id)")
             for w in rec.writes:
                 self._apply_write(con, w)
             if rec.metrics:
@@ -328,14 +327,11 @@ class Catalog:
             return
         table = identifier(w.table)
         cols = ", ".join(identifier(c) for c in w.rows.column_names)
-        con.register("_write_in", w.rows)
-        try:
+        with registered(con, "_write_in", w.rows):
             if w.key:
                 match = " AND ".join(f't."{k}" IS NOT DISTINCT FROM i."{k}"' for k in w.key)
                 con.execute(f"DELETE FROM {table} t WHERE EXISTS (SELECT 1 FROM _write_in i WHERE {match})")
             con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _write_in")
-        finally:
-            con.unregister("_write_in")
 
 
 SHARD_COLUMNS = ("shard_id", "path", "size", "mtime_ns", "footer_hash", "n_rows", "n_docs", "status",
@@ -354,9 +350,5 @@ def _upsert(con: duckdb.DuckDBPyConnection, table: str, columns: Sequence[str], 
         return
     data = pa.table({c: [r[i] for r in latest.values()] for i, c in enumerate(columns)})
     cols = ", ".join(identifier(c) for c in columns)
-    con.register("_upsert_in", data)
-    try:
+    with registered(con, "_upsert_in", data):
         con.execute(f"INSERT OR REPLACE INTO {identifier(table)} ({cols}) SELECT {cols} FROM _upsert_in")
-    finally:
-        con.unregister("_upsert_in")
-

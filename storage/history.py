@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from storage.catalog import Segment
 from storage.parquet_io import FileWrite, write_all
-from storage.sql import literal, parquet_scan
+from storage.sql import literal, parquet_scan, registered
 
 KINDS = ("exact", "signatures", "lsh", "merges")
 
@@ -70,15 +70,14 @@ class History:
         scan = self._scan("exact")
         if scan is None or hashes.num_rows == 0:
             return empty
-        self.con.register("q_hashes", hashes.select(["text_hash"]))
-        out = self.con.sql(
-            f"""SELECT e.text_hash, min(e.run_id)::INTEGER AS first_run,
-                       arg_min(e.doc_id, (e.run_id, e.doc_id)) AS first_doc, count(*) AS n
-                FROM {scan} e JOIN active USING (shard_id)
-                WHERE e.text_hash IN (SELECT text_hash FROM q_hashes)
-                GROUP BY e.text_hash"""
-        ).to_arrow_table()
-        self.con.unregister("q_hashes")
+        with registered(self.con, "q_hashes", hashes.select(["text_hash"])):
+            out = self.con.sql(
+                f"""SELECT e.text_hash, min(e.run_id)::INTEGER AS first_run,
+                           arg_min(e.doc_id, (e.run_id, e.doc_id)) AS first_doc, count(*) AS n
+                    FROM {scan} e JOIN active USING (shard_id)
+                    WHERE e.text_hash IN (SELECT text_hash FROM q_hashes)
+                    GROUP BY e.text_hash"""
+            ).to_arrow_table()
         return out
 
     def lsh_candidates(self, bands: pa.Table, limit: int) -> pa.Table:
@@ -88,17 +87,16 @@ class History:
         if scan is None or bands.num_rows == 0:
             return pa.table({"idx": pa.array([], pa.int64()), "doc_id": pa.array([], pa.string()),
                              "shared": pa.array([], pa.int64())})
-        self.con.register("q_bands", bands)
-        out = self.con.sql(
-            f"""SELECT q.idx, h.doc_id, count(*) AS shared
-                FROM q_bands q
-                JOIN {scan} h ON h.band = q.band AND h.key = q.key
-                JOIN active a ON a.shard_id = h.shard_id
-                GROUP BY q.idx, h.doc_id
-                QUALIFY row_number() OVER (PARTITION BY q.idx ORDER BY count(*) DESC, h.doc_id) <= {int(limit)}
-                ORDER BY q.idx, h.doc_id"""
-        ).to_arrow_table()
-        self.con.unregister("q_bands")
+        with registered(self.con, "q_bands", bands):
+            out = self.con.sql(
+                f"""SELECT q.idx, h.doc_id, count(*) AS shared
+                    FROM q_bands q
+                    JOIN {scan} h ON h.band = q.band AND h.key = q.key
+                    JOIN active a ON a.shard_id = h.shard_id
+                    GROUP BY q.idx, h.doc_id
+                    QUALIFY row_number() OVER (PARTITION BY q.idx ORDER BY count(*) DESC, h.doc_id) <= {int(limit)}
+                    ORDER BY q.idx, h.doc_id"""
+            ).to_arrow_table()
         return out
 
     def documents(self, doc_ids: Sequence[str]) -> pa.Table:
@@ -108,13 +106,12 @@ class History:
             return pa.table({"doc_id": pa.array([], pa.string()), "run_id": pa.array([], pa.int32()),
                              "cluster_id": pa.array([], pa.string()), "cluster_run": pa.array([], pa.int32()),
                              "sig": pa.array([], pa.list_(pa.uint32()))})
-        self.con.register("q_ids", pa.table({"doc_id": pa.array(sorted(set(doc_ids)), pa.string())}))
-        out = self.con.sql(
-            f"""SELECT s.doc_id, s.run_id, s.cluster_id, s.cluster_run, s.sig
-                FROM {scan} s JOIN active USING (shard_id) SEMI JOIN q_ids USING (doc_id)
-                ORDER BY s.doc_id"""
-        ).to_arrow_table()
-        self.con.unregister("q_ids")
+        with registered(self.con, "q_ids", pa.table({"doc_id": pa.array(sorted(set(doc_ids)), pa.string())})):
+            out = self.con.sql(
+                f"""SELECT s.doc_id, s.run_id, s.cluster_id, s.cluster_run, s.sig
+                    FROM {scan} s JOIN active USING (shard_id) SEMI JOIN q_ids USING (doc_id)
+                    ORDER BY s.doc_id"""
+            ).to_arrow_table()
         return out
 
     def cluster_counts(self, cluster_ids: Sequence[str]) -> dict[str, int]:
@@ -122,12 +119,11 @@ class History:
         scan = self._scan("signatures")
         if scan is None or not cluster_ids:
             return {}
-        self.con.register("q_c", pa.table({"cluster_id": pa.array(sorted(set(cluster_ids)), pa.string())}))
-        rows = self.con.execute(
-            f"""SELECT s.cluster_id, count(*) FROM {scan} s JOIN active USING (shard_id)
-                SEMI JOIN q_c USING (cluster_id) GROUP BY 1"""
-        ).fetchall()
-        self.con.unregister("q_c")
+        with registered(self.con, "q_c", pa.table({"cluster_id": pa.array(sorted(set(cluster_ids)), pa.string())})):
+            rows = self.con.execute(
+                f"""SELECT s.cluster_id, count(*) FROM {scan} s JOIN active USING (shard_id)
+                    SEMI JOIN q_c USING (cluster_id) GROUP BY 1"""
+            ).fetchall()
         return dict(rows)
 
     def first_runs(self, doc_ids: pa.Table) -> dict[str, int]:
@@ -137,11 +133,10 @@ class History:
         scan = self._scan("exact")
         if scan is None or doc_ids.num_rows == 0:
             return {}
-        self.con.register("q_first", doc_ids.select(["doc_id"]))
-        rows = self.con.execute(
-            f"SELECT doc_id, min(run_id) FROM {scan} SEMI JOIN q_first USING (doc_id) GROUP BY 1"
-        ).fetchall()
-        self.con.unregister("q_first")
+        with registered(self.con, "q_first", doc_ids.select(["doc_id"])):
+            rows = self.con.execute(
+                f"SELECT doc_id, min(run_id) FROM {scan} SEMI JOIN q_first USING (doc_id) GROUP BY 1"
+            ).fetchall()
         return dict(rows)
 
     def merges(self) -> dict[str, tuple[str, int]]:
@@ -156,8 +151,7 @@ class History:
 def write_segments(state_dir: Path, run_id: int, tables: Mapping[str, pa.Table], params: dict[str, object]) -> list[Segment]:
     """Write one run's segments (kind -> table) atomically, side by side, and describe them
     for the catalog, in kind order."""
-    kinds = sorted(tables)
-    write_all([FileWrite(segment_path(state_dir, k, run_id), tables[k], tables[k].schema,
-                         {"kind": k, "run_id": run_id, **params}) for k in kinds])
-    return [Segment(kind=k, path=str(segment_path(state_dir, k, run_id)), n_rows=tables[k].num_rows, params=params)
-            for k in kinds]
+    paths = {k: segment_path(state_dir, k, run_id) for k in sorted(tables)}
+    write_all([FileWrite(p, tables[k], tables[k].schema, {"kind": k, "run_id": run_id, **params})
+               for k, p in paths.items()])
+    return [Segment(kind=k, path=str(p), n_rows=tables[k].num_rows, params=params) for k, p in paths.items()]

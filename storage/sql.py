@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 
@@ -22,6 +23,17 @@ def parquet_scan(paths: Sequence[str], **options: str) -> str:
 def identifier(name: str) -> str:
     """A double-quoted SQL identifier (a table, view or column name)."""
     return '"' + name.replace('"', '""') + '"'
+
+
+@contextmanager
+def registered(con: Any, name: str, table: Any) -> Iterator[None]:
+    """``table`` (Arrow) visible to SQL on ``con`` as ``name`` inside the ``with`` block, and
+    gone after it, also when a statement in it fails."""
+    con.register(name, table)
+    try:
+        yield
+    finally:
+        con.unregister(name)
 
 
 def relations(con: Any) -> set[str]:
