@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -111,6 +112,21 @@ def glia_once(corpus: Path, work: Path, workers: int) -> dict:
             "cluster": {d: c for d, c, _ in rows}, "flagged": {d: s for d, _, s in rows if s is not None}}
 
 
+def glia_cli_night(corpus: Path, work: Path, home: Path) -> dict[str, float]:
+    """``glia run`` on the bench shards through Prefect, in a subprocess: its wall time and the
+    night's own seconds as recorded in ``runs`` (the rest is process and Prefect start-up)."""
+    root = work / "shards"
+    shutil.copytree(corpus, root, ignore=shutil.ignore_patterns("*.csv"))
+    db = work / "glia.duckdb"
+    t0 = time.perf_counter()
+    subprocess.run([str(ROOT / ".venv" / "bin" / "glia"), "run", str(root), "--db", str(db), "-q"], check=True,
+                   capture_output=True, env={**os.environ, "GLIA_HOME": str(home)})
+    wall = time.perf_counter() - t0
+    with Catalog(db, read_only=True) as cat:
+        (night,) = cat.con.execute("SELECT seconds FROM runs").fetchone()
+    return {"wall_seconds": round(wall, 2), "night_seconds": round(night, 2)}
+
+
 def load_truth(csv_path: Path) -> list[dict]:
     with open(csv_path) as fh:
         return [dict(r, jaccard=float(r["jaccard"])) for r in csv.DictReader(fh)]
@@ -179,15 +195,12 @@ def main() -> None:
         if any(g["flagged"] != last["flagged"] for g in g_runs):
             raise SystemExit("Glia flagged different documents in different repetitions")
 
-        cli_s = None
+        cli = None
         if not args.skip_cli:
-            cli_root = work / "cli_shards"
-            shutil.copytree(args.corpus, cli_root, ignore=shutil.ignore_patterns("*.csv"))
-            t0 = time.perf_counter()
-            subprocess.run([str(ROOT / ".venv" / "bin" / "glia"), "run", str(cli_root), "--db",
-                            str(work / "cli" / "glia.duckdb"), "-q"], check=True, capture_output=True,
-                           env={**__import__("os").environ, "GLIA_HOME": str(work / "glia_home")})
-            cli_s = time.perf_counter() - t0
+            # A fresh GLIA_HOME first (Prefect creates its own database), then the same home
+            # again with a fresh Glia database: what a nightly run on a set-up machine pays.
+            cli = {name: glia_cli_night(args.corpus, work / f"cli_{name}", work / "glia_home")
+                   for name in ("first_start", "warm")}
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -204,7 +217,7 @@ def main() -> None:
                  "exact_dups": counts["exact_dups"], "near_dups": counts["near_dups"], **g_q},
         "speedup_glia_over_datatrove": round(dt_s / g_s, 2),
         "speedup_each": [round(d.seconds / g["seconds"], 2) for d, g in zip(dt_runs, g_runs)],
-        "glia_run_cli_seconds_incl_prefect": round(cli_s, 2) if cli_s else None,
+        "glia_run_cli": cli,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench_dedup.json").write_text(json.dumps(result, indent=2))
