@@ -29,9 +29,9 @@ import pyarrow.compute as pc
 from curation import prune as pr
 from curation.protect import (
     ClusterModel, Protect, cluster_strata, embedding_matrix, empty_strata, explicit_id_strata, explicit_where_strata,
-    fit_clusters, rarity_strata, sample_mask, strata_lists,
+    fit_clusters, rarity_strata, sample_mask, sample_predicate, strata_lists,
 )
-from curation.rules import DECISION_SCHEMA, MissingTagError, RuleError, Rules, decide
+from curation.rules import DECISION_SCHEMA, MissingTagError, Rules, check_keys, decide
 from curation.stages import NightStage, StageInputs, StageOutput
 from storage.catalog import TableWrite
 from storage.sql import identifier, parquet_scan
@@ -63,9 +63,7 @@ class DecideStage(NightStage):
     ddl = pr.DDL
 
     def __init__(self, **params: Any) -> None:
-        unknown = sorted(set(params) - set(_KNOWN))
-        if unknown:
-            raise RuleError(f"[stages.decide]: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(_KNOWN))}")
+        check_keys(params, _KNOWN, "[stages.decide]")
         self.rules = Rules.from_config({k: v for k, v in params.items() if k in _RULE_KEYS})
         self.protect = Protect.from_config(params.get("protect"))
         self.lifecycle = pr.Lifecycle.from_config(params.get("lifecycle", {}))
@@ -141,10 +139,13 @@ class DecideStage(NightStage):
 
         population = _population(state.population, inputs.history_active, tags)
         notes: list[str] = []
-        t_rows = [rarity_strata(tags, population, self.protect.rarity),
-                  explicit_id_strata(ids, self.protect.explicit)]
+        # One pass over the id lists (an id file is read once a night) for tonight and the queue.
+        by_id = explicit_id_strata(pa.concat_arrays([ids, recheck["doc_id"].combine_chunks().cast(pa.string())]),
+                                   self.protect.explicit)
+        is_tonight = pc.is_in(by_id["doc_id"], value_set=ids)
+        t_rows = [rarity_strata(tags, population, self.protect.rarity), by_id.filter(is_tonight)]
         q_rows = [rarity_strata(recheck_pending, population, self.protect.rarity),
-                  explicit_id_strata(recheck["doc_id"], self.protect.explicit), state.queue_where]
+                  by_id.filter(pc.invert(is_tonight)), state.queue_where]
         if self.protect.predicates:
             t_rows.append(_tonight_where(inputs, tags, self.protect))
         emb = _Embeddings.gather(inputs, state, self.protect, ids, recheck_pending["doc_id"], notes)
@@ -249,9 +250,16 @@ def _read_column(inputs: StageInputs, output: str, column: str, ids: pa.Array) -
     document has no row); None if the output did not run tonight or lacks the column."""
     if column not in inputs.columns(output):
         return None
-    t = inputs.read(output, [column])
+    return _read_columns(inputs, output, [column], ids)[column]
+
+
+def _read_columns(inputs: StageInputs, output: str, columns: list[str], ids: pa.Array) -> dict[str, pa.Array]:
+    """Like :func:`_read_column` for several columns the output has, read in one pass."""
+    if not columns:
+        return {}
+    t = inputs.read(output, columns)
     idx = pc.index_in(ids, value_set=t["doc_id"].combine_chunks().cast(pa.string()))
-    return t[column].combine_chunks().take(idx)
+    return {c: t[c].combine_chunks().take(idx) for c in columns}
 
 
 def _value_counts(t: pa.Table, col: str) -> dict[str, int]:
@@ -304,16 +312,13 @@ def _restored_kinds(queue: pa.Table, ids: pa.Array) -> pa.ListArray:
 def _tonight_where(inputs: StageInputs, tags: pa.Table, protect: Protect) -> pa.Table:
     """User SQL strata over tonight's documents: a ``v_documents``-like table (metadata plus
     every public column tonight's taggers and stages wrote) evaluated by DuckDB in memory."""
-    docs = inputs.documents
-    table = docs.select([c for c in docs.column_names if c != "shard_id"]).append_column("shard_id", docs["shard_id"])
+    table = inputs.documents
     ids = table["doc_id"].combine_chunks().cast(pa.string())
     for name in sorted(inputs.files):
-        for col in inputs.columns(name):
-            if col in ("doc_id", "shard_id") or col.startswith("_") or col in table.column_names:
-                continue
-            got = _read_column(inputs, name, col, ids)
-            if got is not None:
-                table = table.append_column(col, got)
+        public = [c for c in inputs.columns(name)
+                  if c not in ("doc_id", "shard_id") and not c.startswith("_") and c not in table.column_names]
+        for col, got in _read_columns(inputs, name, public, ids).items():
+            table = table.append_column(col, got)
     con = duckdb.connect()
     try:
         con.register("v_documents", table)
@@ -364,12 +369,12 @@ class _Embeddings:
             con = duckdb.connect()
             try:
                 con.register("q", pa.table({"doc_id": pa.array(queue_ids, pa.string())}))
-                cut = int(fraction * 1_000_003)  # the same hash cut as protect.sample_mask
+                in_sample = sample_predicate(fraction)  # the same sample as protect.sample_mask
                 c = identifier(cfg.column)
                 hist = con.sql(
-                    f"SELECT CAST(doc_id AS VARCHAR) AS doc_id, {c} AS e, hash(doc_id) % 1000003 < {cut} AS s "
+                    f"SELECT CAST(doc_id AS VARCHAR) AS doc_id, {c} AS e, {in_sample} AS s "
                     f"FROM {parquet_scan([p for _, p, _ in hist_files])} "
-                    f"WHERE hash(doc_id) % 1000003 < {cut} OR doc_id IN (SELECT doc_id FROM q)").to_arrow_table()
+                    f"WHERE {in_sample} OR doc_id IN (SELECT doc_id FROM q)").to_arrow_table()
             finally:
                 con.close()
             h_emb, hv = embedding_matrix(hist["e"])

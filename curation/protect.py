@@ -18,7 +18,7 @@ Everything here is a function of Arrow tables and arrays; ``curation.decide`` ga
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,26 +28,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation.rules import RuleError, Threshold
+from curation.rules import RuleError, Threshold, check_keys, fraction
 
 STRATA_SCHEMA = pa.schema([("doc_id", pa.string()), ("stratum", pa.string()), ("reason", pa.string())])
 
 
 def empty_strata() -> pa.Table:
     return STRATA_SCHEMA.empty_table()
-
-
-def _check_keys(raw: Mapping[str, Any], known: Iterable[str], where: str) -> None:
-    unknown = sorted(set(raw) - set(known))
-    if unknown:
-        raise RuleError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-
-
-def _fraction(raw: Mapping[str, Any], key: str, default: float, where: str) -> float:
-    v = raw.get(key, default)
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
-        raise RuleError(f"{where}.{key}: expected a fraction in [0, 1], got {v!r}")
-    return float(v)
 
 
 def _count(raw: Mapping[str, Any], key: str, default: int, where: str, low: int = 0) -> int:
@@ -67,14 +54,14 @@ class Rarity:
 
     @classmethod
     def from_config(cls, raw: Mapping[str, Any], where: str) -> Rarity:
-        _check_keys(raw, ("columns", "share_below", "max_share"), where)
+        check_keys(raw, ("columns", "share_below", "max_share"), where)
         cols = raw.get("columns", list(cls.columns))
         if not isinstance(cols, (list, tuple)) or not all(c in ("source", "label") for c in cols):
             raise RuleError(f"{where}.columns: expected a list drawn from \"source\", \"label\", got {cols!r}")
         thr = Threshold.parse(raw.get("share_below", "q0.25"), f"{where}.share_below")
         if thr.quantile is None and not isinstance(thr.value, float):
             raise RuleError(f"{where}.share_below: expected a share (number) or \"qP\"")
-        return cls(tuple(cols), thr, _fraction(raw, "max_share", 0.05, where))
+        return cls(tuple(cols), thr, fraction(raw, "max_share", 0.05, where))
 
 
 @dataclass(frozen=True)
@@ -92,7 +79,7 @@ class Clusters:
 
     @classmethod
     def from_config(cls, raw: Mapping[str, Any], where: str) -> Clusters:
-        _check_keys(raw, ("enabled", "output", "column", "k", "rare", "max_share", "seed", "max_fit"), where)
+        check_keys(raw, ("enabled", "output", "column", "k", "rare", "max_share", "seed", "max_fit"), where)
         enabled = raw.get("enabled", True)
         if not isinstance(enabled, bool):
             raise RuleError(f"{where}.enabled: expected true or false")
@@ -104,7 +91,7 @@ class Clusters:
         if rare >= k:
             raise RuleError(f"{where}.rare: must be smaller than k ({k}), got {rare}")
         return cls(enabled, raw.get("output", "embedding"), raw.get("column", "_embedding"), k, rare,
-                   _fraction(raw, "max_share", 0.05, where), _count(raw, "seed", 0, where),
+                   fraction(raw, "max_share", 0.05, where), _count(raw, "seed", 0, where),
                    _count(raw, "max_fit", 20_000, where, low=2))
 
 
@@ -119,7 +106,7 @@ class Explicit:
 
     @classmethod
     def from_config(cls, name: str, raw: Mapping[str, Any], where: str) -> Explicit:
-        _check_keys(raw, ("ids", "ids_file", "where"), where)
+        check_keys(raw, ("ids", "ids_file", "where"), where)
         ids = raw.get("ids", [])
         if not isinstance(ids, (list, tuple)) or not all(isinstance(i, str) for i in ids):
             raise RuleError(f"{where}.ids: expected a list of document ids (strings)")
@@ -176,7 +163,7 @@ class Protect:
     @classmethod
     def from_config(cls, raw: Mapping[str, Any] | None, where: str = "[stages.decide.protect]") -> Protect:
         raw = dict(raw or {})
-        _check_keys(raw, ("rarity", "clusters", "explicit"), where)
+        check_keys(raw, ("rarity", "clusters", "explicit"), where)
         explicit = raw.get("explicit", {})
         if not isinstance(explicit, Mapping):
             raise RuleError(f"{where}.explicit: expected tables [stages.decide.protect.explicit.<name>]")
@@ -295,11 +282,15 @@ def sample_mask(doc_ids: pa.Array | pa.ChunkedArray, fraction: float) -> np.ndar
     con = duckdb.connect()
     try:
         con.register("ids", pa.table({"doc_id": doc_ids}))
-        cut = int(fraction * 1_000_003)
-        return con.sql(f"SELECT hash(doc_id) % 1000003 < {cut} FROM ids").to_arrow_table().column(0).to_numpy(
+        return con.sql(f"SELECT {sample_predicate(fraction)} FROM ids").to_arrow_table().column(0).to_numpy(
             zero_copy_only=False).astype(bool)
     finally:
         con.close()
+
+
+def sample_predicate(fraction: float) -> str:
+    """SQL that is true for a ``fraction`` of ``doc_id`` values, chosen by a hash of the id."""
+    return f"hash(doc_id) % 1000003 < {int(fraction * 1_000_003)}"
 
 
 def embedding_matrix(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:

@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation.rules import RuleError
+from curation.rules import RuleError, check_keys
 from storage.sql import relations
 
 QUEUED, QUARANTINED, APPLIED, RESTORED = "queued", "quarantined", "applied", "restored"
@@ -142,9 +142,7 @@ class Lifecycle:
 
     @classmethod
     def from_config(cls, raw: Mapping[str, Any], where: str = "[stages.decide.lifecycle]") -> Lifecycle:
-        unknown = sorted(set(raw) - {"quarantine_after", "apply_after"})
-        if unknown:
-            raise RuleError(f"{where}: unknown key(s) {', '.join(unknown)}; known: apply_after, quarantine_after")
+        check_keys(raw, ("quarantine_after", "apply_after"), where)
         vals = {}
         for key in ("quarantine_after", "apply_after"):
             v = raw.get(key, getattr(cls(), key))
@@ -180,10 +178,6 @@ class QueueChange:
     rows: pa.Table
     events: pa.Table
     counts: dict[str, int]
-
-
-def _empty(schema: pa.Schema) -> pa.Table:
-    return schema.empty_table()
 
 
 def advance(queue: pa.Table, tonight: pa.Table, protected_now: pa.Table, night_runs: Sequence[int],

@@ -41,8 +41,8 @@ from __future__ import annotations
 import math
 import operator
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -102,6 +102,21 @@ _KEY = re.compile(r"[A-Za-z0-9_]+")
 
 class RuleError(ValueError):
     """The rule configuration is invalid; the message names the key to fix."""
+
+
+def check_keys(raw: Mapping[str, Any], known: Iterable[str], where: str) -> None:
+    """Refuse keys of a config table ``where`` that are not ``known``, naming both."""
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise RuleError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+
+
+def fraction(raw: Mapping[str, Any], key: str, default: float, where: str) -> float:
+    """``raw[key]`` (or ``default``) as a float in [0, 1]; anything else names ``where.key``."""
+    v = raw.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+        raise RuleError(f"{where}.{key}: expected a fraction in [0, 1], got {v!r}")
+    return float(v)
 
 
 def reason_key(reason: str) -> str:
@@ -170,10 +185,7 @@ class Term:
 
     @classmethod
     def from_config(cls, name: str, raw: Mapping[str, Any], missing: str, where: str) -> Term:
-        known = {"output", "column", "op", "threshold", "reason", "weight", "missing"}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise RuleError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        check_keys(raw, ("output", "column", "op", "threshold", "reason", "weight", "missing"), where)
         for key in ("output", "column", "op"):
             if not isinstance(raw.get(key), str) or not raw.get(key):
                 raise RuleError(f"{where}.{key}: required (a non-empty string)")
@@ -211,16 +223,8 @@ class Cap:
 
     @classmethod
     def from_config(cls, raw: Mapping[str, Any], where: str) -> Cap:
-        unknown = sorted(set(raw) - {"night", "source"})
-        if unknown:
-            raise RuleError(f"{where}: unknown key(s) {', '.join(unknown)}; known: night, source")
-        vals = {}
-        for key in ("night", "source"):
-            v = raw.get(key, getattr(cls(), key))
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
-                raise RuleError(f"{where}.{key}: expected a fraction in [0, 1], got {v!r}")
-            vals[key] = float(v)
-        return cls(**vals)
+        check_keys(raw, ("night", "source"), where)
+        return cls(**{key: fraction(raw, key, getattr(cls(), key), where) for key in ("night", "source")})
 
 
 @dataclass(frozen=True)
@@ -274,9 +278,6 @@ class Rules:
             raise RuleError(f"{where}.requeue_restored: expected true or false, got {requeue!r}")
         cap = Cap.from_config(raw.get("cap", {}), f"{where}.cap")
         return cls(roles["keep_if_any"], roles["prune_if_any"], terms, cap, requeue)
-
-    def with_cap(self, night: float, source: float) -> Rules:
-        return replace(self, cap=Cap(night, source))
 
     def to_dict(self) -> dict[str, Any]:
         """The rule as plain data (recorded with the run)."""
