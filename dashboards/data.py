@@ -13,7 +13,6 @@ ask :meth:`Db.has` (``information_schema``) and say "not configured" instead of 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,31 +38,19 @@ class Db:
     wait_s: float = 3.0
 
     def _open(self) -> Catalog:
-        deadline = time.monotonic() + self.wait_s
-        while True:
-            try:
-                return Catalog(self.path, read_only=True)
-            except DatabaseBusyError:
-                if time.monotonic() >= deadline:
-                    raise DatabaseBusy(
-                        f"{self.path} is being written by a nightly run (DuckDB allows no readers meanwhile). "
-                        "The data will be back when the run commits; reload the page then.") from None
-                time.sleep(0.25)
+        try:
+            return Catalog.open_when_free(self.path, self.wait_s, read_only=True, poll_s=0.25)
+        except DatabaseBusyError:
+            raise DatabaseBusy(
+                f"{self.path} is being written by a nightly run (DuckDB allows no readers meanwhile). "
+                "The data will be back when the run commits; reload the page then.") from None
 
     def df(self, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
         """Run ``sql`` with bound ``params`` and return a DataFrame."""
-        cat = self._open()
-        try:
-            return cat.con.execute(sql, list(params)).df()
-        finally:
-            cat.close()
+        return self._with(lambda con: con.execute(sql, list(params)).df())
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
-        cat = self._open()
-        try:
-            return cat.con.execute(sql, list(params)).fetchall()
-        finally:
-            cat.close()
+        return self._with(lambda con: con.execute(sql, list(params)).fetchall())
 
     def relations(self) -> set[str]:
         """Tables and views of the catalog."""

@@ -14,12 +14,11 @@ import os
 
 from prefect import flow
 
-from curation.config import load_config
 from curation.pipeline import NightOutcome
 from flows import nightly
-from flows.runners import options_with_env, task_runner_for
+from flows.runners import task_runner_from
 
-RUNNER = task_runner_for(options_with_env(load_config(os.environ.get("GLIA_RULES") or None).run))
+RUNNER = task_runner_from(os.environ.get("GLIA_RULES") or None)
 
 
 @flow(name="nightly_hygiene", task_runner=RUNNER, validate_parameters=False)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -108,10 +108,14 @@ def current_api_url() -> str | None:
     return PREFECT_API_URL.value()
 
 
+def task_runner_from(rules_path: str | None, environ: dict[str, str] | None = None) -> TaskRunner:
+    """The task runner the rules file at ``rules_path`` (and the environment) choose."""
+    return task_runner_for(options_with_env(load_config(rules_path).run, environ))
+
+
 def configured(flow: Flow, rules_path: str | None, environ: dict[str, str] | None = None) -> Flow:
     """``flow`` with the task runner its rules file (and the environment) choose."""
-    options = options_with_env(load_config(rules_path).run, environ)
-    return flow.with_options(task_runner=task_runner_for(options))
+    return flow.with_options(task_runner=task_runner_from(rules_path, environ))
 
 
 def nightly_for(rules_path: str | None, environ: dict[str, str] | None = None) -> Flow:
@@ -132,8 +136,7 @@ def placement(tagger: Tagger, options: RunOptions) -> Iterator[None]:
     """
     options = options_with_env(options)
     if options.task_runner != "dask" or not options.dask_gpu_resource or not tagger.resources.gpu:
-        with nullcontext():
-            yield
+        yield
         return
     import dask
 

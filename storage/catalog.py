@@ -147,16 +147,18 @@ class Catalog:
         self.con = _connect(self.path, read_only)
 
     @classmethod
-    def open_when_free(cls, db_path: Path | str, wait_s: float = 30.0) -> Catalog:
-        """Open for writing, retrying for ``wait_s`` seconds while a reader holds the file."""
+    def open_when_free(cls, db_path: Path | str, wait_s: float = 30.0, read_only: bool = False,
+                       poll_s: float = 1.0) -> Catalog:
+        """Open (for writing unless ``read_only``), retrying every ``poll_s`` seconds for
+        ``wait_s`` seconds while another process holds the file."""
         deadline = time.monotonic() + wait_s
         while True:
             try:
-                return cls(db_path)
+                return cls(db_path, read_only=read_only)
             except DatabaseBusyError:
                 if time.monotonic() >= deadline:
                     raise
-                time.sleep(1.0)
+                time.sleep(poll_s)
 
     def close(self) -> None:
         self.con.close()
@@ -329,7 +331,7 @@ class Catalog:
         cols = ", ".join(identifier(c) for c in w.rows.column_names)
         with registered(con, "_write_in", w.rows):
             if w.key:
-                match = " AND ".join(f't."{k}" IS NOT DISTINCT FROM i."{k}"' for k in w.key)
+                match = " AND ".join(f"t.{identifier(k)} IS NOT DISTINCT FROM i.{identifier(k)}" for k in w.key)
                 con.execute(f"DELETE FROM {table} t WHERE EXISTS (SELECT 1 FROM _write_in i WHERE {match})")
             con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _write_in")
 
@@ -342,13 +344,9 @@ SEGMENT_COLUMNS = ("kind", "run_id", "path", "n_rows", "params")
 
 def _upsert(con: duckdb.DuckDBPyConnection, table: str, columns: Sequence[str], n_key: int,
             rows: Sequence[Sequence[object]]) -> None:
-    """``INSERT OR REPLACE`` of many rows as one statement over an Arrow table (a statement
-    per row costs ~2 ms in DuckDB). ``rows`` are keyed by their first ``n_key`` values; of
-    rows with the same key the last wins, as it would with one statement per row."""
+    """Upsert many rows with two statements (a statement per row costs ~2 ms in DuckDB).
+    ``rows`` are keyed by their first ``n_key`` values; of rows with the same key the last
+    wins, as it would with one statement per row."""
     latest = {tuple(r[:n_key]): r for r in rows}
-    if not latest:
-        return
     data = pa.table({c: [r[i] for r in latest.values()] for i, c in enumerate(columns)})
-    cols = ", ".join(identifier(c) for c in columns)
-    with registered(con, "_upsert_in", data):
-        con.execute(f"INSERT OR REPLACE INTO {identifier(table)} ({cols}) SELECT {cols} FROM _upsert_in")
+    Catalog._apply_write(con, TableWrite(table, data, key=tuple(columns[:n_key])))
