@@ -66,10 +66,3 @@ def point(name: str) -> None:
         if _counts[name] == _nth:
             os.kill(os.getpid(), signal.SIGKILL)
 
-
-def reset() -> None:
-    """Forget the cached environment and counts (for tests that change ``GLIA_FAULT`` in-process)."""
-    global _loaded, _target, _nth, _trace
-    with _lock:
-        _loaded, _target, _nth, _trace = False, None, 1, None
-        _counts.clear()

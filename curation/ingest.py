@@ -157,8 +157,7 @@ def scan_ids(shard: ShardFile, cols: Columns) -> tuple[pa.Table, pa.Table]:
         d_rows = table["row"].to_numpy()[dup]
         d_ids = table["doc_id"].filter(pa.array(dup))
         reasons = [f"duplicate id within shard (first at row {r})" for r in firsts[dup]]
-        t = _skips(shard, d_rows, d_ids, "")
-        skipped.append(t.set_column(4, "reason", pa.array(reasons, pa.string())))
+        skipped.append(_row_skips(shard, d_rows, d_ids, reasons))
         table = table.filter(pa.array(~dup))
     return table, pa.concat_tables(skipped)
 

@@ -11,13 +11,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from taggers.xxh3 import xxh3_64, xxh64_avalanche
+from taggers.xxh3 import PRIME64_1, xxh3_64, xxh64_avalanche
 
 _U64 = np.uint64
-# 64-bit constants from xxhash64 (PRIME64_1..3): odd, well-mixed multipliers.
-_P1 = _U64(0x9E3779B185EBCA87)
-_P2 = _U64(0xC2B2AE3D27D4EB4F)
-_P3 = _U64(0x165667B19E3779F9)
+# xxhash64's PRIME64_1: an odd, well-mixed multiplier.
+_P1 = PRIME64_1
 
 
 def normalize(text: pa.Array | pa.ChunkedArray) -> pa.Array:
@@ -139,17 +137,6 @@ def word_hashes(text: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarra
     return hashes, offsets
 
 
-def _avalanche_inplace(h: np.ndarray, tmp: np.ndarray) -> None:
-    """:func:`taggers.xxh3.xxh64_avalanche` of ``h`` into ``h`` (``tmp``: scratch of the same
-    shape), so every input bit affects every output bit."""
-    for shift, prime in ((33, _P2), (29, _P3)):
-        np.right_shift(h, _U64(shift), out=tmp)
-        np.bitwise_xor(h, tmp, out=h)
-        np.multiply(h, prime, out=h)
-    np.right_shift(h, _U64(32), out=tmp)
-    np.bitwise_xor(h, tmp, out=h)
-
-
 def shingle_hashes(words: np.ndarray, offsets: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """64-bit hashes of each document's word ``n``-grams.
 
@@ -174,7 +161,7 @@ def shingle_hashes(words: np.ndarray, offsets: np.ndarray, n: int) -> tuple[np.n
             np.right_shift(h, _U64(33), out=tmp)
             np.left_shift(h, _U64(31), out=h)
             np.bitwise_or(h, tmp, out=h)
-        _avalanche_inplace(h, tmp)
+        xxh64_avalanche(h, tmp)
 
         full = counts >= n
         n_shingles = np.where(full, counts - n + 1, np.minimum(counts, 1))

@@ -17,10 +17,9 @@ import xxhash
 
 _U64 = np.uint64
 _M32 = _U64(0xFFFFFFFF)
-_P32_1 = _U64(0x9E3779B1)
-_P64_1 = _U64(0x9E3779B185EBCA87)
-_P64_2 = _U64(0xC2B2AE3D27D4EB4F)
-_P64_3 = _U64(0x165667B19E3779F9)
+PRIME64_1 = _U64(0x9E3779B185EBCA87)
+PRIME64_2 = _U64(0xC2B2AE3D27D4EB4F)
+PRIME64_3 = _U64(0x165667B19E3779F9)
 _MX1 = _U64(0x165667919E3779F9)
 _MX2 = _U64(0x9FB21C651E98DF25)
 # The first 128 bytes of XXH3's default secret (``XXH3_kSecret``): all that inputs up to
@@ -42,13 +41,22 @@ def _s32(offset: int) -> np.uint64:
     return _U64(int.from_bytes(_SECRET[offset : offset + 4], "little"))
 
 
-def xxh64_avalanche(h: np.ndarray) -> np.ndarray:
-    """xxhash64's final mix, so every input bit affects every output bit."""
-    h = h ^ (h >> _U64(33))
-    h = h * _P64_2
-    h = h ^ (h >> _U64(29))
-    h = h * _P64_3
-    return h ^ (h >> _U64(32))
+def xxh64_avalanche(h: np.ndarray, tmp: np.ndarray | None = None) -> np.ndarray:
+    """xxhash64's final mix, so every input bit affects every output bit.
+
+    With ``tmp`` (scratch of ``h``'s shape) ``h`` itself is mixed and returned, with no
+    temporaries: for multi-megabyte arrays a fresh array per step costs more than the step.
+    """
+    if tmp is None:
+        h = np.array(h, dtype=np.uint64)
+        tmp = np.empty_like(h)
+    for shift, prime in ((33, PRIME64_2), (29, PRIME64_3)):
+        np.right_shift(h, _U64(shift), out=tmp)
+        np.bitwise_xor(h, tmp, out=h)
+        np.multiply(h, prime, out=h)
+    np.right_shift(h, _U64(32), out=tmp)
+    np.bitwise_xor(h, tmp, out=h)
+    return h
 
 
 def _xxh3_avalanche(h: np.ndarray) -> np.ndarray:
@@ -119,7 +127,7 @@ def _mix16(rd: _Reader, pos: np.ndarray, secret: int) -> np.ndarray:
 
 
 def _len_17to128(rd: _Reader, start: np.ndarray, n: np.ndarray) -> np.ndarray:
-    acc = n.astype(np.uint64) * _P64_1
+    acc = n.astype(np.uint64) * PRIME64_1
     end = start + n
     # Each 16-byte pair of reads from the front and the back joins once the input is long
     # enough for it: > 96, > 64, > 32, and always.
