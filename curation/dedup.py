@@ -280,11 +280,13 @@ def resolve(tonight: Tonight, history: History, run_id: int, params: NearDup) ->
     graph = coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(n_nodes, n_nodes))
     _, comp = connected_components(graph, directed=False)
 
-    # survivor per component: smallest (run, doc_id)
-    # np.lexsort on Python str objects orders by code point, like sorted() on the tuples.
+    # survivor per component: smallest (run, doc_id). Python str objects sort by code point,
+    # like sorted() on the tuples; the strings are sorted once, into integer ranks.
     node_ids = np.array(node_id, dtype=object)
     node_runs = np.asarray(node_run, dtype=np.int64)
-    order = np.lexsort((node_ids, node_runs)) if n_nodes else np.empty(0, np.int64)
+    id_rank = np.empty(n_nodes, dtype=np.int64)
+    id_rank[np.argsort(node_ids, kind="stable")] = np.arange(n_nodes)
+    order = np.lexsort((id_rank, node_runs))
     comp_in_order = comp[order]
     _, first_in_comp = np.unique(comp_in_order, return_index=True)
     surv_of_comp = np.zeros(comp.max() + 1 if n_nodes else 0, dtype=np.int64)
@@ -320,7 +322,6 @@ def resolve(tonight: Tonight, history: History, run_id: int, params: NearDup) ->
         src, dst, jj = np.concatenate([ea, eb]), np.concatenate([eb, ea]), np.concatenate([ej, ej])
         mine = src < n
         src, dst, jj = src[mine], dst[mine], jj[mine]
-        id_rank = np.argsort(np.argsort(np.asarray(node_id, dtype=object)))
         order = np.lexsort((id_rank[dst], -jj, src))
         src, dst, jj = src[order], dst[order], jj[order]
         first = np.ones(len(src), dtype=bool)
