@@ -373,9 +373,9 @@ class ReplaySet:
         return out
 
 
-def term_values(pool: Pool, params: ReplayParams) -> dict[str, np.ndarray]:
-    """Each term's values in ``[0, 1]`` (NaN where unknown) for the terms that have data."""
-    t = pool.table
+def term_values(t: pa.Table) -> dict[str, np.ndarray]:
+    """Each term's values in ``[0, 1]`` (NaN where unknown) for the terms of pool table ``t``
+    that have data."""
     out: dict[str, np.ndarray] = {}
     for term in RANKED_TERMS:
         vals = t[term].to_numpy(zero_copy_only=False).astype(float)
@@ -403,9 +403,8 @@ def build_set(pool: Pool, state: pa.Table, params: ReplayParams, set_id: int, n_
     if n == 0:
         raise ValueError(f"nothing to replay for run {pool.run_id}: the pool is empty "
                          f"({pool.n_excluded} document(s) pruned or duplicates)")
-    pool = Pool(table, pool.run_id, pool.n_excluded, pool.rarity_source)
     weights = {t: params.weight_of(t) for t in TERMS}
-    values = term_values(pool, params)
+    values = term_values(table)
     used = [t for t in TERMS if t in values and weights[t] > 0]
     missing = [t for t in TERMS if t not in values and weights[t] > 0]
     score, unscored = combine({t: values[t] for t in used}, weights, n)
@@ -563,8 +562,6 @@ def read_catalog_pool(con: duckdb.DuckDBPyConnection, params: ReplayParams, run_
         where += [f"{c} IS NULL" for c in ("exact_dup_of", "near_dup_of") if c in present]
     if "prune_queue" not in rels and "action" in present:
         where.append("action IS DISTINCT FROM 'prune'")
-    if "v_manifest" in rels and "doc_id" in relation_columns(con, "v_manifest"):
-        where.append("doc_id IN (SELECT CAST(doc_id AS VARCHAR) FROM v_manifest)")
     total = con.execute("SELECT count(*) FROM v_documents").fetchall()[0][0]
     where.append("doc_id NOT IN (SELECT doc_id FROM _replay_pruned)")
     with registered(con, "_replay_pruned", pa.table({"doc_id": pruned})):
@@ -716,6 +713,7 @@ def add_cli(sub: Any) -> None:
 
 def run_cli(args: Any, console: Any) -> int:
     """``glia replay ...``: 0 done, 1 error, 2 database busy."""
+    from curation.cli import EXIT_BUSY, EXIT_ERROR, EXIT_OK
     from curation.config import ConfigError, load_config
     from storage.catalog import DatabaseBusyError
     from storage.lock import RunInProgressError
@@ -724,7 +722,7 @@ def run_cli(args: Any, console: Any) -> int:
         if args.replay_cmd == "export":
             sid, n = export_set(args.db, args.out, args.set_id)
             console.print(f"replay set {sid}: {n} documents written to {args.out}")
-            return 0
+            return EXIT_OK
         table = dict(load_config(args.rules).stage_params.get("replay", {})) if args.rules else {}
         flags = {"size": args.size, "seed": args.seed, "alpha": args.alpha, "new_fraction": args.new_fraction,
                  "importance_column": args.importance_column, "importance_sql": args.importance_sql}
@@ -734,17 +732,17 @@ def run_cli(args: Any, console: Any) -> int:
         row = build_from_catalog(args.db, ReplayParams.from_mapping(table))
     except (RunInProgressError, DatabaseBusyError) as exc:
         console.print(f"[red]glia: {exc}[/red]")
-        return 2
+        return EXIT_BUSY
     except (ConfigError, ValueError, FileNotFoundError, duckdb.Error) as exc:
         console.print(f"[red]glia: {exc}[/red]")
-        return 1
+        return EXIT_ERROR
     console.print(
         f"replay set {row['set_id']} for run {row['run_id']}: {row['size']} draws of {row['n_items']} documents "
         f"(pool {row['n_pool']}, {row['n_pool_new']} new; {row['n_new_draws']} new draws); beta {row['beta']:.3f}; "
         f"terms: {', '.join(row['terms']) or 'none (uniform)'}"
         + (f"; no data for: {', '.join(row['terms_missing'])}" if row["terms_missing"] else "")
         + f"\n  SELECT * FROM v_replay WHERE set_id = {row['set_id']}")
-    return 0
+    return EXIT_OK
 
 
 # The trainer-facing readers live in curation.dataloader (torch is imported only there); they

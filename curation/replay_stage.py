@@ -45,17 +45,13 @@ class ReplayStage(NightStage):
         return CatalogState.read(con, self.params, ctx.run_id)
 
     def run(self, ctx: Any, state: CatalogState, inputs: StageInputs) -> StageOutput:
-        # Ids queued on earlier nights; tonight's prunes are read from the decide stage's
-        # `action` column (tonight_pool).
-        pruned = state.pruned_ids
+        # The catalog's pool already leaves out the ids queued on earlier nights (state.pruned_ids);
+        # tonight's prunes are read from the decide stage's `action` column (tonight_pool).
         old = state.pool
         # Earlier documents count only while their shard is still active tonight.
         in_history = pc.is_in(old.table["shard_id"], value_set=pa.array(inputs.history_active, pa.string()))
-        queued = pc.and_(in_history, pc.is_in(old.table["doc_id"], value_set=pruned))
-        keep = pc.and_(in_history, pc.invert(queued))
-        n_queued = int(pc.sum(pc.cast(queued, pa.int64())).as_py() or 0)
-        old = Pool(old.table.filter(keep), ctx.run_id, old.n_excluded + n_queued, old.rarity_source)
-        new = tonight_pool(ctx, inputs, self.params, state.importance, pruned)
+        old = Pool(old.table.filter(in_history), ctx.run_id, old.n_excluded, old.rarity_source)
+        new = tonight_pool(ctx, inputs, self.params, state.importance, state.pruned_ids)
         pool = combine_pools(old, new)
         if pool.table.num_rows == 0:
             return StageOutput(counts={"pool": 0, "excluded": pool.n_excluded})
