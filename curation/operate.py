@@ -15,7 +15,6 @@ from pathlib import Path
 from rich.console import Console
 
 COMMANDS = ("serve", "deploy", "dashboard")
-EXIT_OK, EXIT_ERROR = 0, 1
 
 
 def add_cli(sub: argparse._SubParsersAction) -> None:
@@ -57,6 +56,7 @@ def dashboard_command(db: Path, host: str = "127.0.0.1", port: int = 8501) -> li
 
 
 def run_cli(args: argparse.Namespace, console: Console) -> int:
+    from curation.cli import EXIT_ERROR, EXIT_OK
     from curation.config import ConfigError
 
     try:
