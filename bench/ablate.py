@@ -338,11 +338,13 @@ def main(argv: list[str] | None = None) -> int:
     train_docs, dnf, new_eval = split_corpus(args.seed)
     source_of = {i: s for t in train_docs.values() for i, s in zip(t["id"].to_pylist(), t["source"].to_pylist())}
     size = b.night_steps * b.batch_replay
+    # The nightly stage's replay budget and seed; the what-if arms draw with the same ones.
+    flow_params = {"size": size, "seed": args.seed, "new_fraction": 0.0}
     stages = [s for s in args.stages.split(",") if s and s != "replay"] + ["replay"]
     rules = work / "rules.toml"
     rules.write_text(
         f"[run]\ntaggers = {json.dumps(args.taggers.split(','))}\nstages = {json.dumps(stages)}\n"
-        f"[stages.replay]\nsize = {size}\nseed = {args.seed}\nnew_fraction = 0.0\n")
+        "[stages.replay]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in flow_params.items()))
     root, db = work / "shards", work / "glia.duckdb"
 
     def night_run(n: int) -> float:
@@ -378,7 +380,6 @@ def main(argv: list[str] | None = None) -> int:
     from curation.replay import TERMS, ReplayParams
     from storage.catalog import Catalog
 
-    flow_params = {"size": size, "seed": args.seed, "new_fraction": 0.0}
     for n in (2, 3):
         result["glia_seconds"][f"night{n}"] = round(night_run(n), 2)
         earlier = {i: t for k in range(1, n) for i, t in zip(train_docs[k]["id"].to_pylist(), train_docs[k]["text"].to_pylist())}
