@@ -367,21 +367,34 @@ def _planted() -> pa.Table:
     return pacsv.read_csv(_require(COMMONS / "planted.csv"))
 
 
+_DATA_HASHES: dict[tuple[object, ...], str] = {}
+
+
 def training_data_hash(recipe: Recipe) -> str:
     """The artefact key: sha256 over the training files, the recipe, the code (:data:`CODE_FILES`,
-    :data:`CODE_VERSION`) and the scikit-learn version (whose solver defines the weights)."""
+    :data:`CODE_VERSION`) and the scikit-learn version (whose solver defines the weights).
+
+    Cached per process while the files' sizes and mtimes stay the same: the tagger asks for
+    the key on every batch (its cache key and its ``risk_model`` column).
+    """
     import sklearn
 
-    h = hashlib.sha256()
-    for f in [_require(DAVIDSON), *_night_files(TRAIN_NIGHTS)]:
-        h.update(f.name.encode() + b"\0")
-        with f.open("rb") as fh:
-            h.update(hashlib.file_digest(fh, "sha256").digest())
-    h.update(json.dumps(asdict(recipe), sort_keys=True).encode())
-    for f in CODE_FILES:
-        h.update(f.read_bytes())
-    h.update(f"code={CODE_VERSION};sklearn={sklearn.__version__}".encode())
-    return h.hexdigest()[:16]
+    data = [_require(DAVIDSON), *_night_files(TRAIN_NIGHTS)]
+    recipe_json = json.dumps(asdict(recipe), sort_keys=True)
+    stamp = (recipe_json, sklearn.__version__,
+             *((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in [*data, *CODE_FILES]))
+    if stamp not in _DATA_HASHES:
+        h = hashlib.sha256()
+        for f in data:
+            h.update(f.name.encode() + b"\0")
+            with f.open("rb") as fh:
+                h.update(hashlib.file_digest(fh, "sha256").digest())
+        h.update(recipe_json.encode())
+        for f in CODE_FILES:
+            h.update(f.read_bytes())
+        h.update(f"code={CODE_VERSION};sklearn={sklearn.__version__}".encode())
+        _DATA_HASHES[stamp] = h.hexdigest()[:16]
+    return _DATA_HASHES[stamp]
 
 
 # -- training, storing, loading ---------------------------------------------------------------------
