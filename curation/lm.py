@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from curation.runtime import model_cache_dir, pick_device
+from curation.runtime import dtype_name, model_cache_dir, pick_device
 
 if TYPE_CHECKING:
     import torch
@@ -505,7 +505,7 @@ def load_scoring_model(model: str = DEFAULT_MODEL, gguf_file: str | None = None,
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         folder = dequantised_copy(source) if source.gguf_file else source.folder
-        dtype = torch.bfloat16 if dev.startswith("cuda") else torch.float32
+        dtype = getattr(torch, dtype_name(dev))
         restore = _quiet_transformers()
         try:
             tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)

@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from curation.runtime import check_device
 from curation.stages import NightStage, StageInputs, StageOutput
 from storage.bank import BANK_KIND, INDEX_KINDS, Bank, bank_dir, bank_root
 from storage.catalog import Segment
@@ -57,8 +58,7 @@ class NoveltyStage(NightStage):
             raise ValueError(f"capacity must be a positive integer, got {capacity!r}")
         if index not in INDEX_KINDS:
             raise ValueError(f"index must be one of {', '.join(INDEX_KINDS)}, got {index!r}")
-        if device != "auto" and device != "cpu" and not device.startswith("cuda"):
-            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
+        check_device(device)
         if not isinstance(keep_snapshots, int) or keep_snapshots < 0:
             raise ValueError(f"keep_snapshots must be an integer >= 0 (0 keeps all), got {keep_snapshots!r}")
         if on_model_change not in ("error", "reset"):

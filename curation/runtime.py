@@ -28,14 +28,25 @@ def model_cache_dir(name: str) -> Path:
     return path
 
 
+def check_device(device: object, where: str = "") -> None:
+    """Refuse a device setting other than ``auto``, ``cpu`` or ``cuda[:N]`` (no torch needed:
+    taggers check their settings when built, before any model is loaded)."""
+    if device != "auto" and device != "cpu" and not str(device).startswith("cuda"):
+        raise ValueError(f"{where}device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
+
+
+def dtype_name(device: str) -> str:
+    """The torch dtype models run in on ``device``: bf16 on a GPU, fp32 on the CPU."""
+    return "bfloat16" if device.startswith("cuda") else "float32"
+
+
 def pick_device(preference: str = "auto") -> str:
     """``auto`` -> ``cuda`` if available else ``cpu``; ``cuda`` without a GPU is an error."""
+    check_device(preference)
     import torch
 
     if preference == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if preference.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"device {preference!r} requested but torch sees no CUDA GPU; use device = \"cpu\" or \"auto\"")
-    if preference not in ("cpu",) and not preference.startswith("cuda"):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {preference!r}")
     return preference

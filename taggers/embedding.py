@@ -32,6 +32,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pyarrow as pa
 
+from curation.runtime import check_device
 from taggers.base import Resources, Tagger
 
 SENTENCE_TRANSFORMERS, MODEL2VEC = "sentence-transformers", "model2vec"
@@ -253,8 +254,7 @@ class EmbeddingTagger(Tagger):
             raise ValueError(f"max_tokens must be a positive integer, got {max_tokens!r}")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if device != "auto" and device != "cpu" and not device.startswith("cuda"):
-            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
+        check_device(device)
         self.model = model
         self.max_tokens = max_tokens
         self.batch_size = batch_size

@@ -36,6 +36,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from curation.runtime import check_device, dtype_name
 from taggers.base import NightInfo, Resources, Tagger
 from taggers.text import hash_strings
 
@@ -69,8 +70,7 @@ class LMTagger(Tagger):
         if utility_params is not None and (isinstance(utility_params, str) or not all(
                 isinstance(p, str) and p for p in utility_params)):
             raise ValueError(f"[taggers.lm] utility_params must be a list of module-name prefixes, got {utility_params!r}")
-        if device != "auto" and device != "cpu" and not str(device).startswith("cuda"):
-            raise ValueError(f"[taggers.lm] device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
+        check_device(device, "[taggers.lm] ")
         if not isinstance(model, str) or not model:
             raise ValueError(f"[taggers.lm] model must be \"smollm2\" or a local path, got {model!r}")
         self.model = model
@@ -116,7 +116,7 @@ class LMTagger(Tagger):
         device = self.resolved_device()
         return {
             "model": self.model, "gguf_file": self.gguf_file, "model_id": self.model_id(),
-            "device": device, "dtype": "bfloat16" if device.startswith("cuda") else "float32",
+            "device": device, "dtype": dtype_name(device),
             "max_tokens": self.max_tokens, "utility": self.utility,
             "utility_params": self.utility_params or "default:last_block,lm_head",
             "seed": self.seed, "min_per_source": self.min_per_source, "sample_rate": self.sample_rate,
