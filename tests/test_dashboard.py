@@ -20,7 +20,7 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import NIGHTS, cli_env, free_port, query, run_night, wait_healthy
+from conftest import NIGHTS, cli_env, free_port, query, run_night, wait_healthy
 
 RULES = '[run]\nstages = ["dedup", "decide", "replay"]\n'
 

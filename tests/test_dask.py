@@ -15,7 +15,7 @@ import pytest
 
 from curation.config import ConfigError, RunOptions, load_config
 from flows import runners
-from tests.conftest import NIGHTS, query, run_night
+from conftest import NIGHTS, query, run_night
 
 COMPARED = ["documents", "v_duplicates"]
 RUN_COUNTS = ("SELECT run_id, status, n_shards_seen, n_shards_new, n_docs, n_exact_dups, n_near_dups, n_skipped_rows "

@@ -113,28 +113,28 @@ def test_a_protected_document_with_every_prune_reason_is_never_queued(tmp_path: 
     stage = DecideStage(prune_if_any=["exact_dup", "near_dup", "risk", "quality", "stale"],
                         cap={"night": 1.0, "source": 1.0},
                         protect={"explicit": {"key_memory": {"ids_file": str(id_file)},
-                                              "safety_critical": {"where": "risk > 0.9 AND label = 'literature'"}}})
+                                              "safety_critical": {"where": f"risk > 0.9 AND doc_id = '{target}'"}}})
     out = run_decide(tmp_path, stage, docs, outputs)
     d = decisions(out)
     fired = ["low_novelty", "low_utility", f"exact_dup_of:{near[target]}", f"near_dup_of:{near[target]}",
              "risk>0.8", "quality_failed", "stale"]
     t = d[target]
     assert t["action"] == "keep" and t["protected"]
-    assert "key_memory" in t["strata"]
+    assert {"key_memory", "safety_critical"} <= set(t["strata"])
     for reason in fired:
         assert reason in t["reasons"]
         assert any(r.startswith("protected:") and r.endswith(f" overrode {reason}") for r in t["reasons"]), reason
     w = writes(out)
     queued = set(w["prune_queue"]["doc_id"].to_pylist())
     assert target not in queued
-    # The same tags without protection: pruned, with every reason (the SQL stratum matches only
-    # when the control is literature; it is a planted copy of another source here or not).
+    # The same tags without protection (no id list names it, the SQL stratum names only the
+    # target): pruned, with every reason.
     c = d[control]
-    if "safety_critical" not in c["strata"]:
-        assert c["action"] == "prune" and control in queued
-        assert [r for r in c["reasons"] if not r.startswith("no_")] == [
-            "low_novelty", "low_utility", f"exact_dup_of:{near[control]}", f"near_dup_of:{near[control]}",
-            "risk>0.8", "quality_failed", "stale"]
+    assert not c["protected"] and not c["strata"]
+    assert c["action"] == "prune" and control in queued
+    assert [r for r in c["reasons"] if not r.startswith("no_")] == [
+        "low_novelty", "low_utility", f"exact_dup_of:{near[control]}", f"near_dup_of:{near[control]}",
+        "risk>0.8", "quality_failed", "stale"]
     prot = w["protected"].to_pylist()
     assert {"run_id": 1, "doc_id": target, "stratum": "key_memory", "reason": f"id file {id_file}"} in prot
     assert {r["doc_id"] for r in prot} == {i for i, r in d.items() if r["protected"]}

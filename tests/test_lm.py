@@ -22,7 +22,7 @@ import pyarrow.compute as pc  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import pytest  # noqa: E402
 
-from conftest import COMMONS, query, run_night  # noqa: E402
+from conftest import COMMONS, file_mtimes, query, run_night  # noqa: E402
 from curation.lm import SMOLLM2_GGUF, ScoringModel, load_scoring_model, model_identity, resolve_source  # noqa: E402
 from taggers.base import NightInfo  # noqa: E402
 from taggers.lm import LMTagger  # noqa: E402
@@ -218,10 +218,10 @@ def test_a_night_with_lm_and_surprise_then_a_rewritten_shard(tmp_path: Path) -> 
     assert query(db, "SELECT n FROM loss_traces WHERE scope = 'doc' AND key = ?", [victim]) == [(2,)]
     # Nothing new: no scoring, no trace touched, no file left behind.
     traces = query(db, "SELECT * FROM loss_traces ORDER BY ALL")
-    files = sorted(p for p in (tmp_path / "glia_data").rglob("*") if p.is_file())
+    files = file_mtimes(tmp_path / "glia_data")
     assert run_night(root, db, rules).status == "nothing_new"
     assert query(db, "SELECT * FROM loss_traces ORDER BY ALL") == traces
-    assert sorted(p for p in (tmp_path / "glia_data").rglob("*") if p.is_file()) == files
+    assert file_mtimes(tmp_path / "glia_data") == files
     assert query(db, "SELECT count(*) FROM scoring_models")[0][0] == 2
     shutil.rmtree(root)
 

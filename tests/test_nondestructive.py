@@ -194,25 +194,27 @@ def _writes(node: ast.Call) -> bool:
     return name in WRITE_CALLS
 
 
+def _aimed_at_a_shard(node: ast.AST) -> bool:
+    """A write or delete call whose receiver or arguments name a source shard's path."""
+    if not (isinstance(node, ast.Call) and _writes(node)):
+        return False
+    target = ast.unparse(node.func.value) if isinstance(node.func, ast.Attribute) else ""
+    args = " ".join(ast.unparse(a) for a in [*node.args, *(k.value for k in node.keywords)])
+    return bool(SHARD_PATH.search(f"{target} {args}"))
+
+
 def test_no_write_or_delete_call_is_aimed_at_a_shard_path() -> None:
     offenders = []
     for pkg in PACKAGES:
         for path in sorted((REPO / pkg).rglob("*.py")):
             tree = ast.parse(path.read_text(), filename=str(path))
             for node in ast.walk(tree):
-                if isinstance(node, ast.Call) and _writes(node):
-                    target = ast.unparse(node.func.value) if isinstance(node.func, ast.Attribute) else ""
-                    args = " ".join(ast.unparse(a) for a in [*node.args, *(k.value for k in node.keywords)])
-                    if SHARD_PATH.search(f"{target} {args}"):
-                        offenders.append(f"{path.relative_to(REPO)}:{node.lineno}: {ast.unparse(node)[:120]}")
+                if _aimed_at_a_shard(node):
+                    offenders.append(f"{path.relative_to(REPO)}:{node.lineno}: {ast.unparse(node)[:120]}")
     assert offenders == [], "write/delete calls that name a source shard's path:\n" + "\n".join(offenders)
 
 
 @pytest.mark.parametrize("snippet", ["open(shard.path, 'wb')", "Path(spec.shard.path).unlink()",
                                      "pq.write_table(t, shard_path)", "os.replace(tmp, shards_root)"])
 def test_tripwire_catches_a_planted_offender(snippet: str) -> None:
-    node = ast.parse(snippet).body[0].value
-    assert isinstance(node, ast.Call) and _writes(node)
-    target = ast.unparse(node.func.value) if isinstance(node.func, ast.Attribute) else ""
-    args = " ".join(ast.unparse(a) for a in node.args)
-    assert SHARD_PATH.search(f"{target} {args}")
+    assert _aimed_at_a_shard(ast.parse(snippet).body[0].value)

@@ -23,7 +23,7 @@ import httpx
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import NIGHTS, REPO, free_port, query, wait_healthy
+from conftest import NIGHTS, REPO, free_port, query, wait_healthy
 
 SHARD = NIGHTS[1] / "part-00000.parquet"
 PREFECT = Path(sys.executable).with_name("prefect")

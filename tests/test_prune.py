@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import NIGHTS, query, run_night
+from conftest import NIGHTS, file_mtimes, query, run_night
 from curation import prune
 from curation.cli import EXIT_BUSY, EXIT_ERROR, EXIT_OK, main
 from storage.lock import RunInProgressError, RunLock
@@ -138,7 +138,7 @@ def test_the_queue_advances_queued_quarantined_applied_over_nights(nights: Night
 
 
 def test_manifest_export_points_at_the_documents_in_the_untouched_shards(nights: Nights, tmp_path: Path) -> None:
-    before = {p: p.stat().st_mtime_ns for p in nights.root.rglob("*.parquet")}
+    before = file_mtimes(nights.root)
     out = tmp_path / "manifest.parquet"
     assert main(["manifest", "export", "--out", str(out), "--db", str(nights.db)]) == EXIT_OK
     m = pq.read_table(out)
@@ -151,7 +151,7 @@ def test_manifest_export_points_at_the_documents_in_the_untouched_shards(nights:
     part = m.filter(pa.compute.equal(m["shard_path"], path))
     ids = pq.read_table(path, columns=["id"])["id"].to_numpy(zero_copy_only=False)
     assert (ids[part["row"].to_numpy()] == np.asarray(part["doc_id"].to_pylist(), dtype=object)).all()
-    assert {p: p.stat().st_mtime_ns for p in nights.root.rglob("*.parquet")} == before  # shards never touched
+    assert file_mtimes(nights.root) == before  # shards never touched
 
 
 def test_undo_restores_exactly_what_was_queued(nights: Nights, tmp_path: Path) -> None:

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pytest
 
+from conftest import query
 from curation import stages
 from curation.config import GliaConfig
 from curation.pipeline import RunContext
@@ -83,11 +83,7 @@ def by_id(night: Night) -> dict[str, dict]:
 
 
 def traces(db: Path) -> dict[tuple[str, str], tuple]:
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        rows = con.execute("SELECT scope, key, n, mean, var, last_loss, last_run, model_id FROM loss_traces").fetchall()
-    finally:
-        con.close()
+    rows = query(db, "SELECT scope, key, n, mean, var, last_loss, last_run, model_id FROM loss_traces")
     return {(r[0], r[1]): r[2:] for r in rows}
 
 
