@@ -349,8 +349,7 @@ def undo(db_path: Path | str, run_id: int | None = None, doc_ids: Sequence[str] 
     lock.acquire()
     try:
         with Catalog(db_path) as cat:
-            if "prune_queue" not in relations(cat.con):
-                raise ValueError(f"{db_path} has no prune queue: add \"decide\" to [run].stages and run a night first")
+            _require(cat.con, db_path, "prune_queue", "prune queue")
             with cat.transaction() as con:
                 sel = f"status IN ('queued', 'quarantined', 'applied') AND {cond}"
                 hit = con.execute(f"SELECT doc_id, status FROM prune_queue WHERE {sel} ORDER BY doc_id", params).fetchall()
@@ -386,13 +385,17 @@ def export_manifest(db_path: Path | str, out: Path | str) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     with Catalog(db_path, read_only=True) as cat:
-        views = {r[0] for r in cat.con.execute("SELECT view_name FROM duckdb_views()").fetchall()}
-        if "v_manifest" not in views:
-            raise ValueError(f"{db_path} has no v_manifest: add \"decide\" to [run].stages and run a night first")
+        _require(cat.con, db_path, "v_manifest", "v_manifest")
         n = int(cat.con.execute("SELECT count(*) FROM v_manifest").fetchall()[0][0])
         cat.con.execute(f"COPY (SELECT * FROM v_manifest) TO {literal(str(tmp))} (FORMAT parquet, COMPRESSION zstd)")
     os.replace(tmp, out)
     return n
+
+
+def _require(con: Any, db_path: Path | str, relation: str, what: str) -> None:
+    """Refuse a catalog where the decide stage never ran (it creates ``relation``)."""
+    if relation not in relations(con):
+        raise ValueError(f"{db_path} has no {what}: add \"decide\" to [run].stages and run a night first")
 
 
 # -- command line: glia undo | prune status | manifest export ----------------------------------
@@ -433,8 +436,7 @@ def run_cli(args: Any, console: Any) -> int:
                           "later nights will not queue them again for the same kind of reason")
         elif args.cmd == "prune":
             with Catalog(args.db, read_only=True) as cat:
-                if "prune_queue" not in relations(cat.con):
-                    raise ValueError(f"{args.db} has no prune queue: add \"decide\" to [run].stages and run a night first")
+                _require(cat.con, args.db, "prune_queue", "prune queue")
                 cat.con.sql(STATUS_SQL).show(max_width=200)
         else:
             n = export_manifest(args.db, args.out)
