@@ -134,8 +134,9 @@ class DecideStage(NightStage):
         pending = pc.is_in(queue["status"], value_set=pa.array([pr.QUEUED, pr.QUARANTINED]))
         # Documents already queued whose protection is re-checked tonight: all strata before they
         # are applied; only the user's explicit strata once applied (rarity shifts night to night).
-        recheck = queue.filter(pc.and_(active, pc.invert(pc.is_in(queue["doc_id"], value_set=ids))))
-        recheck_pending = queue.filter(pc.and_(pending, pc.invert(pc.is_in(queue["doc_id"], value_set=ids))))
+        not_tonight = pc.invert(pc.is_in(queue["doc_id"], value_set=ids))
+        recheck = queue.filter(pc.and_(active, not_tonight))
+        recheck_pending = queue.filter(pc.and_(pending, not_tonight))
 
         population = _population(state.population, inputs.history_active, tags)
         notes: list[str] = []
@@ -152,8 +153,7 @@ class DecideStage(NightStage):
         if emb.model is not None:
             t_rows.append(cluster_strata(emb.model, emb.tonight_ids, emb.tonight, self.protect.clusters))
             q_rows.append(cluster_strata(emb.model, emb.queue_ids, emb.queue, self.protect.clusters))
-        tonight_strata = pa.concat_tables(t_rows).group_by(["doc_id", "stratum"]).aggregate([("reason", "min")]) \
-            .rename_columns(["doc_id", "stratum", "reason"])
+        tonight_strata = _merge_strata(t_rows)
         tags = tags.append_column("strata", strata_lists(ids, tonight_strata))
         tags = tags.append_column("restored", _restored_kinds(queue, ids))
 
@@ -164,8 +164,7 @@ class DecideStage(NightStage):
         dec = decided.table
         rep = decided.report
 
-        queue_strata = pa.concat_tables(q_rows).group_by(["doc_id", "stratum"]).aggregate([("reason", "min")]) \
-            .rename_columns(["doc_id", "stratum", "reason"])
+        queue_strata = _merge_strata(q_rows)
         qs = queue_strata.sort_by([("doc_id", "ascending"), ("stratum", "ascending")]) \
             .group_by("doc_id", use_threads=False).aggregate([("stratum", "list")])
         prot_now = pa.table({"doc_id": qs["doc_id"], "strata": pc.binary_join(qs["stratum_list"], ",")})
@@ -292,6 +291,12 @@ def _metadata(tags: pa.Table, queue: pa.Table) -> pa.Table:
     q = queue.select(cols).cast(t.schema)
     q = q.filter(pc.invert(pc.is_in(q["doc_id"], value_set=t["doc_id"].combine_chunks())))
     return pa.concat_tables([t, q])
+
+
+def _merge_strata(parts: list[pa.Table]) -> pa.Table:
+    """One row per (document, stratum) of several stratum sources, with the first reason."""
+    return pa.concat_tables(parts).group_by(["doc_id", "stratum"]).aggregate([("reason", "min")]) \
+        .rename_columns(["doc_id", "stratum", "reason"])
 
 
 def _restored_kinds(queue: pa.Table, ids: pa.Array) -> pa.ListArray:
