@@ -130,11 +130,12 @@ class NoveltyStage(NightStage):
 
 def _model_identity(paths: list[str]) -> dict[str, Any]:
     """The embedding tagger's config recorded in tonight's files; all must agree."""
-    configs = {str(sorted((read_metadata(Path(p)) or {}).get("config", {}).items())): p for p in paths}
+    recorded = [(read_metadata(Path(p)) or {}).get("config") or {} for p in paths]
+    configs = {str(sorted(c.items())): p for c, p in zip(recorded, paths)}
     if len(configs) != 1:
         raise ValueError(f"tonight's embedding files come from {len(configs)} model configurations "
                          f"(e.g. {', '.join(sorted(configs.values())[:2])}); rerun with one [taggers.embedding]")
-    cfg = (read_metadata(Path(paths[0])) or {}).get("config") or {}
+    cfg = recorded[0]
     if "dim" not in cfg:
         raise ValueError(f"{paths[0]} does not record its embedding model; it was not written by the embedding tagger")
     return dict(cfg)

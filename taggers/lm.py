@@ -7,8 +7,8 @@ backward pass), with the subset named in ``utility_params``.
 
 **Sampling.** On CPU the model manages a few documents per second, so a night scores at most
 about ``max_docs_per_night`` documents (on CUDA ``max_docs_per_night_gpu``, default 0 = all).
-The CPU default, 32, with ``max_tokens = 128`` keeps a demo night's scoring near a minute on
-2 cores (measured: ~0.65 docs/s for loss + utility, ~0.8 docs/s loss only, fp32).
+The CPU default, 32, with ``max_tokens = 128`` keeps a demo night's scoring within a minute on
+2 cores (``bench/bench_lm.py`` measures the docs/s, fp32).
 :meth:`LMTagger.for_night` binds ``rate = min(1, cap / night.n_docs)``. Within each slice
 of a shard the runner hands over (a shard of up to 4,096 documents is one slice) a document is
 scored when
