@@ -33,7 +33,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
@@ -46,35 +45,10 @@ from datatrove_baseline import run_datatrove_minhash  # noqa: E402
 from make_bench_corpus import make_bench_corpus  # noqa: E402
 import planting  # noqa: E402
 
+from night_path import glia_night  # noqa: E402
+
 from curation.config import GliaConfig  # noqa: E402
-from curation.pipeline import (  # noqa: E402
-    RunContext, build_record, collect_garbage, default_state_dir, ingest_shard, load_stage_states, night_info,
-    now, prepare, run_stages, stage_inputs, stages_for, tag_shard, taggers_for, view_sources,
-)
 from storage.catalog import Catalog  # noqa: E402
-
-
-def glia_night(shards_root: Path, db: Path, cfg: GliaConfig, workers: int = 2) -> tuple[float, dict]:
-    """One night through Glia's stage functions; returns (seconds, counts)."""
-    t0 = time.perf_counter()
-    state = default_state_dir(db)
-    with Catalog(db) as cat:
-        cat.migrate(view_sources(cfg))
-        ctx = RunContext(str(shards_root), db, state, cfg, cat.next_run_id(), now())
-        night = prepare(ctx, cat)
-        active = [r.shard_id for r in cat.shards() if r.status == "active"]
-        stages = stages_for(cfg)
-        states = load_stage_states(cat.con, ctx, stages)
-    taggers = taggers_for(cfg, night_info(ctx, night))
-    with ThreadPoolExecutor(workers) as pool:
-        ingests = list(pool.map(lambda s: ingest_shard(ctx, s), night.specs))
-        tag_files = list(pool.map(lambda st: tag_shard(ctx, *st), [(s, t) for s in night.specs for t in taggers]))
-    results = run_stages(ctx, stages, states, stage_inputs(night, ingests, tag_files, active))
-    record = build_record(ctx, night, ingests, tag_files, results, "completed")
-    with Catalog(db) as cat:
-        cat.commit_run(record)
-        collect_garbage(state, {s.path for s in cat.segments()})
-    return time.perf_counter() - t0, record.counts
 
 
 def history_copy(src: Path, dst: Path) -> Path:

@@ -34,7 +34,6 @@ import shutil
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,40 +56,14 @@ def _peak_mb() -> float:
 def child(spec: dict) -> dict:
     """Run one night (in this fresh process) and report the peak RSS after each step."""
     from curation.config import GliaConfig, RunOptions
-    from curation.pipeline import (
-        RunContext, build_record, collect_garbage, default_state_dir, ingest_shard, load_stage_states, night_info,
-        now, prepare, run_stages, stage_inputs, stages_for, tag_shard, taggers_for, view_sources,
-    )
-    from curation import stages as stages_mod
-    from storage.catalog import Catalog
+    from night_path import glia_night
 
     steps = {"imports": _peak_mb()}
-    t0 = time.perf_counter()
     cfg = GliaConfig(run=RunOptions(batch_size=spec["batch_size"]))
-    db = Path(spec["db"])
-    state = default_state_dir(db)
-    with Catalog(db) as cat:
-        cat.migrate(view_sources(cfg), stages_mod.ddl_for([s.name for s in stages_for(cfg)]))
-        ctx = RunContext(spec["root"], db, state, cfg, cat.next_run_id(), now())
-        night = prepare(ctx, cat)
-        active = [r.shard_id for r in cat.shards() if r.status == "active"]
-        stages = stages_for(cfg)
-        states = load_stage_states(cat.con, ctx, stages)
-    steps["prepare"] = _peak_mb()
-    taggers = taggers_for(cfg, night_info(ctx, night))
-    with ThreadPoolExecutor(2) as pool:  # the flow's ThreadPoolTaskRunner(max_workers=2)
-        ingests = list(pool.map(lambda s: ingest_shard(ctx, s), night.specs))
-        tag_files = list(pool.map(lambda st: tag_shard(ctx, *st), [(s, t) for s in night.specs for t in taggers]))
-    steps["ingest+tag"] = _peak_mb()
-    results = run_stages(ctx, stages, states, stage_inputs(night, ingests, tag_files, active))
-    steps["stages"] = _peak_mb()
-    record = build_record(ctx, night, ingests, tag_files, results, "completed")
-    with Catalog(db) as cat:
-        cat.commit_run(record)
-        collect_garbage(state, {s.path for s in cat.segments()})
-    steps["commit"] = _peak_mb()
-    return {"docs": record.counts["docs"], "near_dups": record.counts["near_dups"],
-            "exact_dups": record.counts["exact_dups"], "seconds": round(time.perf_counter() - t0, 2),
+    seconds, counts = glia_night(spec["root"], Path(spec["db"]), cfg, 2,
+                                 checkpoint=lambda step: steps.__setitem__(step, _peak_mb()))
+    return {"docs": counts["docs"], "near_dups": counts["near_dups"],
+            "exact_dups": counts["exact_dups"], "seconds": round(seconds, 2),
             "peak_mb_after": {k: round(v, 1) for k, v in steps.items()}}
 
 
