@@ -143,10 +143,18 @@ class ShardTextReader:
         self.cache_groups, self.verify_ids = cache_groups, verify_ids
         self._groups: OrderedDict[tuple[str, int], pa.Table] = OrderedDict()
         self._bounds: dict[str, np.ndarray] = {}
+        # Footer and column names per shard, read once: every row group read reuses them.
+        self._meta: dict[str, tuple[pq.FileMetaData, list[str]]] = {}
+
+    def _metadata(self, path: str) -> tuple[pq.FileMetaData, list[str]]:
+        if path not in self._meta:
+            md = open_parquet(path).metadata
+            self._meta[path] = (md, md.schema.to_arrow_schema().names)
+        return self._meta[path]
 
     def _starts(self, path: str) -> np.ndarray:
         if path not in self._bounds:
-            md = open_parquet(path).metadata
+            md, _ = self._metadata(path)
             sizes = [md.row_group(i).num_rows for i in range(md.num_row_groups)]
             self._bounds[path] = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         return self._bounds[path]
@@ -157,12 +165,12 @@ class ShardTextReader:
             self._groups.move_to_end(key)
             return self._groups[key]
         cols = [self.text_column] + ([self.id_column] if self.verify_ids else [])
-        pf = open_parquet(path)
-        absent = [c for c in cols if c not in pf.schema_arrow.names]
+        md, names = self._metadata(path)
+        absent = [c for c in cols if c not in names]
         if absent:
-            raise ValueError(f"{path}: cannot read columns {absent} (it has {pf.schema_arrow.names}); the replay set "
+            raise ValueError(f"{path}: cannot read columns {absent} (it has {names}); the replay set "
                              "names the columns its run read (replay_sets.text_column / id_column)")
-        table = pf.read_row_group(g, columns=cols)
+        table = open_parquet(path, metadata=md).read_row_group(g, columns=cols)
         self._groups[key] = table
         if len(self._groups) > self.cache_groups:
             self._groups.popitem(last=False)

@@ -50,12 +50,13 @@ def filesystem(path: str) -> tuple[fsspec.AbstractFileSystem, str]:
     return fsspec.core.url_to_fs(path)
 
 
-def open_parquet(path: str) -> pq.ParquetFile:
-    """Open a shard for reading, locally or through fsspec."""
+def open_parquet(path: str, metadata: pq.FileMetaData | None = None) -> pq.ParquetFile:
+    """Open a shard for reading, locally or through fsspec (``metadata``: its footer, when read
+    before, so it is not read again)."""
     if _is_remote(path):
         fs, inner = filesystem(path)
-        return pq.ParquetFile(fs.open(inner, "rb"))
-    return pq.ParquetFile(path)
+        return pq.ParquetFile(fs.open(inner, "rb"), metadata=metadata)
+    return pq.ParquetFile(path, metadata=metadata)
 
 
 def _mtime_ns(info: dict) -> int | None:
