@@ -50,7 +50,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
-from curation.runtime import model_cache_dir
+from curation.runtime import file_stamps, hash_files, model_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -381,14 +381,10 @@ def training_data_hash(recipe: Recipe) -> str:
 
     data = [_require(DAVIDSON), *_night_files(TRAIN_NIGHTS)]
     recipe_json = json.dumps(asdict(recipe), sort_keys=True)
-    stamp = (recipe_json, sklearn.__version__,
-             *((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in [*data, *CODE_FILES]))
+    stamp = (recipe_json, sklearn.__version__, file_stamps([*data, *CODE_FILES]))
     if stamp not in _DATA_HASHES:
         h = hashlib.sha256()
-        for f in data:
-            h.update(f.name.encode() + b"\0")
-            with f.open("rb") as fh:
-                h.update(hashlib.file_digest(fh, "sha256").digest())
+        hash_files(h, ((f.name, f) for f in data))
         h.update(recipe_json.encode())
         for f in CODE_FILES:
             h.update(f.read_bytes())

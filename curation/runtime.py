@@ -7,8 +7,11 @@ the same thing everywhere: CUDA when torch sees a GPU, else CPU. Production user
 
 from __future__ import annotations
 
+import hashlib
 import os
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 
 def glia_home() -> Path:
@@ -26,6 +29,21 @@ def model_cache_dir(name: str) -> Path:
     path = root / name
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def hash_files(h: Any, named: Iterable[tuple[str, Path]]) -> None:
+    """Add each ``(name, file)`` to the hash ``h`` as the name, a NUL and the sha256 of the
+    file's bytes: the layout of every model and training-data key."""
+    for name, f in named:
+        h.update(name.encode() + b"\0")
+        with f.open("rb") as fh:
+            h.update(hashlib.file_digest(fh, "sha256").digest())
+
+
+def file_stamps(files: Iterable[Path]) -> tuple[tuple[str, int, int], ...]:
+    """``(path, size, mtime_ns)`` per file: a key that changes when any file does, for
+    caching a hash of their contents within a process."""
+    return tuple((str(f), (st := f.stat()).st_size, st.st_mtime_ns) for f in files)
 
 
 def check_device(device: object, where: str = "") -> None:

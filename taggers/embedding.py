@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pyarrow as pa
 
-from curation.runtime import check_device
+from curation.runtime import check_device, file_stamps, hash_files
 from taggers.base import Resources, Tagger
 
 SENTENCE_TRANSFORMERS, MODEL2VEC = "sentence-transformers", "model2vec"
@@ -130,21 +130,17 @@ def _max_positions(path: Path) -> int | None:
     return int(value) if isinstance(value, int) else None
 
 
-_HASHES: dict[tuple[str, tuple[tuple[str, int, int], ...]], str] = {}
+_HASHES: dict[tuple[str, tuple[tuple[str, int, int], ...]], str] = {}  # (folder, file_stamps) -> hash
 
 
 def model_hash(path: Path) -> str:
     """sha256 over the model folder's files (names and contents, weights included), cached per
     process while no file changes: the cache key of every embedding follows the model itself."""
     files = sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
-    stamp = tuple((str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
-    key = (str(path), stamp)
+    key = (str(path), file_stamps(files))
     if key not in _HASHES:
         h = hashlib.sha256()
-        for p in files:
-            h.update(str(p.relative_to(path)).encode() + b"\0")
-            with p.open("rb") as fh:
-                h.update(hashlib.file_digest(fh, "sha256").digest())
+        hash_files(h, ((str(p.relative_to(path)), p) for p in files))
         _HASHES[key] = h.hexdigest()[:16]
     return _HASHES[key]
 

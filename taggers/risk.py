@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 
 from curation import risk_model
+from curation.runtime import file_stamps, hash_files
 from taggers.base import Resources, Tagger
 
 BACKENDS = ("default", "detoxify")
@@ -47,13 +48,10 @@ def files_hash(paths: list[Path]) -> str:
     """sha256 over files' names and contents (a folder: every file under it), cached per process
     while sizes and mtimes stay the same: the tags' cache key follows the weights themselves."""
     files = sorted(f for p in paths for f in ([p] if p.is_file() else p.rglob("*")) if f.is_file())
-    stamp = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    stamp = file_stamps(files)
     if stamp not in _FILE_HASHES:
         h = hashlib.sha256()
-        for f in files:
-            h.update(f.name.encode() + b"\0")
-            with f.open("rb") as fh:
-                h.update(hashlib.file_digest(fh, "sha256").digest())
+        hash_files(h, ((f.name, f) for f in files))
         _FILE_HASHES[stamp] = h.hexdigest()[:16]
     return _FILE_HASHES[stamp]
 
