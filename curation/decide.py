@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import duckdb
@@ -75,13 +75,11 @@ class DecideStage(NightStage):
         p = self.protect
         return {
             "rules": self.rules.to_dict(),
-            "lifecycle": {"quarantine_after": self.lifecycle.quarantine_after, "apply_after": self.lifecycle.apply_after},
+            "lifecycle": asdict(self.lifecycle),
             "protect": {
                 "rarity": {"columns": list(p.rarity.columns), "max_share": p.rarity.max_share,
-                           "share_below": p.rarity.share_below.value if p.rarity.share_below.quantile is None
-                           else f"q{p.rarity.share_below.quantile:g}"},
-                "clusters": {k: getattr(p.clusters, k) for k in ("enabled", "output", "column", "k", "rare", "max_share",
-                                                                  "seed", "max_fit")},
+                           "share_below": p.rarity.share_below.to_config()},
+                "clusters": asdict(p.clusters),
                 "explicit": {e.name: {"ids": len(e.ids), "ids_file": e.ids_file, "where": e.where} for e in p.explicit},
             },
         }

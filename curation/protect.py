@@ -19,7 +19,7 @@ Everything here is a function of Arrow tables and arrays; ``curation.decide`` ga
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +79,7 @@ class Clusters:
 
     @classmethod
     def from_config(cls, raw: Mapping[str, Any], where: str) -> Clusters:
-        check_keys(raw, ("enabled", "output", "column", "k", "rare", "max_share", "seed", "max_fit"), where)
+        check_keys(raw, [f.name for f in fields(cls)], where)
         enabled = raw.get("enabled", True)
         if not isinstance(enabled, bool):
             raise RuleError(f"{where}.enabled: expected true or false")

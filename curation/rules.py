@@ -151,6 +151,10 @@ class Threshold:
             return cls(value=raw)
         raise RuleError(f"{where}: threshold must be a number, a boolean, a string or \"qP\", got {raw!r}")
 
+    def to_config(self) -> float | bool | str | None:
+        """The threshold as written in the rules file: the value, or ``"qP"``."""
+        return self.value if self.quantile is None else f"q{self.quantile:g}"
+
     def text(self, resolved: Any) -> str:
         """How the threshold appears in reasons: ``0.8`` or ``q0.2=0.413``."""
         shown = _fmt(resolved)
@@ -284,7 +288,7 @@ class Rules:
         return {
             "keep_if_any": list(self.keep_if_any), "prune_if_any": list(self.prune_if_any),
             "terms": {n: {"output": t.output, "column": t.column, "op": t.op, "reason": t.reason, "weight": t.weight,
-                          "threshold": t.threshold.value if t.threshold.quantile is None else f"q{t.threshold.quantile:g}",
+                          "threshold": t.threshold.to_config(),
                           "missing": t.missing}
                       for n, t in self.terms.items()},
             "cap": {"night": self.cap.night, "source": self.cap.source}, "requeue_restored": self.requeue_restored,
