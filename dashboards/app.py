@@ -116,7 +116,7 @@ def tags(db: Db) -> None:
     default = names.index("n_chars") if "n_chars" in names else 0
     column = st.selectbox("Tag", names, index=default)
     kind = columns[column]
-    dist = data.tag_distribution(db, column, kind)
+    dist = data.tag_distribution(db, column, columns)
     if kind == "numeric":
         st.altair_chart(alt.Chart(dist).mark_bar().encode(
             x=alt.X("source:N"), y=alt.Y("p10:Q", title=column), y2="p90:Q", tooltip=list(dist.columns)) +

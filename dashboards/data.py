@@ -13,7 +13,7 @@ ask :meth:`Db.has` (``information_schema``) and say "not configured" instead of 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,11 +137,13 @@ def tag_columns(db: Db) -> dict[str, str]:
     return out
 
 
-def tag_distribution(db: Db, column: str, kind: str) -> pd.DataFrame:
-    """Per source: ``kind`` numeric -> quantiles and mean; boolean -> share true; string ->
-    documents with a value; list -> documents per leading word of the items (reason kinds)."""
-    if column not in tag_columns(db):
+def tag_distribution(db: Db, column: str, columns: Mapping[str, str]) -> pd.DataFrame:
+    """Per source, by the column's kind in ``columns`` (from :func:`tag_columns`): numeric ->
+    quantiles and mean; boolean -> share true; string -> documents with a value; list ->
+    documents per leading word of the items (reason kinds)."""
+    if column not in columns:
         raise KeyError(f"no tag column {column!r} in v_documents")
+    kind = columns[column]
     c, src = identifier(column), "coalesce(CAST(source AS VARCHAR), '(none)')"
     if kind == "numeric":
         return db.df(f"SELECT {src} AS source, count({c}) AS documents, avg({c}) AS mean, quantile_cont({c}, 0.1) AS p10, "
