@@ -89,23 +89,15 @@ class ReplayPlan:
     @classmethod
     def from_db(cls, db_path: Path | str, set_id: int | None = None, expand: bool = True) -> ReplayPlan:
         """Read a set (default: the latest) from the catalog, opened read-only and closed at once."""
-        import duckdb
-
+        from curation.replay import replay_set_row
         from storage.catalog import Catalog
 
         with Catalog(db_path, read_only=True) as cat:
-            try:
-                sid = set_id if set_id is not None else cat.con.execute("SELECT max(set_id) FROM replay_sets").fetchall()[0][0]
-            except duckdb.CatalogException:
-                sid = None
-            if sid is None:
-                raise ValueError(f"{db_path} has no replay set: enable the replay stage or run `glia replay build`")
-            meta = cat.con.execute("SELECT text_column, id_column FROM replay_sets WHERE set_id = ?", [sid]).fetchall()
-            if not meta:
-                raise ValueError(f"no replay set {sid} in {db_path}; see SELECT set_id, run_id FROM replay_sets")
+            meta = replay_set_row(cat.con, db_path, set_id, ": enable the replay stage or run `glia replay build`")
+            sid = meta["set_id"]
             rows = cat.con.sql(
                 'SELECT doc_id, weight, "count", shard_path, "row" FROM v_replay WHERE set_id = ?', params=[sid]).to_arrow_table()
-        return cls.from_rows(rows, sid, meta[0][0] or "text", meta[0][1] or "id", expand)
+        return cls.from_rows(rows, sid, meta["text_column"] or "text", meta["id_column"] or "id", expand)
 
     @classmethod
     def from_parquet(cls, path: Path | str, expand: bool = True) -> ReplayPlan:

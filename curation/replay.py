@@ -666,20 +666,32 @@ def build_from_catalog(db_path: Path | str, params: ReplayParams, origin: str = 
     return rs.set_row
 
 
+def replay_set_row(con: duckdb.DuckDBPyConnection, db_path: Path | str, set_id: int | None,
+                   if_none: str) -> dict[str, Any]:
+    """The ``replay_sets`` row of ``set_id`` (default: the latest). Raises ``ValueError`` when
+    there is none: "``db_path`` has no replay set" followed by ``if_none`` (what to do)."""
+    try:
+        sid = set_id if set_id is not None else con.execute("SELECT max(set_id) FROM replay_sets").fetchall()[0][0]
+    except duckdb.CatalogException:
+        sid = None
+    if sid is None:
+        raise ValueError(f"{db_path} has no replay set{if_none}")
+    meta = con.sql("SELECT * FROM replay_sets WHERE set_id = ?", params=[sid]).to_arrow_table()
+    if meta.num_rows == 0:
+        raise ValueError(f"no replay set {sid} in {db_path}; see SELECT set_id, run_id FROM replay_sets")
+    return meta.to_pylist()[0]
+
+
 def export_set(db_path: Path | str, out: Path | str, set_id: int | None = None) -> tuple[int, int]:
     """Write one set (default: the latest) from ``v_replay`` to Parquet, with the set's row as
     file metadata (``glia.replay_set``). Opens the database read-only. Returns ``(set_id, rows)``."""
     from storage.catalog import Catalog
 
     with Catalog(db_path, read_only=True) as cat:
-        sid = set_id if set_id is not None else cat.con.execute("SELECT max(set_id) FROM replay_sets").fetchall()[0][0]
-        if sid is None:
-            raise ValueError(f"{db_path} has no replay set yet: run `glia replay build --db {db_path}` first")
-        meta = cat.con.sql("SELECT * FROM replay_sets WHERE set_id = ?", params=[sid]).to_arrow_table()
-        if meta.num_rows == 0:
-            raise ValueError(f"no replay set {sid} in {db_path}; see SELECT set_id, run_id FROM replay_sets")
+        meta = replay_set_row(cat.con, db_path, set_id, f" yet: run `glia replay build --db {db_path}` first")
+        sid = meta["set_id"]
         rows = cat.con.sql("SELECT * FROM v_replay WHERE set_id = ? ORDER BY doc_id", params=[sid]).to_arrow_table()
-    row = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in meta.to_pylist()[0].items()}
+    row = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in meta.items()}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     md = dict(rows.schema.metadata or {})
