@@ -30,6 +30,8 @@ _SESSION_HOME = Path(tempfile.mkdtemp(prefix="glia-tests-"))
 atexit.register(shutil.rmtree, _SESSION_HOME, True)
 os.environ["GLIA_HOME"] = str(_SESSION_HOME / "glia-home")
 os.environ["PREFECT_HOME"] = str(_SESSION_HOME / "glia-home" / "prefect")
+# Prefect creates its home without parents, and a test module may import Prefect first.
+(_SESSION_HOME / "glia-home" / "prefect").mkdir(parents=True)
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 

@@ -16,42 +16,68 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pyarrow.parquet as pq
 import pytest
+from prefect.client.base import PrefectHttpxSyncClient
 
 from conftest import NIGHTS, REPO, free_port, query, wait_healthy
 
 SHARD = NIGHTS[1] / "part-00000.parquet"
 PREFECT = Path(sys.executable).with_name("prefect")
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+# What Prefect's client retries (prefect.client.base.PrefectHttpxSyncClient.send).
+RETRYABLE = {408, 429, 502, 503}
 
 
 @dataclass
 class Server:
+    """The test's view of one Prefect server: every request goes through Prefect's own HTTP
+    client, which retries what the server marks as retryable (408, 429, 502, 503 and dropped
+    connections, with backoff), as every Prefect client, worker and runner does.
+
+    The server answers 503 when its SQLite database is busy: with the WAL journal a write
+    transaction that started by reading fails at once with SQLITE_BUSY_SNAPSHOT when another
+    writer (the scheduler, the event persister, the runner's heartbeats) committed in
+    between, without waiting for the busy timeout. Under CPU load that window widens, so a
+    plain httpx request fails now and then; ``retried`` keeps the retryable answers seen.
+    """
+
     api: str
     env: dict[str, str]
     home: Path
+    retried: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.http = PrefectHttpxSyncClient(base_url=self.api, timeout=30, raise_on_all_errors=False,
+                                           event_hooks={"response": [self._note]})
+
+    def _note(self, response: httpx.Response) -> None:
+        if response.status_code in RETRYABLE:
+            self.retried.append(f"{response.request.method} {response.request.url.path} -> {response.status_code}")
+
+    def _json(self, response: httpx.Response) -> dict | list:
+        response.raise_for_status()
+        return response.json()
 
     def get(self, path: str) -> dict:
-        r = httpx.get(f"{self.api}{path}", timeout=30)
-        r.raise_for_status()
-        return r.json()
+        return self._json(self.http.get(path))  # type: ignore[return-value]
 
     def post(self, path: str, body: dict) -> dict | list:
-        r = httpx.post(f"{self.api}{path}", json=body, timeout=30)
-        r.raise_for_status()
-        return r.json()
+        return self._json(self.http.post(path, json=body))
 
     def deployment(self, name: str, timeout: float = 90.0, proc: subprocess.Popen | None = None) -> dict:
+        """Wait until ``name`` is registered: 404 until the registering process has created it."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            r = httpx.get(f"{self.api}/deployments/name/nightly_hygiene/{name}", timeout=30)
+            r = self.http.get(f"/deployments/name/nightly_hygiene/{name}")
             if r.status_code == 200:
                 return r.json()
+            if r.status_code != 404:
+                r.raise_for_status()
             if proc is not None and proc.poll() is not None:
                 pytest.fail(f"the process that registers {name} exited with {proc.returncode}")
             time.sleep(0.5)
@@ -67,7 +93,7 @@ class Server:
         pytest.fail(f"flow run {flow_run_id} did not finish within {timeout} s")
 
     def artifacts(self, flow_run_id: str) -> list[dict]:
-        return self.post("/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}})
+        return self.post("/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}})  # type: ignore[return-value]
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -88,15 +114,22 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     env.update(PREFECT_HOME=str(home / "prefect"), GLIA_HOME=str(home / "glia"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
                PREFECT_LOGGING_LEVEL="WARNING", PREFECT_API_URL=f"http://127.0.0.1:{port}/api", NO_COLOR="1", COLUMNS="200",
                # Poll for due runs every second, not every 10-15 s: the test triggers a run and waits for it.
-               PREFECT_RUNNER_POLL_FREQUENCY="1", PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_WORKER_PREFETCH_SECONDS="5")
+               PREFECT_RUNNER_POLL_FREQUENCY="1", PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_WORKER_PREFETCH_SECONDS="5",
+               # Each 503 the server answers (SQLite busy) is logged, so a failure shows what the server saw.
+               PREFECT_SERVER_LOG_RETRYABLE_ERRORS="true")
     log = (home / "server.log").open("w")
     proc = subprocess.Popen([str(PREFECT), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
                             env=env, stdout=log, stderr=subprocess.STDOUT, cwd=home)
     srv = Server(f"http://127.0.0.1:{port}/api", env, home)
     try:
-        wait_healthy(f"{srv.api}/health", proc, home / "server.log", 120, "prefect server")
+        # /ready, not /health: it answers once the database is migrated and connectable.
+        wait_healthy(f"{srv.api}/ready", proc, home / "server.log", 120, "prefect server")
         yield srv
+        if srv.retried:
+            # Not a failure (Prefect's client retried them), but worth seeing in -ra output.
+            print(f"prefect server answered {len(srv.retried)} retryable response(s): {srv.retried[:10]}")
     finally:
+        srv.http.close()
         _stop(proc)
         log.close()
 
