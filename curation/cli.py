@@ -2,7 +2,7 @@
 
     glia run SHARDS_DIR [--db glia.duckdb] [--rules glia.toml] [--state-dir DIR] [--strict]
     glia status [--db glia.duckdb]            run history
-    glia sql "SELECT ..." [--db glia.duckdb]  read-only SQL against the catalog
+    glia sql "SELECT ..." [--db glia.duckdb] [--allow-files]  read-only SQL against the catalog
     glia undo RUN_ID | --doc ID | --reason R [--db ...]   restore pruned documents
     glia prune status [--db ...]              the prune queue by status
     glia manifest export --out FILE [--db ...]  the clean manifest (v_manifest) as Parquet
@@ -121,22 +121,32 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK
 
 
+SANDBOX_HINT = ("glia sql reads only the catalog and the folders of its tag files, index segments and registered "
+                "shards, and writes no file; rerun with --allow-files for full file access")
+
+
 def _sql(args: argparse.Namespace, console: Console) -> int:
-    from storage.catalog import Catalog, DatabaseBusyError
+    import duckdb
+
+    from storage.catalog import Catalog, DatabaseBusyError, InspectionRefusedError
 
     try:
-        with Catalog(args.db, read_only=True) as cat:
-            rel = cat.con.sql(args.query)
+        with Catalog.open_inspection(args.db, allow_files=getattr(args, "allow_files", False)) as cat:
+            rel = cat.inspect(args.query)
             if rel is not None:
                 rel.show(max_width=args.width, max_rows=args.max_rows, null_value="NULL")
     except DatabaseBusyError as exc:
-        console.print(f"[red]glia: {exc}[/red]")
+        console.print(f"glia: {exc}", style="red", markup=False)
         return EXIT_BUSY
     except FileNotFoundError as exc:
-        console.print(f"[red]glia: {exc}[/red]")
+        console.print(f"glia: {exc}", style="red", markup=False)
+        return EXIT_ERROR
+    except (InspectionRefusedError, duckdb.PermissionException) as exc:
+        console.print(f"glia: {exc}\n{SANDBOX_HINT}", style="red", markup=False)
         return EXIT_ERROR
     except Exception as exc:  # duckdb's errors already say what is wrong with the SQL
-        console.print(f"[red]glia: {exc}[/red]")
+        hint = f"\n{SANDBOX_HINT}" if "configuration has been locked" in str(exc) else ""
+        console.print(f"glia: {exc}{hint}", style="red", markup=False)
         return EXIT_ERROR
     return EXIT_OK
 
@@ -174,9 +184,16 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     status = sub.add_parser("status", help="run history")
     status.add_argument("--db", type=Path, default=Path("glia.duckdb"))
-    sql = sub.add_parser("sql", help="run read-only SQL against the catalog")
+    sql = sub.add_parser(
+        "sql", help="run read-only SQL against the catalog",
+        description="Run read-only SQL against the catalog. The SQL reads only the catalog and the folders of its "
+                    "tag files, index segments and registered shards, and writes no file: COPY, EXPORT, ATTACH and reads "
+                    "of other files are refused, and settings cannot undo that.")
     sql.add_argument("query")
     sql.add_argument("--db", type=Path, default=Path("glia.duckdb"))
+    sql.add_argument("--allow-files", action="store_true",
+                     help="full file access: read any file (read_csv('...')) and write files (COPY ... TO); "
+                          "the catalog itself stays read-only")
     for p in (status, sql):
         p.add_argument("--width", type=int, default=200, help="maximum table width in characters")
         p.add_argument("--max-rows", type=int, default=100)

@@ -2,7 +2,7 @@
 
     glia serve SHARDS_DIR [--db glia.duckdb] [--rules glia.toml] [--cron "0 3 * * *"] [--timezone UTC]
     glia deploy SHARDS_DIR [--db ...] [--rules ...] [--cron ...] [--timezone ...] [--prefect-file prefect.yaml]
-    glia dashboard [--db glia.duckdb] [--host 127.0.0.1] [--port 8501]
+    glia dashboard [--db glia.duckdb] [--host 127.0.0.1] [--port 8501] [--allow-files]
 """
 
 from __future__ import annotations
@@ -39,6 +39,9 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     dash.add_argument("--db", type=Path, default=Path("glia.duckdb"))
     dash.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     dash.add_argument("--port", type=int, default=8501)
+    dash.add_argument("--allow-files", action="store_true",
+                      help="let the dashboard read any file, not only the folders of the catalog's tag files, index "
+                           "segments and registered shards")
 
 
 def _schedule(args: argparse.Namespace):
@@ -48,11 +51,12 @@ def _schedule(args: argparse.Namespace):
                     state_dir=str(args.state_dir) if args.state_dir else None, cron=args.cron, timezone=args.timezone)
 
 
-def dashboard_command(db: Path, host: str = "127.0.0.1", port: int = 8501) -> list[str]:
+def dashboard_command(db: Path, host: str = "127.0.0.1", port: int = 8501, allow_files: bool = False) -> list[str]:
     """The ``streamlit run`` command line of the dashboard (headless, no usage statistics)."""
     app = Path(__file__).resolve().parents[1] / "dashboards" / "app.py"
     return [sys.executable, "-m", "streamlit", "run", str(app), "--server.address", host, "--server.port", str(port),
-            "--server.headless", "true", "--browser.gatherUsageStats", "false", "--", "--db", str(Path(db).resolve())]
+            "--server.headless", "true", "--browser.gatherUsageStats", "false", "--", "--db", str(Path(db).resolve()),
+            *(["--allow-files"] if allow_files else [])]
 
 
 def run_cli(args: argparse.Namespace, console: Console) -> int:
@@ -64,7 +68,7 @@ def run_cli(args: argparse.Namespace, console: Console) -> int:
             if not args.db.exists():  # the pages say so too, and work once the first night commits
                 console.print(f"[yellow]glia: no Glia database at {args.db} yet; run `glia run` first[/yellow]")
             console.print(f"Dashboard on http://{args.host}:{args.port} over {args.db} (read-only). Ctrl-C stops it.")
-            return subprocess.call(dashboard_command(args.db, args.host, args.port))
+            return subprocess.call(dashboard_command(args.db, args.host, args.port, args.allow_files))
         schedule = _schedule(args)
         if args.cmd == "serve":
             from flows.serve import serve

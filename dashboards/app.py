@@ -1,6 +1,6 @@
 """Glia's dashboard: a read-only Streamlit app over the DuckDB catalog (``glia dashboard``).
 
-    streamlit run dashboards/app.py -- --db glia.duckdb      (or GLIA_DB=glia.duckdb)
+    streamlit run dashboards/app.py -- --db glia.duckdb [--allow-files]     (or GLIA_DB=glia.duckdb)
 
 Pages: the latest night and the trend over nights; tag distributions per source; the prune
 queue with its reasons and filters; the protected strata; coverage against compression; one
@@ -29,14 +29,16 @@ from dashboards.data import Db, DatabaseBusy  # noqa: E402
 NOT_CONFIGURED = "Not configured: {what} appears when the `{stage}` stage runs (`[run].stages` in the rules file)."
 
 
-def _db_path() -> Path:
+def _db() -> Db:
+    """The catalog from ``--db`` (or $GLIA_DB); ``--allow-files`` gives the pages full file access."""
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--db", default=os.environ.get("GLIA_DB", "glia.duckdb"))
+    parser.add_argument("--allow-files", action="store_true")
     args, _ = parser.parse_known_args(sys.argv[1:])
-    return Path(args.db)
+    return Db(Path(args.db), allow_files=args.allow_files)
 
 
-DB = Db(_db_path())
+DB = _db()
 
 
 def _guard(page: Callable[[Db], None]) -> Callable[[], None]:

@@ -1,5 +1,9 @@
 """The dashboard's reads: read-only, one connection per query, every user input a parameter.
 
+The connections can read only the folders of the catalog's tag files, index segments and
+registered shards (``storage.catalog.restrict_file_access``), so no page can be made to read any
+other file, and the pages' own SQL writes none. ``glia dashboard --allow-files`` lifts that.
+
 DuckDB lets one process write a file and, while it does, no other process read it. So the
 dashboard never holds the file open: each query opens it read-only, reads, and closes, and the
 nightly run can take its write lock between two page loads. A query that meets the lock retries
@@ -32,14 +36,16 @@ class DatabaseBusy(RuntimeError):
 
 @dataclass(frozen=True)
 class Db:
-    """A Glia catalog opened read-only, per query."""
+    """A Glia catalog opened read-only, per query, able to read only the catalog's own files
+    (``Catalog.open_inspection``) unless ``allow_files``."""
 
     path: Path
     wait_s: float = 3.0
+    allow_files: bool = False
 
     def _open(self) -> Catalog:
         try:
-            return Catalog.open_when_free(self.path, self.wait_s, read_only=True, poll_s=0.25)
+            return Catalog.open_inspection(self.path, allow_files=self.allow_files, wait_s=self.wait_s, poll_s=0.25)
         except DatabaseBusyError:
             raise DatabaseBusy(
                 f"{self.path} is being written by a nightly run (DuckDB allows no readers meanwhile). "

@@ -8,6 +8,8 @@ of it is.
 from __future__ import annotations
 
 import json
+import re
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -30,6 +32,10 @@ class DatabaseBusyError(RuntimeError):
 
 class SchemaTooNewError(RuntimeError):
     """The database was written by a newer Glia than this one."""
+
+
+class InspectionRefusedError(PermissionError):
+    """A statement that a sandboxed inspection connection does not run, because it can write files."""
 
 
 @dataclass(frozen=True)
@@ -135,6 +141,97 @@ def _connect(db_path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
         raise
 
 
+# -- inspection: read-only SQL that cannot reach other files ------------------------------------
+
+# DuckDB lets every connection of one process share a database instance, and the
+# file-access settings belong to the instance; the lock makes "check, then restrict" one
+# step for threads opening the same file at once (the dashboard's page loads).
+_SANDBOX_LOCK = threading.Lock()
+
+# Statements an inspection runs. DuckDB's allowed folders are writable as well as readable,
+# so COPY, EXPORT, ATTACH, and PREPARE/EXECUTE (which can hide a COPY) are refused here;
+# everything listed only reads, or changes this connection (the configuration is locked and
+# the database read-only, so SET and CREATE reach no file).
+_INSPECTION_STATEMENTS = frozenset(
+    getattr(duckdb.StatementType, name)
+    for name in ("SELECT", "PRAGMA", "CALL", "SET", "VARIABLE_SET", "TRANSACTION", "CREATE", "DROP")
+)
+_SPACE = re.compile(r"(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*", re.S)
+_EXPLAIN = re.compile(r"EXPLAIN\b(?:\s*\([^)]*\)|\s+ANALY[SZ]E\b)?", re.I)
+
+
+def inspection_folders(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """The folders an inspection may read: those holding the catalog's registered files (tag
+    files and index segments in the state folder, and the shards that views and the
+    dashboard's document page read). Only absolute paths and URLs: a relative folder would
+    depend on where the reader happens to run."""
+    have = relations(con)
+    parts = [f"SELECT path FROM {t}" for t in ("shards", "tag_files", "index_segments") if t in have]
+    if not parts:
+        return []
+    rows = con.execute(
+        f"SELECT DISTINCT regexp_replace(path, '[^/\\\\]*$', '') AS folder FROM ({' UNION ALL '.join(parts)}) "
+        "ORDER BY folder").fetchall()
+    return [f for (f,) in rows if f and (Path(f).is_absolute() or "://" in f)]
+
+
+def restrict_file_access(con: duckdb.DuckDBPyConnection) -> None:
+    """Limit ``con``'s database instance to reading the catalog's own files.
+
+    Sets DuckDB's ``allowed_directories`` to :func:`inspection_folders`, then
+    ``enable_external_access = false`` (which DuckDB refuses to turn back on while the database
+    is open, and after which it refuses to change the allowed folders), then
+    ``lock_configuration = true`` so no other setting can point a file DuckDB writes (a
+    profile, a query log) into an allowed folder. The order matters: the allowed folders can
+    only be set while external access is still on.
+
+    DuckDB lets a connection write where it may read, so this alone does not stop a COPY into
+    the state folder: :meth:`Catalog.inspect` refuses the statements that write files.
+
+    The settings hold for every connection of this process to the same file until all of
+    them are closed; a second call on a shared instance finds it restricted and leaves it.
+    """
+    with _SANDBOX_LOCK:
+        external, locked = con.execute(
+            "SELECT current_setting('enable_external_access'), current_setting('lock_configuration')").fetchone()
+        if external:
+            con.execute("SET allowed_directories = ?", [inspection_folders(con)])
+            con.execute("SET enable_external_access = false")
+        if not locked:
+            con.execute("SET lock_configuration = true")
+
+
+def _explained(con: duckdb.DuckDBPyConnection, statement: str) -> str | None:
+    """The statement inside ``EXPLAIN [ANALYZE | (options)] ...``, or None if it cannot be told."""
+    m = _EXPLAIN.match(statement, _SPACE.match(statement).end())
+    if m is None:
+        return None
+    try:
+        con.extract_statements(statement[m.end():])
+    except duckdb.ParserException:  # e.g. a comment between EXPLAIN and ANALYZE
+        return None
+    return statement[m.end():]
+
+
+def check_inspection_sql(con: duckdb.DuckDBPyConnection, query: str) -> None:
+    """Raise :class:`InspectionRefusedError` if any statement of ``query`` is one an inspection
+    does not run (see ``_INSPECTION_STATEMENTS``). ``EXPLAIN ANALYZE`` runs its statement, so
+    the statement inside an ``EXPLAIN`` is checked too (and one that cannot be told is refused)."""
+    for st in con.extract_statements(query):
+        if st.type == duckdb.StatementType.EXPLAIN:
+            inner = _explained(con, st.query)
+            if inner is not None:
+                check_inspection_sql(con, inner)
+                continue
+        elif st.type in _INSPECTION_STATEMENTS:
+            continue
+        text = " ".join(st.query.split())
+        raise InspectionRefusedError(
+            f"refused {st.type.name} statement ({text[:80]}{'...' if len(text) > 80 else ''}): inspection of "
+            "the catalog reads only; statements that can write files (COPY, EXPORT, ATTACH, INSTALL, "
+            "PREPARE/EXECUTE) are not run. Rewrite it as a SELECT, or open the catalog with file access")
+
+
 class Catalog:
     """A connection to the Glia catalog database."""
 
@@ -145,6 +242,7 @@ class Catalog:
             raise FileNotFoundError(f"no Glia database at {self.path}; run `glia run` first")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.con = _connect(self.path, read_only)
+        self.sandboxed = False  # set by open_inspection
 
     @classmethod
     def open_when_free(cls, db_path: Path | str, wait_s: float = 30.0, read_only: bool = False,
@@ -159,6 +257,30 @@ class Catalog:
                 if time.monotonic() >= deadline:
                     raise
                 time.sleep(poll_s)
+
+    @classmethod
+    def open_inspection(cls, db_path: Path | str, allow_files: bool = False, wait_s: float = 0.0,
+                        poll_s: float = 1.0) -> Catalog:
+        """Open read-only for people's SQL (``glia sql``, the dashboard): file access limited to
+        the catalog's own files (:func:`restrict_file_access`), and :meth:`inspect` refuses
+        statements that write files. ``allow_files`` gives the plain read-only connection,
+        which reads and writes any file the process can. Waits like :meth:`open_when_free`."""
+        cat = cls.open_when_free(db_path, wait_s, read_only=True, poll_s=poll_s)
+        cat.sandboxed = not allow_files
+        if cat.sandboxed:
+            try:
+                restrict_file_access(cat.con)
+            except BaseException:
+                cat.close()
+                raise
+        return cat
+
+    def inspect(self, query: str) -> duckdb.DuckDBPyRelation | None:
+        """Run ``query`` (one or more statements) and return the last one's relation, checking
+        first, on a sandboxed connection, that no statement writes files."""
+        if self.sandboxed:
+            check_inspection_sql(self.con, query)
+        return self.con.sql(query)
 
     def close(self) -> None:
         self.con.close()
