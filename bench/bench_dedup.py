@@ -2,8 +2,10 @@
 
     .venv/bin/python bench/bench_dedup.py [--docs 20000] [--repeat 3] [--out bench/results]
 
-Both sides run on the same 20k documents of ~1.5k characters (real text, planted copies;
-``bench/make_bench_corpus.py``) with 2 workers, ``--repeat`` times each, interleaved
+Both sides run on the same 20k documents of ~1.5k characters (real text from pinned inputs,
+planted copies; ``bench/make_bench_corpus.py``, built on first use and kept in ``--corpus``
+while its shards still hash as recorded; its content hash is checked against
+``bench/corpus_hashes.json`` and written into the results) with 2 workers, ``--repeat`` times each, interleaved
 (datatrove, Glia, datatrove, Glia, ...); the ratio is between the two medians, and every
 repetition's own ratio is printed too.
 
@@ -42,7 +44,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "examples"), str(ROOT / "bench")]
 
 from datatrove_baseline import run_datatrove_minhash  # noqa: E402
-from make_bench_corpus import make_bench_corpus  # noqa: E402
+from make_bench_corpus import make_bench_corpus, read_manifest  # noqa: E402
+import corpus_inputs  # noqa: E402
 import planting  # noqa: E402
 
 from night_path import glia_night  # noqa: E402
@@ -133,12 +136,25 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     ap.add_argument("--repeat", type=int, default=3, help="interleaved repetitions of both sides (median reported)")
     ap.add_argument("--skip-cli", action="store_true", help="do not time `glia run` through Prefect")
+    ap.add_argument("--allow-corpus-mismatch", action="store_true",
+                    help="run on a corpus whose hash differs from bench/corpus_hashes.json")
     args = ap.parse_args()
 
     csv_path = args.corpus / "planted.csv"
-    if not csv_path.exists() or len(list(args.corpus.glob("part-*.parquet"))) == 0:
-        print(f"building the {args.docs}-doc corpus in {args.corpus} ...", flush=True)
-        make_bench_corpus(args.corpus, n_docs=args.docs)
+    manifest = read_manifest(args.corpus, args.docs, 1500, 8, 0)
+    try:
+        if manifest is None:
+            print(f"building the {args.docs}-doc corpus in {args.corpus} ...", flush=True)
+            make_bench_corpus(args.corpus, n_docs=args.docs, allow_mismatch=args.allow_corpus_mismatch)
+            manifest = json.loads((args.corpus / "corpus.json").read_text())
+        else:  # kept from an earlier run: check it against the hashes committed now
+            manifest["check"] = corpus_inputs.check("bench", manifest["key"], {"all": manifest["sha256"]},
+                                                    manifest["inputs"])
+    except corpus_inputs.CorpusMismatch as exc:
+        if not args.allow_corpus_mismatch:
+            raise SystemExit(f"{exc}\n(--allow-corpus-mismatch runs on it anyway)") from None
+        manifest["check"] = f"MISMATCH: {exc}"
+    print(f"corpus sha256 {manifest['sha256']} ({manifest['key']}): {manifest['check']}", flush=True)
     shards = sorted(args.corpus.glob("part-*.parquet"))
     texts: dict[str, str] = {}
     for s in shards:
@@ -182,6 +198,8 @@ def main() -> None:
     g_s = statistics.median(g["seconds"] for g in g_runs)
     counts = last["counts"]
     result = {
+        "corpus": {"sha256": manifest["sha256"], "key": manifest["key"], "check": manifest["check"],
+                   "inputs": {name: info["sha256"] for name, info in manifest["inputs"].items()}},
         "docs": n_docs, "chars_per_doc": round(chars), "workers": args.workers, "repetitions": args.repeat,
         "datatrove": {"seconds": round(dt_s, 2), "docs_per_s": round(n_docs / dt_s),
                       "seconds_each": [round(d.seconds, 2) for d in dt_runs],

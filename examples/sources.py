@@ -6,14 +6,18 @@ would on a training corpus. Every loader returns a list of :class:`SourceDoc`
 ``(source, title, text)`` tuples in a deterministic order (sorted inputs, seeded
 grouping), so a rebuild on the same machine yields the same documents.
 
-Debian packages are fetched with ``apt-get download`` and unpacked with
-``dpkg -x`` into a cache directory (``~/.cache/glia-sources``, or
-``$GLIA_SOURCES_CACHE``); nothing is installed system-wide.
+Debian packages are fetched at the versions pinned in :data:`DEBIAN_PINS` with
+``apt-get download`` and unpacked with ``dpkg -x`` into a cache directory
+(``build/sources`` in the repository, or ``$GLIA_SOURCES_CACHE``); nothing is
+installed system-wide. The pins are Debian 12 (bookworm) versions; where apt
+offers another version, set ``GLIA_UNPINNED_DEBS=1`` to take it (the benchmark
+corpora's hash check then says which input changed).
 
 Sources and licences:
 
 * ``debian_copyright``: ``/usr/share/doc/*/copyright`` of this machine; each file
-  is its package's own licence text.
+  is its package's own licence text. It depends on what the machine has
+  installed, so only the example corpus uses it, never a benchmark corpus.
 * ``austen``: Jane Austen's six novels (public domain), from Debian
   ``r-cran-janeaustenr`` (R lazy-load database, read with PyPI ``rdata``).
 * ``kjv``: the King James Bible (public domain), from Debian ``bible-kjv``.
@@ -54,34 +58,59 @@ _SENTENCE_END = re.compile(r"(?<=[.!?;:])(\s+)")
 _WHITESPACE = re.compile(r"(\s+)")
 
 
+# The Debian version of every package a loader unpacks. A version stays in the archive
+# for the life of its release, so these pins give every bookworm machine the same bytes.
+DEBIAN_PINS = {
+    "r-cran-janeaustenr": "1.0.0-1",
+    "bible-kjv": "4.38",
+    "bible-kjv-text": "4.38",
+    # Only for running `bible` where the system lacks it; it does not change the text.
+    "libreadline8": "8.2-1.3",
+    "dict-devil": "1.0-13.1",
+    "dict-jargon": "4.4.7-3.1",
+    "dict-gcide": "0.48.5+nmu2",
+}
+
+
 def cache_dir() -> Path:
-    """Directory for downloaded and unpacked packages (``$GLIA_SOURCES_CACHE``)."""
-    root = os.environ.get("GLIA_SOURCES_CACHE") or Path.home() / ".cache" / "glia-sources"
+    """Directory for downloaded and unpacked packages (``$GLIA_SOURCES_CACHE``, else ``build/sources``)."""
+    root = os.environ.get("GLIA_SOURCES_CACHE") or Path(__file__).resolve().parents[1] / "build" / "sources"
     path = Path(root)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
 def fetch_deb(package: str) -> Path:
-    """Download ``package`` with ``apt-get download`` and unpack it; return its root.
+    """Download ``package`` at its pinned version with ``apt-get download`` and unpack it; return its root.
 
-    The unpacked tree is cached. It is unpacked into a staging directory and
-    renamed into place, so an interrupted unpack never looks complete.
-    ``apt-get update`` is run once if the first download fails, because a fresh
-    container often has empty package lists.
+    The unpacked tree is cached per version. It is unpacked into a staging
+    directory and renamed into place, so an interrupted unpack never looks
+    complete. ``apt-get update`` is run once if the first download fails,
+    because a fresh container often has empty package lists. A package without
+    a pin, or any package under ``GLIA_UNPINNED_DEBS=1``, is taken at the
+    version apt offers.
     """
-    root = cache_dir() / "root" / package
-    if root.is_dir():
-        return root
+    version = None if os.environ.get("GLIA_UNPINNED_DEBS") == "1" else DEBIAN_PINS.get(package)
+    spec = f"{package}={version}" if version else package
+    # dpkg's file names spell an epoch's colon as %3a; none of the pins has one.
+    pattern = f"{package}_{version}_*.deb" if version else f"{package}_*.deb"
     debs = cache_dir() / "debs"
     debs.mkdir(exist_ok=True)
-    if not sorted(debs.glob(f"{package}_*.deb")) and _apt_download(package, debs) != 0:
+    if not sorted(debs.glob(pattern)) and _apt_download(spec, debs) != 0:
         subprocess.run(["apt-get", "update"], capture_output=True, check=False)
-        if _apt_download(package, debs) != 0:
+        if _apt_download(spec, debs) != 0:
+            offered = subprocess.run(
+                ["apt-cache", "policy", package], capture_output=True, text=True, check=False
+            ).stdout.strip()
             raise RuntimeError(
-                f"could not download Debian package {package!r} with `apt-get download` (even after `apt-get update`)"
+                f"could not download Debian package {spec!r} with `apt-get download` (even after `apt-get update`; "
+                "run that as root if the package lists are empty). The pins are Debian 12 (bookworm) versions; "
+                f"GLIA_UNPINNED_DEBS=1 takes the version apt offers instead.\napt-cache policy {package}:\n{offered}"
             )
-    deb = sorted(debs.glob(f"{package}_*.deb"))[-1]
+    deb = sorted(debs.glob(pattern))[-1]
+    root = cache_dir() / "root" / deb.stem
+    if root.is_dir():
+        return root
     root.parent.mkdir(exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{package}-", dir=root.parent))
     subprocess.run(["dpkg", "-x", str(deb), str(staging)], check=True)
@@ -234,11 +263,14 @@ def kjv(min_chars: int = MIN_CHARS, max_chars: int = MAX_CHARS) -> list[SourceDo
 
     The ``bible`` program runs straight from the unpacked ``bible-kjv`` package,
     with ``-p`` pointing at the data unpacked from ``bible-kjv-text``, so nothing
-    is installed system-wide (the program links libreadline8). ``-f`` turns off
-    pretty-printing: one ``Ge1:1 text`` line per verse.
+    is installed system-wide. It links libreadline8, which a slim system may
+    lack, so the pinned one is unpacked too and put first on the library path.
+    ``-f`` turns off pretty-printing: one ``Ge1:1 text`` line per verse.
     """
     program = fetch_deb("bible-kjv") / "usr/bin/bible"
     data_dir = fetch_deb("bible-kjv-text") / "usr/lib"
+    lib_dirs = sorted({str(p.parent) for p in fetch_deb("libreadline8").rglob("libreadline.so.8")})
+    env = {**os.environ, "LD_LIBRARY_PATH": os.pathsep.join([*lib_dirs, os.environ.get("LD_LIBRARY_PATH", "")])}
     try:
         out = subprocess.run(
             [str(program), "-f", "-p", str(data_dir), "gen1:1-rev22:21"],
@@ -246,10 +278,12 @@ def kjv(min_chars: int = MIN_CHARS, max_chars: int = MAX_CHARS) -> list[SourceDo
             text=True,
             check=True,
             stdin=subprocess.DEVNULL,
+            env=env,
         ).stdout
     except (OSError, subprocess.CalledProcessError) as exc:
         raise RuntimeError(
-            "could not run the `bible` program unpacked from Debian package 'bible-kjv' (it needs libreadline8)"
+            "could not run the `bible` program unpacked from Debian package 'bible-kjv'"
+            f" (library path {env['LD_LIBRARY_PATH']!r})"
         ) from exc
     books: dict[str, list[tuple[str, str]]] = {}
     for line in out.splitlines():
