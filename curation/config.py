@@ -13,6 +13,7 @@ Example ``glia.toml``::
     [run]
     taggers = ["exact", "minhash"]
     batch_size = 10000
+    storage_options = {endpoint_url = "http://minio:9000"}  # fsspec arguments for URL shards
 
     [near_dup]
     bands = 16           # LSH bands x rows = MinHash permutations
@@ -103,10 +104,21 @@ class RunOptions:
     workers: int = 2
     dask_address: str = ""
     dask_gpu_resource: str = ""
+    # Extra fsspec arguments for shards behind a URL (s3fs: endpoint_url, anon, profile,
+    # client_kwargs, ...), used wherever a shard is opened: discovery, fingerprints, ingest,
+    # taggers, the replay dataloader. Never credentials: the run's config is recorded in the
+    # catalog, so those come from the environment or the provider's own files (see
+    # `check_storage_options`). Not hashed: where the bytes come from is not what they say.
+    storage_options: dict[str, Any] = field(default_factory=dict, hash=False)
 
 
 # RunOptions keys that choose where work runs, not what it computes (left out of the hash).
-EXECUTION_KEYS = ("task_runner", "workers", "dask_address", "dask_gpu_resource")
+EXECUTION_KEYS = ("task_runner", "workers", "dask_address", "dask_gpu_resource", "storage_options")
+
+# Names (or parts of names) of fsspec arguments that carry secrets: s3fs key/secret/token,
+# botocore's aws_*, gcsfs token, adlfs account_key/sas_token/connection_string/client_secret.
+_SECRET_NAMES = {"key", "secret", "token", "password", "account_key", "connection_string"}
+_SECRET_PARTS = ("secret", "token", "password", "access_key", "credential")
 
 
 @dataclass(frozen=True)
@@ -188,6 +200,24 @@ def _check_stages(cfg: GliaConfig, path: Path) -> None:
             raise ConfigError(f"{path} [stages.{name}]: {exc}") from None
 
 
+def check_storage_options(options: Any, where: str) -> None:
+    """Fail unless ``options`` is a table without credentials (at any depth, e.g. inside
+    ``client_kwargs``); ``where`` names the key in the message."""
+    if not isinstance(options, dict):
+        raise ConfigError(f"{where}: expected a table of fsspec arguments, e.g. {{endpoint_url = \"http://...\"}}, "
+                          f"got {options!r}")
+    for name, value in options.items():
+        lowered = str(name).lower()
+        if lowered in _SECRET_NAMES or any(part in lowered for part in _SECRET_PARTS):
+            raise ConfigError(
+                f"{where}.{name}: credentials do not belong in the rules file (the run's config is recorded in the "
+                "catalog); remove it and give them through the environment (AWS_ACCESS_KEY_ID, "
+                "AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN), a profile (storage_options.profile / AWS_PROFILE) "
+                "or the provider's credentials file")
+        if isinstance(value, dict):
+            check_storage_options(value, f"{where}.{name}")
+
+
 def load_config(path: Path | str | None) -> GliaConfig:
     """Load a rules file; ``None`` gives the defaults."""
     if path is None:
@@ -210,6 +240,7 @@ def load_config(path: Path | str | None) -> GliaConfig:
         tagger_params={k: dict(v) for k, v in data.get("taggers", {}).items()},
         stage_params={k: dict(v) for k, v in data.get("stages", {}).items()},
     )
+    check_storage_options(cfg.run.storage_options, f"{path} [run].storage_options")
     _check_taggers(cfg, path)
     _check_stages(cfg, path)
     nd = cfg.near_dup

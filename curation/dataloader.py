@@ -5,6 +5,9 @@ which importance-sampling weight. :class:`ReplayPlan` turns it into *draws*: one
 draw (a document drawn three times is three draws), each with the shard path and row where
 its text lives. The text is read from the source shards (locally or through fsspec), never
 copied into the database; the catalog is opened read-only just long enough to read the plan.
+Shards behind a URL (``s3://...``) are opened with the plan's ``storage_options``: by default,
+for a plan read from the catalog, the ``[run].storage_options`` of the night that built the set
+(credentials come from the environment, as for the night).
 
 An epoch visits every draw exactly once, in an order fixed by ``(seed, epoch)``. The order is
 cut into chunks of ``chunk_size`` draws and chunk ``k`` goes to part ``k mod n_parts``, so
@@ -32,7 +35,7 @@ from __future__ import annotations
 import json
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +44,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curation.shards import open_parquet
+from curation.shards import StorageOptions, open_parquet
 
 DRAWS_SCHEMA = pa.schema([
     ("draw", pa.int64()),
@@ -59,16 +62,18 @@ class ReplayPlan:
 
     ``expand=True`` (default) repeats a document once per draw; ``expand=False`` gives one
     draw per distinct document (its ``count`` tells how often it was drawn).
+    ``storage_options``: fsspec arguments for shards behind a URL (see :func:`curation.shards.filesystem`).
     """
 
     draws: pa.Table
     set_id: int
     text_column: str = "text"
     id_column: str = "id"
+    storage_options: StorageOptions = field(default_factory=dict)
 
     @classmethod
     def from_rows(cls, rows: pa.Table, set_id: int, text_column: str = "text", id_column: str = "id",
-                  expand: bool = True) -> ReplayPlan:
+                  expand: bool = True, storage_options: StorageOptions | None = None) -> ReplayPlan:
         """From ``v_replay``-shaped rows: ``doc_id, weight, count, shard_path, row``."""
         need = {"doc_id", "weight", "count", "shard_path", "row"}
         if not need <= set(rows.column_names):
@@ -84,11 +89,13 @@ class ReplayPlan:
         take = pa.array(np.repeat(np.arange(len(counts)), reps))
         cols = {c: pc.take(rows[c], take) for c in ("doc_id", "weight", "count", "shard_path", "row")}
         table = pa.table({"draw": pa.array(np.arange(len(take), dtype=np.int64)), **cols}).cast(DRAWS_SCHEMA)
-        return cls(table, int(set_id), text_column, id_column)
+        return cls(table, int(set_id), text_column, id_column, dict(storage_options or {}))
 
     @classmethod
-    def from_db(cls, db_path: Path | str, set_id: int | None = None, expand: bool = True) -> ReplayPlan:
-        """Read a set (default: the latest) from the catalog, opened read-only and closed at once."""
+    def from_db(cls, db_path: Path | str, set_id: int | None = None, expand: bool = True,
+                storage_options: StorageOptions | None = None) -> ReplayPlan:
+        """Read a set (default: the latest) from the catalog, opened read-only and closed at once.
+        ``storage_options`` default to the ``[run].storage_options`` recorded with the set's run."""
         from curation.replay import replay_set_row
         from storage.catalog import Catalog
 
@@ -97,16 +104,20 @@ class ReplayPlan:
             sid = meta["set_id"]
             rows = cat.con.sql(
                 'SELECT doc_id, weight, "count", shard_path, "row" FROM v_replay WHERE set_id = ?', params=[sid]).to_arrow_table()
-        return cls.from_rows(rows, sid, meta["text_column"] or "text", meta["id_column"] or "id", expand)
+            if storage_options is None:
+                storage_options = _recorded_storage_options(cat.con, meta["run_id"])
+        return cls.from_rows(rows, sid, meta["text_column"] or "text", meta["id_column"] or "id", expand, storage_options)
 
     @classmethod
-    def from_parquet(cls, path: Path | str, expand: bool = True) -> ReplayPlan:
+    def from_parquet(cls, path: Path | str, expand: bool = True,
+                     storage_options: StorageOptions | None = None) -> ReplayPlan:
         """Read a set exported by ``glia replay export`` (no database needed)."""
         table = pq.read_table(path)
         raw = (table.schema.metadata or {}).get(b"glia.replay_set")
         meta: dict[str, Any] = json.loads(raw) if raw else {}
         sid = meta.get("set_id", int(table["set_id"][0].as_py()) if table.num_rows and "set_id" in table.column_names else 0)
-        return cls.from_rows(table, sid, meta.get("text_column") or "text", meta.get("id_column") or "id", expand)
+        return cls.from_rows(table, sid, meta.get("text_column") or "text", meta.get("id_column") or "id", expand,
+                             storage_options)
 
     def __len__(self) -> int:
         return self.draws.num_rows
@@ -124,15 +135,27 @@ class ReplayPlan:
         return order[chunk % n_parts == part]
 
 
+def _recorded_storage_options(con: Any, run_id: int) -> dict[str, Any]:
+    """The ``[run].storage_options`` recorded with run ``run_id`` (empty when it had none)."""
+    row = con.execute("SELECT config FROM runs WHERE run_id = ?", [run_id]).fetchall()
+    try:
+        cfg = json.loads(row[0][0]) if row and row[0][0] else {}
+    except ValueError:
+        cfg = {}
+    return dict(cfg.get("run", {}).get("storage_options") or {})
+
+
 class ShardTextReader:
     """Reads the texts of given (shard path, row) pairs, a row group at a time, with a small
     LRU cache of row groups so that nearby draws do not reread a group. Checks that each row
-    still holds the expected id, so a shard rewritten since the catalog indexed it fails loudly."""
+    still holds the expected id, so a shard rewritten since the catalog indexed it fails loudly.
+    ``storage_options``: fsspec arguments for shards behind a URL."""
 
     def __init__(self, text_column: str = "text", id_column: str = "id", cache_groups: int = 16,
-                 verify_ids: bool = True) -> None:
+                 verify_ids: bool = True, storage_options: StorageOptions | None = None) -> None:
         self.text_column, self.id_column = text_column, id_column
         self.cache_groups, self.verify_ids = cache_groups, verify_ids
+        self.storage_options = dict(storage_options or {})
         self._groups: OrderedDict[tuple[str, int], pa.Table] = OrderedDict()
         self._bounds: dict[str, np.ndarray] = {}
         # Footer and column names per shard, read once: every row group read reuses them.
@@ -140,7 +163,7 @@ class ShardTextReader:
 
     def _metadata(self, path: str) -> tuple[pq.FileMetaData, list[str]]:
         if path not in self._meta:
-            md = open_parquet(path).metadata
+            md = open_parquet(path, storage_options=self.storage_options).metadata
             self._meta[path] = (md, md.schema.to_arrow_schema().names)
         return self._meta[path]
 
@@ -162,7 +185,7 @@ class ShardTextReader:
         if absent:
             raise ValueError(f"{path}: cannot read columns {absent} (it has {names}); the replay set "
                              "names the columns its run read (replay_sets.text_column / id_column)")
-        table = open_parquet(path, metadata=md).read_row_group(g, columns=cols)
+        table = open_parquet(path, metadata=md, storage_options=self.storage_options).read_row_group(g, columns=cols)
         self._groups[key] = table
         if len(self._groups) > self.cache_groups:
             self._groups.popitem(last=False)
@@ -208,7 +231,7 @@ def iter_replay(plan: ReplayPlan, seed: int = 0, epoch: int = 0, part: int = 0, 
     With ``n_parts = 1`` (default) every draw of the set comes exactly once, in the order fixed
     by ``(seed, epoch)``. Texts are read a chunk at a time, grouped by shard.
     """
-    reader = reader or ShardTextReader(plan.text_column, plan.id_column)
+    reader = reader or ShardTextReader(plan.text_column, plan.id_column, storage_options=plan.storage_options)
     positions = plan.part(seed, epoch, part, n_parts, chunk_size)
     d = plan.draws
     for start in range(0, len(positions), chunk_size):
@@ -293,7 +316,8 @@ class ReplayDataset(_Dataset):  # type: ignore[misc,valid-type]
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         if self._reader is None:  # per worker process: readers hold open files and a cache
-            self._reader = ShardTextReader(self.plan.text_column, self.plan.id_column)
+            self._reader = ShardTextReader(self.plan.text_column, self.plan.id_column,
+                                           storage_options=self.plan.storage_options)
         row = self.plan.draws.slice(int(i), 1)
         text = self._reader.read(row["shard_path"].combine_chunks(), row["row"].to_numpy(), row["doc_id"].combine_chunks())[0]
         return {"doc_id": row["doc_id"][0].as_py(), "text": text, "weight": row["weight"][0].as_py(),

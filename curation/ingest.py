@@ -9,14 +9,14 @@ valid UTF-8 or longer than ``[run].max_doc_bytes``, or an id already taken are l
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from curation.config import Columns, RunOptions
-from curation.shards import ShardFile, open_parquet
+from curation.shards import ShardFile, StorageOptions, is_storage_error, open_parquet
 from storage.catalog import SKIPPED_SCHEMA
 
 
@@ -117,21 +117,27 @@ def empty_skips() -> pa.Table:
     return SKIPPED_SCHEMA.empty_table()
 
 
-def scan_ids(shard: ShardFile, cols: Columns) -> tuple[pa.Table, pa.Table]:
+def scan_ids(shard: ShardFile, cols: Columns,
+             storage_options: StorageOptions | None = None) -> tuple[pa.Table, pa.Table]:
     """Read a shard's ids. Returns ``(ids, skipped)``: ``ids`` has ``doc_id`` and ``row`` for
     the usable ids (first occurrence wins inside the shard), ``skipped`` the rows dropped.
+    ``storage_options``: fsspec arguments for a shard behind a URL (``[run].storage_options``).
 
     Raises :class:`ShardRejected` if the shard cannot be read or lacks the required columns.
     """
     try:
-        pf = open_parquet(shard.path)
+        pf = open_parquet(shard.path, storage_options=storage_options)
         schema = pf.schema_arrow
     except Exception as exc:  # pyarrow raises several types for corrupt files
+        if is_storage_error(exc):
+            raise
         raise ShardRejected(f"{shard.path}: cannot read Parquet: {exc}") from exc
     _check_schema(shard, schema, cols)
     try:
         raw = pf.read(columns=[cols.id]).column(0)
     except Exception as exc:
+        if is_storage_error(exc):
+            raise
         raise ShardRejected(f"{shard.path}: cannot read column {cols.id!r}: {exc}") from exc
     ids = pc.cast(raw, pa.string()).combine_chunks() if raw.num_chunks else pa.array([], pa.string())
     ids, bad_ids = as_utf8(ids)
@@ -171,6 +177,9 @@ class ReadSpec:
     batch_size: int
     excluded_rows: tuple[int, ...] = ()
     max_doc_bytes: int = RunOptions.max_doc_bytes  # 0: no limit
+    # fsspec arguments for a shard behind a URL; they travel with the spec to whichever thread
+    # or Dask worker process reads it. Not hashed: they say where the bytes are, not which.
+    storage_options: StorageOptions = field(default_factory=dict, hash=False)
 
 
 def read_documents(spec: ReadSpec, with_skips: list[pa.Table] | None = None) -> Iterator[pa.Table]:
@@ -183,8 +192,10 @@ def read_documents(spec: ReadSpec, with_skips: list[pa.Table] | None = None) -> 
     """
     shard, cols = spec.shard, spec.columns
     try:
-        pf = open_parquet(shard.path)
+        pf = open_parquet(shard.path, storage_options=spec.storage_options)
     except Exception as exc:
+        if is_storage_error(exc):
+            raise
         raise ShardRejected(f"{shard.path}: cannot read Parquet: {exc}") from exc
     meta = _check_schema(shard, pf.schema_arrow, cols)
     wanted = [cols.id, cols.text] + [c for c in meta.values() if c not in (cols.id, cols.text)]
@@ -197,6 +208,8 @@ def read_documents(spec: ReadSpec, with_skips: list[pa.Table] | None = None) -> 
         except StopIteration:
             return
         except Exception as exc:
+            if is_storage_error(exc):
+                raise
             raise ShardRejected(f"{shard.path}: unreadable data after row {offset}: {exc}") from exc
         n = batch.num_rows
         rows = np.arange(offset, offset + n, dtype=np.int64)

@@ -12,7 +12,7 @@ import json
 import shutil
 import subprocess
 from typing import Any
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -136,7 +136,7 @@ def prepare(ctx: RunContext, catalog: Catalog) -> NightPlan:
     """Discover shards, diff them with the registry and settle id conflicts up front, so the
     per-shard tasks are pure functions of (shard, excluded rows, config)."""
     cfg = ctx.config
-    found = discover(ctx.root, cfg.run.glob)
+    found = discover(ctx.root, cfg.run.glob, cfg.run.storage_options)
     sp = plan(ctx.root, found, catalog.shards())
     night = NightPlan(shard_plan=sp)
     for f, _ in sp.rejected:
@@ -147,7 +147,7 @@ def prepare(ctx: RunContext, catalog: Catalog) -> NightPlan:
     id_tables: list[tuple[ShardFile, pa.Table, pa.Table]] = []
     for shard in sp.to_ingest:
         try:
-            ids, skips = scan_ids(shard, cfg.columns)
+            ids, skips = scan_ids(shard, cfg.columns, cfg.run.storage_options)
         except ShardRejected as exc:
             night.rejected[shard.path] = str(exc)
             night.rejected_files.append(shard)
@@ -189,7 +189,7 @@ def prepare(ctx: RunContext, catalog: Catalog) -> NightPlan:
                 "shard_id": [shard.shard_id] * len(excluded), "path": [shard.path] * len(excluded),
                 "row": pa.array(excluded, pa.int64()), "doc_id": ex_ids, "reason": reasons}))
         night.specs.append(ReadSpec(shard, cfg.columns, cfg.run.batch_size, tuple(sorted(excluded + dropped)),
-                                    cfg.run.max_doc_bytes))
+                                    cfg.run.max_doc_bytes, cfg.run.storage_options))
 
     # Active shards that lack a tagger's current version (a tagger added or bumped since).
     wanted = {(t.name, t.version) for t in taggers_for(cfg)}
@@ -206,7 +206,8 @@ def prepare(ctx: RunContext, catalog: Catalog) -> NightPlan:
                     [row.shard_id],
                 ).fetchall()
             )
-            spec = ReadSpec(shard, cfg.columns, cfg.run.batch_size, excluded, cfg.run.max_doc_bytes)
+            spec = ReadSpec(shard, cfg.columns, cfg.run.batch_size, excluded, cfg.run.max_doc_bytes,
+                            cfg.run.storage_options)
             night.backfill += [(spec, name) for name in missing]
     return night
 
@@ -277,7 +278,7 @@ def tag_shard(ctx: RunContext, spec: ReadSpec, tagger: Tagger, inputs: Sequence[
     if out.exists() and read_metadata(out) == meta:
         return TagFile(tagger.name, tagger.version, shard.shard_id, str(out), pq.ParquetFile(out).metadata.num_rows)
     batch_size = min(spec.batch_size, tagger.resources.batch_size)
-    sized = ReadSpec(shard, spec.columns, batch_size, spec.excluded_rows, spec.max_doc_bytes)
+    sized = replace(spec, batch_size=batch_size)
     schema = tagger.schema()
 
     needed = _read_inputs(inputs)

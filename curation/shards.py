@@ -3,7 +3,15 @@
 A shard's fingerprint is its size plus a hash of its Parquet footer (the schema, row-group
 offsets, sizes and statistics). Touching a file (new mtime, same bytes) does not make it
 "changed"; rewriting it does, because the footer records every column chunk's offset and
-size. Reading the footer costs two small reads per file, also on object stores.
+size. Reading the footer costs two small ranged reads per file, also on object stores.
+
+On an object store that reports an ETag (S3 and its clones), the ETag is hashed in with the
+footer: it changes with the object's bytes, so even a rewrite that keeps every size and
+statistic is seen, while a metadata-only copy of the same bytes keeps it.
+
+Shards behind a URL are opened through fsspec with the run's ``[run].storage_options``
+(endpoint, profile, ...) on top of what the backend reads from the environment
+(``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ...); every reader takes them the same way.
 """
 
 from __future__ import annotations
@@ -11,8 +19,9 @@ from __future__ import annotations
 import os
 import posixpath
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import fsspec
 import pyarrow.parquet as pq
@@ -22,6 +31,15 @@ from curation import faults
 from storage.catalog import ShardRow
 
 _MAGIC = b"PAR1"
+# The footer usually fits in this many bytes at the end of the file: one ranged read, not two.
+_TAIL_READ = 64 * 1024
+# info() keys of content hashes that change with the bytes (s3fs: the object's ETag).
+_CONTENT_TAGS = ("ETag",)
+
+StorageOptions = Mapping[str, Any]
+
+# Top-level packages whose exceptions say the store or the network failed, not the bytes.
+_CLIENT_PACKAGES = ("botocore", "aiobotocore", "s3fs", "aiohttp", "urllib3", "requests", "gcsfs", "google", "adlfs", "azure")
 
 
 @dataclass(frozen=True)
@@ -45,18 +63,40 @@ def _is_remote(path: str) -> bool:
     return "://" in path and not path.startswith("file://")
 
 
-def filesystem(path: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The fsspec filesystem for a local path or URL, and the path within it."""
-    return fsspec.core.url_to_fs(path)
+def filesystem(path: str, storage_options: StorageOptions | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec filesystem for a local path or URL, and the path within it.
+
+    ``storage_options`` (``[run].storage_options``) go to the filesystem of a URL; a local
+    path ignores them, so one rules file serves local and remote shard folders.
+    """
+    options = dict(storage_options or {}) if _is_remote(path) else {}
+    try:
+        return fsspec.core.url_to_fs(path, **options)
+    except ImportError as exc:
+        raise ImportError(f"{path}: {exc}; for s3:// install Glia's s3 extra (pip install 'glia[s3]')") from exc
 
 
-def open_parquet(path: str, metadata: pq.FileMetaData | None = None) -> pq.ParquetFile:
+def open_parquet(path: str, metadata: pq.FileMetaData | None = None,
+                 storage_options: StorageOptions | None = None) -> pq.ParquetFile:
     """Open a shard for reading, locally or through fsspec (``metadata``: its footer, when read
-    before, so it is not read again)."""
+    before, so it is not read again; ``storage_options``: as for :func:`filesystem`)."""
     if _is_remote(path):
-        fs, inner = filesystem(path)
+        fs, inner = filesystem(path, storage_options)
         return pq.ParquetFile(fs.open(inner, "rb"), metadata=metadata)
     return pq.ParquetFile(path, metadata=metadata)
+
+
+def is_storage_error(exc: BaseException) -> bool:
+    """True when ``exc`` says the store or the network failed (endpoint unreachable, timeout,
+    no credentials) rather than that the file is bad. Such a shard must not be rejected: the
+    registry would keep it rejected until its bytes change. Its task is retried, then the
+    night fails with the error instead."""
+    for e in (exc, exc.__cause__):
+        if e is None or isinstance(e, (FileNotFoundError, PermissionError)):
+            continue
+        if isinstance(e, (ConnectionError, TimeoutError)) or type(e).__module__.split(".")[0] in _CLIENT_PACKAGES:
+            return True
+    return False
 
 
 def _mtime_ns(info: dict) -> int | None:
@@ -73,6 +113,14 @@ def _mtime_ns(info: dict) -> int | None:
     return None
 
 
+def _content_tag(info: dict) -> bytes:
+    for key in _CONTENT_TAGS:
+        value = info.get(key)
+        if value:
+            return f"\0{key}\0{value}".encode()
+    return b""
+
+
 def fingerprint(fs: fsspec.AbstractFileSystem, inner: str, display: str) -> ShardFile:
     """Fingerprint one file; a file that is not Parquet gets ``error`` instead of a footer hash."""
     info = fs.info(inner)
@@ -81,35 +129,54 @@ def fingerprint(fs: fsspec.AbstractFileSystem, inner: str, display: str) -> Shar
     if size < 12:
         return ShardFile(display, size, mtime, None, f"not a Parquet file: only {size} bytes")
     try:
-        with fs.open(inner, "rb") as fh:
-            head = fh.read(4)
-            fh.seek(size - 8)
-            tail = fh.read(8)
-            footer_len = struct.unpack("<i", tail[:4])[0]
-            if head == _MAGIC and tail[4:] != _MAGIC:
-                return ShardFile(display, size, mtime, None,
-                                 "truncated Parquet file: it starts like Parquet but has no footer (an interrupted copy?)")
-            if head != _MAGIC or tail[4:] != _MAGIC:
-                return ShardFile(display, size, mtime, None, "not a Parquet file: no PAR1 magic bytes")
-            if not 0 < footer_len <= size - 12:
-                return ShardFile(display, size, mtime, None, f"corrupt Parquet footer (length {footer_len})")
-            fh.seek(size - 8 - footer_len)
-            footer = fh.read(footer_len)
+        # Ranged reads, not fs.open(): an object store's file reads ahead a whole block on the
+        # first read (50 MB for s3fs), which would fetch most of every shard just to hash it.
+        head = fs.cat_file(inner, start=0, end=4)
+        tail_start = max(4, size - _TAIL_READ)
+        tail = fs.cat_file(inner, start=tail_start, end=size)
+        footer_len = struct.unpack("<i", tail[-8:-4])[0]
+        if head == _MAGIC and tail[-4:] != _MAGIC:
+            return ShardFile(display, size, mtime, None,
+                             "truncated Parquet file: it starts like Parquet but has no footer (an interrupted copy?)")
+        if head != _MAGIC or tail[-4:] != _MAGIC:
+            return ShardFile(display, size, mtime, None, "not a Parquet file: no PAR1 magic bytes")
+        if not 0 < footer_len <= size - 12:
+            return ShardFile(display, size, mtime, None, f"corrupt Parquet footer (length {footer_len})")
+        footer_start = size - 8 - footer_len
+        if footer_start >= tail_start:
+            footer = tail[footer_start - tail_start:-8]
+        else:
+            footer = fs.cat_file(inner, start=footer_start, end=size - 8)
     except PermissionError as exc:
         return ShardFile(display, size, mtime, None,
                          f"permission denied: the file is not readable by this user ({exc.strerror}); fix its permissions")
     except OSError as exc:
+        if is_storage_error(exc):
+            raise
         return ShardFile(display, size, mtime, None, f"cannot read file: {exc}")
-    return ShardFile(display, size, mtime, xxhash.xxh3_128_hexdigest(footer))
+    return ShardFile(display, size, mtime, xxhash.xxh3_128_hexdigest(footer + _content_tag(info)))
 
 
-def discover(root: str, pattern: str = "**/*.parquet") -> list[ShardFile]:
+def discover(root: str, pattern: str = "**/*.parquet", storage_options: StorageOptions | None = None) -> list[ShardFile]:
     """Every shard under ``root`` (a folder or URL), sorted by path, fingerprinted.
 
     Names starting with ``.`` or ``_`` are ignored (temporary files, Spark's ``_SUCCESS``).
+    ``storage_options``: as for :func:`filesystem`.
     """
-    fs, inner = filesystem(root)
-    if not fs.exists(inner):
+    fs, inner = filesystem(root, storage_options)
+    # fsspec reuses one filesystem object per process and options, with the listings it has
+    # seen: without this, a second night in the same process would see last night's sizes.
+    fs.invalidate_cache()
+    try:
+        exists = fs.exists(inner)
+    except Exception as exc:  # each backend raises its own errors for a bad endpoint or credentials
+        if not _is_remote(root):
+            raise
+        raise OSError(
+            f"cannot list {root}: {type(exc).__name__}: {exc}; check the endpoint and credentials "
+            "(AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY or AWS_PROFILE for s3://) "
+            "and [run].storage_options in the rules file") from exc
+    if not exists:
         raise FileNotFoundError(f"shard folder not found: {root}")
     if fs.isfile(inner):
         matches = [inner]
