@@ -82,7 +82,8 @@ WORKDIR /app
 # Dependencies before the source, so that a code change reuses this (multi-GB) layer.
 # The list is read from pyproject.toml so that it is never written down twice.
 COPY pyproject.toml constraints.txt ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+# The core dependencies plus the `s3` extra: production corpora usually live in an object store.
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['s3']))" \
         > /tmp/requirements.txt \
  && pip install --no-cache-dir -c constraints.txt -r /tmp/requirements.txt \
  && rm /tmp/requirements.txt
@@ -91,7 +92,7 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 # Prefect deployment served by the process worker names its flow by path, e.g.
 # flows/nightly.py:nightly_hygiene, relative to this directory.
 COPY . .
-RUN pip install --no-cache-dir -c constraints.txt . \
+RUN pip install --no-cache-dir -c constraints.txt ".[s3]" \
  && pip check \
  && rm -rf build ./*.egg-info
 
