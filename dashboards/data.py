@@ -22,9 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import duckdb
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 
+from curation.dataloader import ShardTextReader
 from curation.summary import RunSummary, read_summary
 from storage.catalog import Catalog, DatabaseBusyError
 from storage.sql import identifier, relation_columns, relations
@@ -218,13 +220,24 @@ def _one(df: pd.DataFrame) -> dict[str, Any] | None:
     return None if df.empty else df.iloc[0].to_dict()
 
 
+def _latest_config(db: Db) -> dict[str, Any]:
+    row = db.rows("SELECT config FROM runs WHERE config IS NOT NULL ORDER BY run_id DESC LIMIT 1")
+    return json.loads(row[0][0]) if row and row[0][0] else {}
+
+
 def text_column(db: Db) -> str:
     """The shard column holding the text, from the latest run's configuration."""
-    row = db.rows("SELECT config FROM runs WHERE config IS NOT NULL ORDER BY run_id DESC LIMIT 1")
-    if row and row[0][0]:
-        cfg = json.loads(row[0][0])
-        return str(cfg.get("columns", {}).get("text", "text"))
-    return "text"
+    return str(_latest_config(db).get("columns", {}).get("text", "text"))
+
+
+def text_reader(db: Db) -> ShardTextReader:
+    """A reader for documents' texts with the latest run's columns and ``[run].storage_options``:
+    the same reader the trainer's dataloader uses, so a shard in an object store reads as a local
+    one does, and a row that no longer holds its id fails loudly."""
+    cfg = _latest_config(db)
+    cols = cfg.get("columns", {})
+    return ShardTextReader(str(cols.get("text", "text")), str(cols.get("id", "id")), cache_groups=2,
+                           storage_options=cfg.get("run", {}).get("storage_options") or {})
 
 
 def document(db: Db, doc_id: str) -> DocumentView | None:
@@ -234,13 +247,12 @@ def document(db: Db, doc_id: str) -> DocumentView | None:
         return None
     text, err = None, None
     try:
-        # The shard path comes from the catalog; the row number and the column are bound or quoted.
-        got = db.rows(f"SELECT {identifier(text_column(db))} FROM read_parquet(?, file_row_number = true) "
-                      "WHERE file_row_number = ?", [row["shard_path"], int(row["row"])])
-        text = got[0][0] if got else None
+        # Read by pyarrow/fsspec, not DuckDB: inspection connections may not open files outside
+        # the catalog's folders, nor load the extension an object store would need.
+        text = text_reader(db).read(pa.array([row["shard_path"]]), np.array([int(row["row"])]), pa.array([doc_id]))[0]
         if text is None:
-            err = f"row {row['row']} not found in {row['shard_path']}"
-    except (duckdb.Error, OSError) as exc:
+            err = f"row {row['row']} of {row['shard_path']} has no text"
+    except (ValueError, OSError) as exc:
         err = f"cannot read {row['shard_path']}: {exc}"
     have = db.relations()
     decision = _one(db.df("SELECT run_id, action, reasons, protected, strata, priority FROM decisions "

@@ -246,6 +246,13 @@ def test_storage_options_from_the_rules_file_reach_dask_workers_and_the_dataload
     assert len(items) == 200
     assert all(i["text"] == texts[i["doc_id"]] for i in items)
 
+    # The dashboard's document page reads the text the same way, with the recorded settings.
+    from dashboards.data import Db, document
+
+    doc_id = items[0]["doc_id"]
+    view = document(Db(db), doc_id)
+    assert view is not None and view.text_error is None and view.text == texts[doc_id]
+
 
 def test_credentials_in_the_rules_file_are_refused(tmp_path: Path) -> None:
     rules = tmp_path / "glia.toml"
