@@ -54,6 +54,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from curation.rules import average_ranks
 from storage.catalog import TableWrite
 from storage.sql import identifier, registered, relation_columns, relations
 
@@ -238,18 +239,6 @@ def rank_scale(values: np.ndarray) -> np.ndarray:
     if ok.any():
         out[ok] = average_ranks(values[ok]) / ok.sum()
     return out
-
-
-def average_ranks(x: np.ndarray) -> np.ndarray:
-    """1-based ranks, ties sharing their mean rank (``scipy.stats.rankdata(method="average")``,
-    whose import alone takes seconds)."""
-    order = np.argsort(x, kind="stable")
-    xs = x[order]
-    starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])
-    ends = np.r_[starts[1:], len(xs)]
-    ranks = np.empty(len(x))
-    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
-    return ranks
 
 
 def rarity_scores(strata: pa.Array) -> np.ndarray:
