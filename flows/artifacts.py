@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from curation.summary import read_summary, to_markdown, tonight_metrics
-from storage.catalog import Catalog, RunRecord
+from curation.summary import read_summary, to_markdown
+from storage.catalog import Catalog
 
 ARTIFACT_KEY = "glia-run-summary"
 log = logging.getLogger(__name__)
@@ -39,12 +39,3 @@ def publish_summary(db_path: Path, run_id: int) -> str | None:
         log.warning("glia: could not publish the summary of run %s as a Prefect artifact: %s", run_id, exc)
         return None
 
-
-def summary_metrics(record: RunRecord) -> dict[str, float]:
-    """:func:`curation.summary.tonight_metrics` for the run about to be committed; on failure
-    a warning and no summary rows, so bookkeeping never fails a night."""
-    try:
-        return tonight_metrics(record)
-    except Exception as exc:
-        log.warning("glia: could not compute the summary of run %s: %s", record.run_id, exc)
-        return {}

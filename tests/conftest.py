@@ -1,11 +1,11 @@
 """Shared fixtures for Glia's test suite.
 
 Everything runs on real components: the example corpus under ``examples/commons``, real
-Parquet files and a real DuckDB catalog in a temporary folder, the real Prefect flow.
-
-Prefect's embedded server takes several seconds to start the first time a flow runs in a
-process, so the flow runs in-process and the expensive three-night run is a session
-fixture shared by the test modules that only inspect its results.
+Parquet files and a real DuckDB catalog in a temporary folder, the real night: the engine
+``glia run`` uses (``curation.engine``), or the real Prefect flow where a test asks for it
+(``run_night(..., orchestrator="prefect")``; Prefect's embedded server takes several seconds
+to start the first time a flow runs in a process). The three-night run is a session fixture
+shared by the test modules that only inspect its results.
 """
 
 from __future__ import annotations
@@ -74,14 +74,21 @@ def query(db: Path, sql: str, params: list[Any] | None = None) -> list[tuple]:
         return con.execute(sql, params or []).fetchall()
 
 
-def run_night(shards_root: Path, db: Path, rules: Path | None = None, state_dir: Path | None = None):
-    """Run the real Prefect flow in this process and return its NightOutcome."""
-    from flows.nightly import nightly_hygiene
+def run_night(shards_root: Path, db: Path, rules: Path | None = None, state_dir: Path | None = None,
+              orchestrator: str = "plain"):
+    """Run one night in this process and return its NightOutcome: through the engine as
+    ``glia run`` does by default (``plain``), or through the real Prefect flow (``prefect``)."""
+    rules_path = str(rules) if rules else None
+    if orchestrator == "prefect":
+        from flows.nightly import nightly_hygiene
 
-    return nightly_hygiene(
-        shards_root=str(shards_root), db_path=str(db),
-        rules_path=str(rules) if rules else None, state_dir=str(state_dir) if state_dir else None,
-    )
+        return nightly_hygiene(shards_root=str(shards_root), db_path=str(db), rules_path=rules_path,
+                               state_dir=str(state_dir) if state_dir else None)
+    assert orchestrator == "plain", orchestrator
+    from curation.config import load_config
+    from curation.engine import run_night as engine_night
+
+    return engine_night(str(shards_root), db, load_config(rules_path), state_dir)
 
 
 def snapshot(db: Path) -> dict[str, list[tuple]]:

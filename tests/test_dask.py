@@ -34,7 +34,7 @@ def test_dask_cluster_run_equals_in_process_run(tmp_path: Path) -> None:
     rules = tmp_path / "dask.toml"
     rules.write_text('[run]\ntask_runner = "dask"\nworkers = 2\n')
 
-    assert run_night(root, threads_db).status == "completed"
+    assert run_night(root, threads_db, orchestrator="prefect").status == "completed"
     flow = runners.nightly_for(str(rules))
     assert type(flow.task_runner).__name__ == "DaskTaskRunner"
     assert flow.task_runner.cluster_kwargs["n_workers"] == 2 and flow.task_runner.cluster_kwargs["processes"] is True
