@@ -1,6 +1,7 @@
 """``glia``: the command line.
 
     glia run SHARDS_DIR [--db glia.duckdb] [--rules glia.toml] [--state-dir DIR] [--strict]
+             [--orchestrator auto|plain|prefect]
     glia status [--db glia.duckdb]            run history
     glia sql "SELECT ..." [--db glia.duckdb] [--allow-files]  read-only SQL against the catalog
     glia undo RUN_ID | --doc ID | --reason R [--db ...]   restore pruned documents
@@ -14,10 +15,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from curation.pipeline import NightOutcome
 
 EXIT_OK, EXIT_ERROR, EXIT_BUSY, EXIT_STRICT = 0, 1, 2, 3
 
@@ -57,10 +62,34 @@ def _stage_rows(m: dict[str, float]) -> list[tuple[str, object]]:
     return rows
 
 
+def _night(args: argparse.Namespace) -> NightOutcome:
+    """Run the night in this process: as plain Python, or through the Prefect flow where
+    Prefect adds something (``[run].orchestrator``, ``--orchestrator``: flows.runners.uses_prefect)."""
+    from dataclasses import replace
+
+    from curation.config import load_config
+    from flows import runners
+
+    rules = str(args.rules) if args.rules else None
+    cfg = load_config(rules)
+    options = runners.options_with_env(cfg.run)  # the GLIA_* variables of this host win
+    if args.orchestrator:
+        options = replace(options, orchestrator=args.orchestrator)
+    state_dir = str(args.state_dir) if args.state_dir else None
+    if runners.uses_prefect(options):
+        from flows.nightly import nightly_hygiene
+
+        flow = nightly_hygiene.with_options(task_runner=runners.task_runner_for(options))
+        return flow(shards_root=args.shards, db_path=str(args.db), rules_path=rules, state_dir=state_dir)
+    from curation.engine import ThreadExecutor, run_night
+
+    with ThreadExecutor(options.workers) as executor:
+        return run_night(args.shards, args.db, cfg, state_dir, executor)
+
+
 def _run(args: argparse.Namespace, console: Console) -> int:
     from curation import progress as prog
     from curation.config import ConfigError
-    from flows.runners import nightly_for
     from storage.catalog import DatabaseBusyError
     from storage.lock import RunInProgressError
 
@@ -69,11 +98,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     try:
         with bar:
             prog.install(RichReporter(bar))
-            # The task runner (threads or Dask) follows the rules file: flows.runners.
-            outcome = nightly_for(str(args.rules) if args.rules else None)(
-                shards_root=args.shards, db_path=str(args.db), rules_path=str(args.rules) if args.rules else None,
-                state_dir=str(args.state_dir) if args.state_dir else None,
-            )
+            outcome = _night(args)
     except (RunInProgressError, DatabaseBusyError) as exc:
         console.print(f"[red]glia: {exc}[/red]")
         return EXIT_BUSY
@@ -182,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--state-dir", type=Path, help="Parquet tags and index (default <db>_data/ beside the db)")
     run.add_argument("--strict", action="store_true", help=f"exit {EXIT_STRICT} if any shard or row was rejected or skipped")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--orchestrator", choices=("auto", "plain", "prefect"),
+                     help="run through the Prefect flow (prefect) or as plain Python (plain); default: [run].orchestrator, "
+                          "auto = Prefect only for a Dask task runner or a Prefect server in PREFECT_API_URL")
     status = sub.add_parser("status", help="run history")
     status.add_argument("--db", type=Path, default=Path("glia.duckdb"))
     sql = sub.add_parser(

@@ -95,6 +95,11 @@ class RunOptions:
     # `skipped`): the per-document taggers' time and memory grow with it (datatrove's quality
     # filters take seconds per MB). 0 turns the limit off.
     max_doc_bytes: int = 8 * 1024 * 1024
+    # Whether `glia run` goes through the Prefect flow (flows.runners.uses_prefect): "plain"
+    # runs the night as plain Python (no Prefect import, no embedded server: seconds less per
+    # run), "prefect" always through the flow, "auto" through it only for a Dask task runner or
+    # when PREFECT_API_URL names a server. Never changes results (not hashed).
+    orchestrator: str = "auto"
     # Where the per-shard tasks run (flows.runners). Never changes results, so it is kept out
     # of the config hash. "threads": `workers` threads in this process; "dask": a `distributed`
     # cluster, the scheduler at `dask_address` or, when that is empty, a LocalCluster of
@@ -113,7 +118,7 @@ class RunOptions:
 
 
 # RunOptions keys that choose where work runs, not what it computes (left out of the hash).
-EXECUTION_KEYS = ("task_runner", "workers", "dask_address", "dask_gpu_resource", "storage_options")
+EXECUTION_KEYS = ("orchestrator", "task_runner", "workers", "dask_address", "dask_gpu_resource", "storage_options")
 
 # Names (or parts of names) of fsspec arguments that carry secrets: s3fs key/secret/token,
 # botocore's aws_*, gcsfs token, adlfs account_key/sas_token/connection_string/client_secret.

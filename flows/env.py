@@ -8,6 +8,8 @@ network, and a first start on an empty PREFECT_HOME can take ~17 s, close to Pre
 from __future__ import annotations
 
 import os
+import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 
 DEFAULTS = {
@@ -18,13 +20,41 @@ DEFAULTS = {
 }
 
 
+def prefect_home(environ: Mapping[str, str] | None = None) -> Path:
+    """``PREFECT_HOME`` if set, else ``prefect`` under ``GLIA_HOME`` (default ``.glia``)."""
+    environ = os.environ if environ is None else environ
+    if environ.get("PREFECT_HOME"):
+        return Path(environ["PREFECT_HOME"]).expanduser()
+    return Path(environ.get("GLIA_HOME", ".glia")).resolve() / "prefect"
+
+
 def apply() -> None:
     """Set the defaults (and a project-local PREFECT_HOME under ``.glia/``) if unset."""
-    os.environ.setdefault("PREFECT_HOME", str(Path(os.environ.get("GLIA_HOME", ".glia")).resolve() / "prefect"))
+    os.environ.setdefault("PREFECT_HOME", str(prefect_home()))
     # Prefect creates PREFECT_HOME without parents and fails obscurely if it cannot.
     Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
     for key, value in DEFAULTS.items():
         os.environ.setdefault(key, value)
+
+
+def configured_api_url(environ: Mapping[str, str] | None = None) -> str | None:
+    """The Prefect API a flow run in this environment would report to, found without
+    importing Prefect (~3 s): ``PREFECT_API_URL``, else that key of the active profile in
+    ``PREFECT_PROFILES_PATH`` (default ``$PREFECT_HOME/profiles.toml``, the profile named by
+    ``PREFECT_PROFILE`` or the file's ``active``). ``None``: Prefect would start an embedded
+    server. Prefect's other setting sources (``.env``, ``prefect.toml``) are not read here.
+    """
+    environ = os.environ if environ is None else environ
+    if "PREFECT_API_URL" in environ:
+        return environ["PREFECT_API_URL"] or None
+    path = Path(environ.get("PREFECT_PROFILES_PATH") or prefect_home(environ) / "profiles.toml").expanduser()
+    try:
+        profiles = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError):  # no profiles yet, or Prefect will complain itself
+        return None
+    name = environ.get("PREFECT_PROFILE") or profiles.get("active") or "ephemeral"
+    url = profiles.get("profiles", {}).get(name, {}).get("PREFECT_API_URL")
+    return str(url) if url else None
 
 
 def tie_embedded_server_to_process() -> None:

@@ -1,9 +1,11 @@
-"""Where the nightly flow's per-shard tasks run: threads here, or a Dask cluster.
+"""Where a night's per-shard work runs: threads here, or a Dask cluster; and whether
+``glia run`` goes through Prefect at all.
 
-The rules file chooses (``[run].task_runner``, ``workers``, ``dask_address``,
+The rules file chooses (``[run].orchestrator``, ``task_runner``, ``workers``, ``dask_address``,
 ``dask_gpu_resource``; see ``curation.config.RunOptions``) and the environment may override
-it on a particular machine (``GLIA_TASK_RUNNER``, ``GLIA_WORKERS``, ``GLIA_DASK_ADDRESS``,
-``GLIA_DASK_GPU_RESOURCE``): where work runs is a property of the host, not of the data.
+it on a particular machine (``GLIA_ORCHESTRATOR``, ``GLIA_TASK_RUNNER``, ``GLIA_WORKERS``,
+``GLIA_DASK_ADDRESS``, ``GLIA_DASK_GPU_RESOURCE``): where work runs is a property of the
+host, not of the data.
 
 Ingest and tag tasks are pure functions of (shard, tagger config) that write their own
 Parquet file and never open DuckDB, so they can run in any process that sees the shards and
@@ -27,7 +29,9 @@ if TYPE_CHECKING:
     from taggers.base import Tagger
 
 RUNNERS = ("threads", "dask")
+ORCHESTRATORS = ("auto", "plain", "prefect")
 ENV = {
+    "orchestrator": "GLIA_ORCHESTRATOR",
     "task_runner": "GLIA_TASK_RUNNER",
     "workers": "GLIA_WORKERS",
     "dask_address": "GLIA_DASK_ADDRESS",
@@ -51,6 +55,29 @@ def options_with_env(options: RunOptions, environ: dict[str, str] | None = None)
             else:
                 changes[key] = value
     return replace(options, **changes)
+
+
+def uses_prefect(options: RunOptions, environ: dict[str, str] | None = None) -> bool:
+    """Whether ``glia run`` runs the night through the Prefect flow (``flows.nightly``) rather
+    than as plain Python (``curation.engine``) with ``options`` (``GLIA_*`` overrides applied).
+
+    ``orchestrator = "auto"`` uses Prefect only where it adds something: a Dask task runner
+    (Prefect's DaskTaskRunner places the work), or a Prefect API named by ``PREFECT_API_URL``
+    in the environment or the active Prefect profile (the run is then recorded there). Else
+    the night runs without importing Prefect or starting its embedded server.
+    """
+    if options.orchestrator not in ORCHESTRATORS:
+        raise ConfigError(f"[run].orchestrator = {options.orchestrator!r}: expected one of {', '.join(ORCHESTRATORS)}")
+    if options.orchestrator == "prefect":
+        return True
+    if options.task_runner == "dask":
+        if options.orchestrator == "plain":
+            raise ConfigError('[run].orchestrator = "plain" with task_runner = "dask": the Dask runner is Prefect\'s; '
+                              'set orchestrator = "auto" or "prefect", or task_runner = "threads"')
+        return True
+    from flows.env import configured_api_url  # reads the profile file, not Prefect
+
+    return options.orchestrator == "auto" and configured_api_url(environ) is not None
 
 
 def task_runner_for(options: RunOptions) -> TaskRunner:

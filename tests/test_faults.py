@@ -7,11 +7,15 @@ then reruns without the fault and checks that the catalog (every table and view,
 contents of every file a row points to) and the state folder equal those of an uninterrupted
 run on the same input: no row lost, doubled or half-written.
 
-Speed: a ``glia run`` subprocess pays ~4 s of imports and ~6-15 s of Prefect server start.
-Runs are therefore forked from a *launcher* process that imported Glia and started one
-Prefect server once; each fork runs the real ``curation.cli.main(["run", ...])`` and is killed
-for real. One test (``test_plain_cli_subprocess_killed``) runs ``python -m curation.cli`` as
-a plain subprocess with Prefect's default embedded server, the way cron would.
+The scenarios run through the Prefect flow (tasks, result cache, retries around the engine's
+steps); ``GLIA_FAULTS_ORCHESTRATOR=plain`` runs them through the plain-Python engine that
+``glia run`` uses when Prefect adds nothing (``glia run --orchestrator``). Speed: a Prefect
+``glia run`` subprocess pays ~5 s of imports and ~6-15 s of Prefect server start. Runs are
+therefore forked from a *launcher* process that imported Glia and started one Prefect server
+once; each fork runs the real ``curation.cli.main(["run", ...])`` and is killed for real.
+``test_plain_cli_subprocess_killed`` runs ``python -m curation.cli`` as a plain subprocess,
+the way cron would: as plain Python (the default without a Prefect server), and through the
+flow with Prefect's embedded server, which must not outlive the killed run.
 
 ``GLIA_FAULTS_RULES=<rules.toml>`` runs every scenario with that rules file (e.g. with the
 model taggers and every night stage enabled); the comparison is generic, so new tables,
@@ -48,6 +52,7 @@ from conftest import COMMONS, NIGHTS, REPO, cli_env, open_db
 
 RULES_OVERRIDE = os.environ.get("GLIA_FAULTS_RULES")
 REPORT_PATH = os.environ.get("GLIA_FAULTS_REPORT")
+ORCHESTRATOR = os.environ.get("GLIA_FAULTS_ORCHESTRATOR", "prefect")
 # Small batches, so a shard's attribute file is written in several pieces and a kill
 # "mid-tagger" lands between two of them.
 DEFAULT_RULES = "[run]\nbatch_size = 24\n"
@@ -326,7 +331,8 @@ class Lab:
         self.n_runs += 1
         log = self.base / "logs" / f"{self.n_runs:03d}-{tag}.log"
         log.parent.mkdir(exist_ok=True)
-        args = ["run", str(self.work / "shards"), "--db", str(self.db), "--rules", str(self.rules), "-q"]
+        args = ["run", str(self.work / "shards"), "--db", str(self.db), "--rules", str(self.rules), "-q",
+                "--orchestrator", ORCHESTRATOR]
         return self.launcher.run(args, env, log)
 
     def dump(self) -> Dump:
@@ -583,16 +589,18 @@ def _outliving(token: str, grace: float) -> list[int]:
         time.sleep(0.2)
 
 
-def test_plain_cli_subprocess_killed(lab: Lab) -> None:
-    """``python -m curation.cli run`` with Prefect's default embedded server, killed in the
-    middle of its commit: exit -9, nothing visible, and the rerun completes identically."""
+@pytest.mark.parametrize("orchestrator", ["plain", "prefect"])
+def test_plain_cli_subprocess_killed(lab: Lab, orchestrator: str) -> None:
+    """``python -m curation.cli run`` (as plain Python, or through the flow with Prefect's
+    default embedded server), killed in the middle of its commit: exit -9, nothing visible, and
+    the rerun completes identically."""
     lab.restore(1)
     token = uuid.uuid4().hex
     env = {**cli_env(), "GLIA_FAULT": "commit.mid", "GLIA_FAULT_TEST_TOKEN": token}
     env.setdefault("GLIA_MODEL_CACHE", str(REPO / ".glia" / "models"))
     args = [sys.executable, "-m", "curation.cli", "run", str(lab.work / "shards"), "--db", str(lab.db),
-            "--rules", str(lab.rules), "-q"]
-    log = lab.base / "logs" / "plain-cli.log"
+            "--rules", str(lab.rules), "-q", "--orchestrator", orchestrator]
+    log = lab.base / "logs" / f"plain-cli-{orchestrator}.log"
     t0 = time.monotonic()
     # Output to a file, not a pipe: a process that outlives the killed run (Prefect's server)
     # would hold a pipe open and keep us waiting for its end.
@@ -600,18 +608,19 @@ def test_plain_cli_subprocess_killed(lab: Lab) -> None:
         res = subprocess.run(args, cwd=lab.base, env=env, stdout=fh, stderr=subprocess.STDOUT, timeout=240)
     secs = time.monotonic() - t0
     assert res.returncode == KILLED, log.read_text()
-    lab.orphans = _outliving(f"GLIA_FAULT_TEST_TOKEN={token}", grace=60.0)
-    for pid in lab.orphans:  # started by the killed run, so by this test: ours to stop
+    orphans = _outliving(f"GLIA_FAULT_TEST_TOKEN={token}", grace=60.0)
+    for pid in orphans:  # started by the killed run, so by this test: ours to stop
         os.kill(pid, signal.SIGKILL)
+    lab.orphans = (lab.orphans or []) + orphans
     assert differences(lab.dump().db, lab.reference[1].db) == []
-    rc, secs_rerun, out = lab.glia_run("n2-plain-cli-rerun")
+    rc, secs_rerun, out = lab.glia_run(f"n2-plain-cli-{orchestrator}-rerun")
     assert rc == 0, out
     got = lab.dump()
     assert differences(got.db, lab.reference[2].db) == []
     assert differences(got.disk, lab.reference[2].disk) == []
-    lab.report.append({"night": 2, "fault": "commit.mid@1 (plain `python -m curation.cli run`, embedded Prefect server)",
+    lab.report.append({"night": 2, "fault": f"commit.mid@1 (plain `python -m curation.cli run --orchestrator {orchestrator}`)",
                        "killed_after_seconds": round(secs, 2), "rerun_seconds": round(secs_rerun, 2),
-                       "identical_to_uninterrupted": True, "processes_left_running_by_the_killed_run": len(lab.orphans)})
+                       "identical_to_uninterrupted": True, "processes_left_running_by_the_killed_run": len(orphans)})
 
 
 def test_killed_cli_leaves_no_process_behind(lab: Lab) -> None:
