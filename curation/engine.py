@@ -27,6 +27,7 @@ from curation import faults, progress
 from curation import stages as stages_mod
 from curation.config import GliaConfig
 from curation.ingest import ReadSpec, ShardRejected
+from curation.shards import is_storage_error
 from curation.pipeline import (
     IngestResult, NightOutcome, RunContext, build_record, collect_garbage, default_state_dir, ingest_shard,
     load_stage_states, night_info, now, prepare, run_stages, stage_inputs, stages_for, tag_shard, taggers_for,
@@ -70,6 +71,8 @@ def is_transient(exc: BaseException) -> bool:
     """Whether a step that raised ``exc`` is worth retrying: I/O hiccups, never bad data or bugs."""
     if isinstance(exc, ShardRejected):
         return False
+    if is_storage_error(exc):  # an object store's client errors (botocore, aiohttp) are not OSErrors
+        return True
     return isinstance(exc, TRANSIENT) and not isinstance(exc, (FileNotFoundError, PermissionError))
 
 

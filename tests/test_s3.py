@@ -28,6 +28,7 @@ pytest.importorskip("moto", reason="install the test extra (moto[server])")
 
 from conftest import NIGHTS, free_port, glia, query, run_night, wait_healthy  # noqa: E402
 from curation.config import ConfigError, GliaConfig, load_config  # noqa: E402
+from curation.engine import is_transient  # noqa: E402
 from curation.dataloader import ReplayPlan, ShardTextReader, iter_replay  # noqa: E402
 from curation.replay import ReplayParams, build_from_catalog  # noqa: E402
 from curation.ingest import ReadSpec, ShardRejected, read_documents, scan_ids  # noqa: E402
@@ -295,6 +296,7 @@ def test_an_unreachable_store_fails_the_read_instead_of_rejecting_the_shard(
         next(read_documents(ReadSpec(shard, cols, 100, storage_options=dead)))
     for exc in (scan.value, read.value):
         assert not isinstance(exc, ShardRejected) and is_storage_error(exc), repr(exc)
+        assert is_transient(exc), f"the night's executor would not retry {exc!r}"
     # Bad bytes are still rejected, with the reason.
     s3.put(key, b"PAR1" + b"\0" * 64 + b"PAR1")
     (bad,) = discover(f"s3://{BUCKET}/{key}")
