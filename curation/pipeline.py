@@ -1,4 +1,5 @@
-"""The stages of a nightly run as plain functions; ``flows.nightly`` maps them as tasks.
+"""The stages of a nightly run as plain functions; ``curation.engine`` runs them as one night
+(and ``flows.nightly`` as Prefect tasks).
 
 ``prepare`` (discover, diff with the registry, check ids) -> ``ingest_shard`` and
 ``tag_shard`` per shard (pure: a shard and a config in, one Parquet file out, never the
@@ -357,7 +358,7 @@ def stage_inputs(night: NightPlan, ingests: list[IngestResult], tag_files: list[
 def run_stages(ctx: RunContext, stages: list[NightStage], states: dict[str, Any], inputs: StageInputs,
                run_one: Any = None) -> list[StageResult]:
     """Run the stages in order; each sees the outputs of those before it. ``run_one`` lets the
-    flow wrap each call as a task (default: call :func:`curation.stages.run_stage`)."""
+    engine time each call and run it on its executor (default: call :func:`curation.stages.run_stage`)."""
     run_one = run_one or stages_mod.run_stage
     results: list[StageResult] = []
     for stage in stages:
