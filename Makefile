@@ -67,7 +67,8 @@ bench-inputs: setup
 bench: bench-inputs
 	$(PY) bench/bench_dedup.py
 
-# 10 nights of 100k documents through `glia run` (about 10 minutes on 2 cores); see README, Scale.
+# 10 nights of 100k documents through `glia run`: ~4 minutes to build the corpus the first time,
+# ~3 for the nights on 2 cores; see README, Scale.
 bench-scale: bench-inputs
 	$(PY) bench/bench_scale.py --nights 10 --docs 100000
 

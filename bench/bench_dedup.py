@@ -150,11 +150,13 @@ def main() -> None:
         else:  # kept from an earlier run: check it against the hashes committed now
             manifest["check"] = corpus_inputs.check("bench", manifest["key"], {"all": manifest["sha256"]},
                                                     manifest["inputs"])
+            print(f"corpus sha256 {manifest['sha256']} ({manifest['key']}, kept): {manifest['check']}", flush=True)
     except corpus_inputs.CorpusMismatch as exc:
         if not args.allow_corpus_mismatch:
             raise SystemExit(f"{exc}\n(--allow-corpus-mismatch runs on it anyway)") from None
+        manifest = json.loads((args.corpus / "corpus.json").read_text())
         manifest["check"] = f"MISMATCH: {exc}"
-    print(f"corpus sha256 {manifest['sha256']} ({manifest['key']}): {manifest['check']}", flush=True)
+        print(f"corpus sha256 {manifest['sha256']}: {manifest['check']}", flush=True)
     shards = sorted(args.corpus.glob("part-*.parquet"))
     texts: dict[str, str] = {}
     for s in shards:
