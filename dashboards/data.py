@@ -225,11 +225,6 @@ def _latest_config(db: Db) -> dict[str, Any]:
     return json.loads(row[0][0]) if row and row[0][0] else {}
 
 
-def text_column(db: Db) -> str:
-    """The shard column holding the text, from the latest run's configuration."""
-    return str(_latest_config(db).get("columns", {}).get("text", "text"))
-
-
 def text_reader(db: Db) -> ShardTextReader:
     """A reader for documents' texts with the latest run's columns and ``[run].storage_options``:
     the same reader the trainer's dataloader uses, so a shard in an object store reads as a local
