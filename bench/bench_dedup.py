@@ -50,7 +50,7 @@ import planting  # noqa: E402
 
 from night_path import glia_night  # noqa: E402
 
-from curation.config import GliaConfig  # noqa: E402
+from engine.config import GliaConfig  # noqa: E402
 from storage.catalog import Catalog  # noqa: E402
 
 

@@ -8,7 +8,7 @@ otherwise (fp32), and reports docs/s and tokens/s for
 
 - ``loss``: the forward pass only;
 - ``loss_utility``: loss plus the per-document gradient norm over the default subset (last
-  block + LM head) from one batched backward (``curation.lm``);
+  block + LM head) from one batched backward (``models.lm``);
 - ``one_backward_per_doc``: the naive GraNd baseline on a few documents: a plain backward per
   document over the same subset (untied LM head), the way the utility would be computed
   without the batched identity. Same documents, same model, same process.
@@ -92,7 +92,7 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from curation.lm import load_scoring_model
+    from models.lm import load_scoring_model
 
     load_before = os.getloadavg()
     sm, load_s = timed(load_scoring_model, "smollm2", None, args.device)

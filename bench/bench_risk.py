@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from curation import risk_model as rm  # noqa: E402
+from models import risk_head as rm  # noqa: E402
 from taggers.risk import RiskTagger  # noqa: E402
 
 

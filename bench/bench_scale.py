@@ -67,7 +67,7 @@ def peak_rss_mb() -> float:
 
 def state_bytes(db: Path) -> int:
     """Bytes of a Glia state: the database (with its WAL, if any) and its state folder
-    (``curation.pipeline.default_state_dir``: ``glia_data/`` beside ``glia.duckdb``)."""
+    (``engine.pipeline.default_state_dir``: ``glia_data/`` beside ``glia.duckdb``)."""
     files = [db, db.with_name(db.name + ".wal")]
     data = db.with_name(f"{db.stem}_data")
     if data.is_dir():

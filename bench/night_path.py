@@ -9,9 +9,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from curation import stages as stages_mod
-from curation.config import GliaConfig
-from curation.pipeline import (
+from stages import base as stages_mod
+from engine.config import GliaConfig
+from engine.pipeline import (
     RunContext, build_record, collect_garbage, default_state_dir, ingest_shard, load_stage_states, night_info,
     now, prepare, run_stages, stage_inputs, stages_for, tag_shard, taggers_for, view_sources,
 )

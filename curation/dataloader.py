@@ -44,7 +44,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curation.shards import StorageOptions, open_parquet
+from storage.shards import StorageOptions, open_parquet
 
 DRAWS_SCHEMA = pa.schema([
     ("draw", pa.int64()),
@@ -62,7 +62,7 @@ class ReplayPlan:
 
     ``expand=True`` (default) repeats a document once per draw; ``expand=False`` gives one
     draw per distinct document (its ``count`` tells how often it was drawn).
-    ``storage_options``: fsspec arguments for shards behind a URL (see :func:`curation.shards.filesystem`).
+    ``storage_options``: fsspec arguments for shards behind a URL (see :func:`storage.shards.filesystem`).
     """
 
     draws: pa.Table

@@ -13,7 +13,7 @@ Three kinds, each giving rows ``(doc_id, stratum, reason)``:
   ``eval_set``): an id list, an id file (one id per line, or Parquet/CSV with a ``doc_id`` or
   ``id`` column) and/or a SQL predicate evaluated by DuckDB over ``v_documents``-like rows.
 
-Everything here is a function of Arrow tables and arrays; ``curation.decide`` gathers them.
+Everything here is a function of Arrow tables and arrays; ``stages.decide`` gathers them.
 """
 
 from __future__ import annotations

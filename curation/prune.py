@@ -424,7 +424,7 @@ def add_cli(sub: Any) -> None:
 
 def run_cli(args: Any, console: Any) -> int:
     """Run one of :data:`COMMANDS`; returns the exit code (0 ok, 1 error, 2 database busy)."""
-    from curation.cli import EXIT_BUSY, EXIT_ERROR, EXIT_OK
+    from cli.main import EXIT_BUSY, EXIT_ERROR, EXIT_OK
     from storage.catalog import Catalog, DatabaseBusyError
     from storage.lock import RunInProgressError
 

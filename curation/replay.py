@@ -35,7 +35,7 @@ Everything is a pure function of the pool, the stored state, the parameters and 
 Storage (created by :data:`DDL`): ``replay_sets`` (one row per set), ``replay_items`` (one row
 per sampled document: priority, probability, weight, count), ``replay_state`` (per document:
 last replayed / salient run, times replayed) and the view ``v_replay``. The night stage
-(:mod:`curation.replay_stage`) writes them in the run's transaction; :func:`build_from_catalog`
+(:mod:`stages.replay`) writes them in the run's transaction; :func:`build_from_catalog`
 (``glia replay build``) takes the run lock and writes them in one transaction of its own.
 """
 
@@ -714,8 +714,8 @@ def add_cli(sub: Any) -> None:
 
 def run_cli(args: Any, console: Any) -> int:
     """``glia replay ...``: 0 done, 1 error, 2 database busy."""
-    from curation.cli import EXIT_BUSY, EXIT_ERROR, EXIT_OK
-    from curation.config import ConfigError, load_config
+    from cli.main import EXIT_BUSY, EXIT_ERROR, EXIT_OK
+    from engine.config import ConfigError, load_config
     from storage.catalog import DatabaseBusyError
     from storage.lock import RunInProgressError
 

@@ -14,7 +14,7 @@ import os
 
 from prefect import flow
 
-from curation.pipeline import NightOutcome
+from engine.pipeline import NightOutcome
 from flows import nightly
 from flows.runners import task_runner_from
 

@@ -1,5 +1,5 @@
 """``nightly_hygiene``: the Prefect flow of one night, a wrapper around the plain-Python night
-(:func:`curation.engine.run_night`).
+(:func:`engine.night.run_night`).
 
 The night's steps run as Prefect tasks: ``ingest`` and one ``tag`` task per shard per tagger
 (cached on shard fingerprint + tagger version + config, retried on transient I/O errors,
@@ -28,18 +28,18 @@ from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
 env.tie_embedded_server_to_process()
 
-from curation import engine  # noqa: E402
-from curation import stages as stages_mod  # noqa: E402
-from curation.config import load_config  # noqa: E402
-from curation.ingest import ReadSpec  # noqa: E402
-from curation.pipeline import IngestResult, NightOutcome, RunContext  # noqa: E402
+from engine import night as engine  # noqa: E402
+from stages import base as stages_mod  # noqa: E402
+from engine.config import load_config  # noqa: E402
+from engine.ingest import ReadSpec  # noqa: E402
+from engine.pipeline import IngestResult, NightOutcome, RunContext  # noqa: E402
 from flows import artifacts, runners  # noqa: E402
 from storage.catalog import RunRecord, TagFile  # noqa: E402
 from taggers.base import Tagger  # noqa: E402
 
 
 def _transient(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry I/O hiccups (object stores, NFS), never bad data or bugs (:func:`curation.engine.is_transient`)."""
+    """Retry I/O hiccups (object stores, NFS), never bad data or bugs (:func:`engine.night.is_transient`)."""
     try:
         state.result()
     except Exception as exc:
@@ -99,7 +99,7 @@ TASKS: dict[Callable[..., Any], Task] = {
 
 
 class PrefectExecutor:
-    """The engine's steps as this flow's tasks (:class:`curation.engine.Executor`): ``submit``
+    """The engine's steps as this flow's tasks (:class:`engine.night.Executor`): ``submit``
     goes to the flow's task runner (a GPU tagger's tag tasks claim the Dask GPU resource when
     configured: :func:`flows.runners.placement`); ``call`` runs the task in the flow."""
 

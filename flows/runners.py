@@ -2,7 +2,7 @@
 ``glia run`` goes through Prefect at all.
 
 The rules file chooses (``[run].orchestrator``, ``task_runner``, ``workers``, ``dask_address``,
-``dask_gpu_resource``; see ``curation.config.RunOptions``) and the environment may override
+``dask_gpu_resource``; see ``engine.config.RunOptions``) and the environment may override
 it on a particular machine (``GLIA_ORCHESTRATOR``, ``GLIA_TASK_RUNNER``, ``GLIA_WORKERS``,
 ``GLIA_DASK_ADDRESS``, ``GLIA_DASK_GPU_RESOURCE``): where work runs is a property of the
 host, not of the data.
@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from curation.config import ConfigError, RunOptions, load_config
+from engine.config import ConfigError, RunOptions, load_config
 
 if TYPE_CHECKING:
     from prefect import Flow
@@ -59,7 +59,7 @@ def options_with_env(options: RunOptions, environ: dict[str, str] | None = None)
 
 def uses_prefect(options: RunOptions, environ: dict[str, str] | None = None) -> bool:
     """Whether ``glia run`` runs the night through the Prefect flow (``flows.nightly``) rather
-    than as plain Python (``curation.engine``) with ``options`` (``GLIA_*`` overrides applied).
+    than as plain Python (``engine.night``) with ``options`` (``GLIA_*`` overrides applied).
 
     ``orchestrator = "auto"`` uses Prefect only where it adds something: a Dask task runner
     (Prefect's DaskTaskRunner places the work), or a Prefect API named by ``PREFECT_API_URL``

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from curation.config import ConfigError
+from engine.config import ConfigError
 
 DEFAULT_CRON = "0 3 * * *"
 DEPLOYMENT = "glia-nightly"

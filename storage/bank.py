@@ -13,7 +13,7 @@ written under a temporary name and renamed whole. The catalog lists the folder a
 index segment in the run's commit, so a bank becomes current only when its run commits, and
 a crashed run's folder is never read (the novelty stage removes it).
 
-The folder lives outside ``<state>/index/``: ``curation.pipeline.collect_garbage`` treats
+The folder lives outside ``<state>/index/``: ``engine.pipeline.collect_garbage`` treats
 every ``*.parquet`` under ``index/`` as a segment of its own and would delete ``ids.parquet``
 of a bank registered by its folder.
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from curation import faults
+from core import faults
 from storage.migrations import LATEST_VERSION, MIGRATIONS
 from storage.sql import identifier, registered, relations
 from storage.views import ViewSource, build_views

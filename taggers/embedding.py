@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pyarrow as pa
 
-from curation.runtime import check_device, file_stamps, hash_files
+from core.runtime import check_device, file_stamps, hash_files
 from taggers.base import Resources, Tagger
 
 SENTENCE_TRANSFORMERS, MODEL2VEC = "sentence-transformers", "model2vec"
@@ -277,7 +277,7 @@ class EmbeddingTagger(Tagger):
         """The loaded model (a static model always runs on the CPU: it is a table lookup)."""
         if self.kind == MODEL2VEC:
             return load_encoder(self.path, self.kind, "cpu")
-        from curation.runtime import pick_device
+        from core.runtime import pick_device
 
         return load_encoder(self.path, self.kind, pick_device(self.device))
 

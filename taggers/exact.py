@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from taggers.base import Resources, Tagger
-from taggers.text import hash_strings, normalize
+from core.text import hash_strings, normalize
 
 
 class ExactHashTagger(Tagger):

@@ -1,6 +1,6 @@
 """``lm``: loss and gradient utility of each document under a scoring language model.
 
-Per document, over its first ``max_tokens`` tokens (see ``curation.lm`` for the maths):
+Per document, over its first ``max_tokens`` tokens (see ``models.lm`` for the maths):
 ``loss`` (mean next-token cross-entropy, nats) and ``utility`` (L2 norm of the gradient of
 that loss over a parameter subset, GraNd-style, computed per document from one batched
 backward pass), with the subset named in ``utility_params``.
@@ -36,9 +36,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation.runtime import check_device, dtype_name
+from core.runtime import check_device, dtype_name
 from taggers.base import NightInfo, Resources, Tagger
-from taggers.text import hash_strings
+from core.text import hash_strings
 
 # Documents per tag() call: large enough for a whole typical shard, so length sorting and
 # the per-source floor see the shard at once; the model itself sees ``batch_size`` at a time.
@@ -99,15 +99,15 @@ class LMTagger(Tagger):
 
     def resolved_device(self) -> str:
         if "device" not in self._resolved:
-            from curation.runtime import pick_device
+            from core.runtime import pick_device
 
             self._resolved["device"] = pick_device(self.device)
         return self._resolved["device"]
 
     def model_id(self) -> str:
-        """The scoring model's identity (``curation.lm.model_identity``) without loading it."""
+        """The scoring model's identity (``models.lm.model_identity``) without loading it."""
         if "model_id" not in self._resolved:
-            from curation.lm import model_identity, resolve_source
+            from models.lm import model_identity, resolve_source
 
             self._resolved["model_id"] = model_identity(resolve_source(self.model, self.gguf_file))
         return self._resolved["model_id"]
@@ -156,7 +156,7 @@ class LMTagger(Tagger):
         return chosen
 
     def _scoring_model(self):
-        from curation.lm import load_scoring_model
+        from models.lm import load_scoring_model
 
         return load_scoring_model(self.model, self.gguf_file, self.device)
 

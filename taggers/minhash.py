@@ -17,7 +17,7 @@ import pyarrow as pa
 import rensa
 
 from taggers.base import Resources, Tagger
-from taggers.text import shingle_hashes, word_hashes
+from core.text import shingle_hashes, word_hashes
 
 
 class MinHashTagger(Tagger):

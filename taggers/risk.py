@@ -3,9 +3,9 @@
 Two backends (``[taggers.risk] backend``):
 
 - ``"default"``: a linear head on hashed word and character n-grams, trained locally on
-  labelled tweets (Davidson et al. 2017) plus clean prose (``curation.risk_model``). It needs
+  labelled tweets (Davidson et al. 2017) plus clean prose (``models.risk_head``). It needs
   nothing from a model hub, trains itself on first use (~20-60 s on 2 cores, cached under
-  ``curation.runtime.model_cache_dir("risk")``), and tags thousands of chunks per second on a CPU.
+  ``core.runtime.model_cache_dir("risk")``), and tags thousands of chunks per second on a CPU.
 - ``"detoxify"``: the production path, `detoxify <https://github.com/unitaryai/detoxify>`_ run
   from a local checkpoint (``checkpoint``, the ``.ckpt`` file) and the Hugging Face config and
   tokenizer folder of its base model (``huggingface_config_path``); its ``toxicity`` output is
@@ -29,8 +29,8 @@ from typing import Any, ClassVar
 import numpy as np
 import pyarrow as pa
 
-from curation import risk_model
-from curation.runtime import file_stamps, hash_files
+from models import risk_head as risk_model
+from core.runtime import file_stamps, hash_files
 from taggers.base import Resources, Tagger
 
 BACKENDS = ("default", "detoxify")
@@ -170,7 +170,7 @@ class RiskTagger(Tagger):
         """``risk`` per text: the largest chunk probability (float32 in [0, 1])."""
         if self.backend == "default":
             return risk_model.load_default(self.models_dir).score(text, self.max_chars)
-        from curation.runtime import pick_device
+        from core.runtime import pick_device
 
         det, lock = load_detoxify(self.checkpoint, self.config_path, pick_device(self.device))
         chunks, owner = risk_model.chunk(text, self.max_chars)

@@ -2,7 +2,7 @@
 
 Everything runs on real components: the example corpus under ``examples/commons``, real
 Parquet files and a real DuckDB catalog in a temporary folder, the real night: the engine
-``glia run`` uses (``curation.engine``), or the real Prefect flow where a test asks for it
+``glia run`` uses (``engine.night``), or the real Prefect flow where a test asks for it
 (``run_night(..., orchestrator="prefect")``; Prefect's embedded server takes several seconds
 to start the first time a flow runs in a process). The three-night run is a session fixture
 shared by the test modules that only inspect its results.
@@ -85,8 +85,8 @@ def run_night(shards_root: Path, db: Path, rules: Path | None = None, state_dir:
         return nightly_hygiene(shards_root=str(shards_root), db_path=str(db), rules_path=rules_path,
                                state_dir=str(state_dir) if state_dir else None)
     assert orchestrator == "plain", orchestrator
-    from curation.config import load_config
-    from curation.engine import run_night as engine_night
+    from engine.config import load_config
+    from engine.night import run_night as engine_night
 
     return engine_night(str(shards_root), db, load_config(rules_path), state_dir)
 
@@ -116,9 +116,9 @@ def cli_env() -> dict[str, str]:
 
 
 def glia(args: list[str], tmp: Path, timeout: float = 240) -> subprocess.CompletedProcess:
-    """Run the real CLI in a subprocess (``python -m curation.cli``)."""
+    """Run the real CLI in a subprocess (``python -m cli.main``)."""
     return subprocess.run(
-        [sys.executable, "-m", "curation.cli", *args], cwd=tmp, env=cli_env(),
+        [sys.executable, "-m", "cli.main", *args], cwd=tmp, env=cli_env(),
         capture_output=True, text=True, timeout=timeout,
     )
 

@@ -22,10 +22,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import NIGHTS, glia, query, run_night
-from curation.config import ConfigError, GliaConfig, RunOptions, load_config
-from curation.ingest import ReadSpec, as_utf8, read_documents
-from curation.shards import discover
-from taggers.text import hash_strings, normalize
+from engine.config import ConfigError, GliaConfig, RunOptions, load_config
+from engine.ingest import ReadSpec, as_utf8, read_documents
+from storage.shards import discover
+from core.text import hash_strings, normalize
 
 NO_WORDS = "!!! ... --- ???"
 HUGE_BYTES = 50 * 1024 * 1024

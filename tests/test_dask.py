@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from curation.config import ConfigError, RunOptions, load_config
+from engine.config import ConfigError, RunOptions, load_config
 from flows import runners
 from conftest import NIGHTS, query, run_night
 

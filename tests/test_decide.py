@@ -22,10 +22,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import COMMONS, NIGHTS, REPO
-from curation.config import ConfigError, GliaConfig, RunOptions, load_config
-from curation.decide import DecideStage
-from curation.pipeline import RunContext, view_sources
-from curation.stages import StageInputs, StageOutput
+from engine.config import ConfigError, GliaConfig, RunOptions, load_config
+from stages.decide import DecideStage
+from engine.pipeline import RunContext, view_sources
+from stages.base import StageInputs, StageOutput
 from storage.catalog import Catalog, TagFile
 
 

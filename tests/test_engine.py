@@ -1,4 +1,4 @@
-"""The night as plain Python (``curation.engine``) and as the Prefect flow give the same catalog,
+"""The night as plain Python (``engine.night``) and as the Prefect flow give the same catalog,
 and a dedup-only ``glia run`` needs neither Prefect nor a model stack.
 
 The same deliveries (three nights of the example corpus, night 2 with a file that is not
@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import NIGHTS, STATE_QUERIES, cli_env, open_db, run_night
-from curation.config import ConfigError, RunOptions
+from engine.config import ConfigError, RunOptions
 from flows import runners
 
 # The runs' own rows, less what differs between any two runs (when, how long, which code).
@@ -86,7 +86,7 @@ def test_dedup_only_glia_run_imports_no_prefect_and_no_model(tmp_path: Path) -> 
     """``glia run`` without a rules file (dedup only) and without a Prefect server runs the
     night as plain Python: Prefect, Dask and the model stacks are never imported."""
     script = ("import sys\n"
-              "from curation import cli\n"
+              "from cli import main as cli\n"
               f"rc = cli.main(['run', {str(NIGHTS[1])!r}, '--db', 'glia.duckdb', '-q'])\n"
               f"print('MODULES', sorted({{m.split('.')[0] for m in sys.modules}} & set({sorted(HEAVY)!r})))\n"
               "sys.exit(rc)\n")
@@ -123,7 +123,7 @@ def test_orchestrator_choice(tmp_path: Path) -> None:
 
 
 def test_orchestrator_is_not_part_of_the_config_hash(tmp_path: Path) -> None:
-    from curation.config import load_config
+    from engine.config import load_config
 
     rules = tmp_path / "glia.toml"
     rules.write_text('[run]\norchestrator = "prefect"\n')

@@ -1,7 +1,7 @@
 """Crash at any point, rerun finishes: fault injection with a real SIGKILL.
 
 Each scenario restores a saved state (nothing run yet, or night 1 committed), runs ``glia run``
-with ``GLIA_FAULT`` naming a point of the nightly flow (``curation.faults``), checks that the
+with ``GLIA_FAULT`` naming a point of the nightly flow (``core.faults``), checks that the
 process died by SIGKILL and that the database still shows exactly the last committed state,
 then reruns without the fault and checks that the catalog (every table and view, and the
 contents of every file a row points to) and the state folder equal those of an uninterrupted
@@ -12,8 +12,8 @@ steps); ``GLIA_FAULTS_ORCHESTRATOR=plain`` runs them through the plain-Python en
 ``glia run`` uses when Prefect adds nothing (``glia run --orchestrator``). Speed: a Prefect
 ``glia run`` subprocess pays ~5 s of imports and ~6-15 s of Prefect server start. Runs are
 therefore forked from a *launcher* process that imported Glia and started one Prefect server
-once; each fork runs the real ``curation.cli.main(["run", ...])`` and is killed for real.
-``test_plain_cli_subprocess_killed`` runs ``python -m curation.cli`` as a plain subprocess,
+once; each fork runs the real ``cli.main.main(["run", ...])`` and is killed for real.
+``test_plain_cli_subprocess_killed`` runs ``python -m cli.main`` as a plain subprocess,
 the way cron would: as plain Python (the default without a Prefect server), and through the
 flow with Prefect's embedded server, which must not outlive the killed run.
 
@@ -72,7 +72,7 @@ os.dup2(log, 2)
 
 import flows.nightly  # noqa: F401  the expensive import, paid once
 import prefect.context
-from curation import cli
+from cli import main as cli
 from prefect.server.api.server import SubprocessASGIServer
 
 server = SubprocessASGIServer()
@@ -543,7 +543,7 @@ def test_comparison_sees_lost_doubled_and_changed_rows(lab: Lab, tmp_path: Path)
 
 def test_fault_point_kills_only_the_named_occurrence(tmp_path: Path) -> None:
     """``name@N`` kills at the Nth time, not before; other names pass; the trace lists all."""
-    script = ("from curation import faults\n"
+    script = ("from core import faults\n"
               "for i in range(5):\n"
               "    faults.point('other')\n"
               "    print(i, flush=True)\n"
@@ -591,14 +591,14 @@ def _outliving(token: str, grace: float) -> list[int]:
 
 @pytest.mark.parametrize("orchestrator", ["plain", "prefect"])
 def test_plain_cli_subprocess_killed(lab: Lab, orchestrator: str) -> None:
-    """``python -m curation.cli run`` (as plain Python, or through the flow with Prefect's
+    """``python -m cli.main run`` (as plain Python, or through the flow with Prefect's
     default embedded server), killed in the middle of its commit: exit -9, nothing visible, and
     the rerun completes identically."""
     lab.restore(1)
     token = uuid.uuid4().hex
     env = {**cli_env(), "GLIA_FAULT": "commit.mid", "GLIA_FAULT_TEST_TOKEN": token}
     env.setdefault("GLIA_MODEL_CACHE", str(REPO / ".glia" / "models"))
-    args = [sys.executable, "-m", "curation.cli", "run", str(lab.work / "shards"), "--db", str(lab.db),
+    args = [sys.executable, "-m", "cli.main", "run", str(lab.work / "shards"), "--db", str(lab.db),
             "--rules", str(lab.rules), "-q", "--orchestrator", orchestrator]
     log = lab.base / "logs" / f"plain-cli-{orchestrator}.log"
     t0 = time.monotonic()
@@ -618,7 +618,7 @@ def test_plain_cli_subprocess_killed(lab: Lab, orchestrator: str) -> None:
     got = lab.dump()
     assert differences(got.db, lab.reference[2].db) == []
     assert differences(got.disk, lab.reference[2].disk) == []
-    lab.report.append({"night": 2, "fault": f"commit.mid@1 (plain `python -m curation.cli run --orchestrator {orchestrator}`)",
+    lab.report.append({"night": 2, "fault": f"commit.mid@1 (plain `python -m cli.main run --orchestrator {orchestrator}`)",
                        "killed_after_seconds": round(secs, 2), "rerun_seconds": round(secs_rerun, 2),
                        "identical_to_uninterrupted": True, "processes_left_running_by_the_killed_run": len(orphans)})
 

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq  # noqa: E402
 import pytest  # noqa: E402
 
 from conftest import COMMONS, file_mtimes, query, run_night  # noqa: E402
-from curation.lm import SMOLLM2_GGUF, ScoringModel, load_scoring_model, model_identity, resolve_source  # noqa: E402
+from models.lm import SMOLLM2_GGUF, ScoringModel, load_scoring_model, model_identity, resolve_source  # noqa: E402
 from taggers.base import NightInfo  # noqa: E402
 from taggers.lm import LMTagger  # noqa: E402
 

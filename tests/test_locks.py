@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from conftest import NIGHTS, glia, query, run_night
-from curation.config import GliaConfig
-from curation.pipeline import view_sources
+from engine.config import GliaConfig
+from engine.pipeline import view_sources
 from storage.catalog import Catalog
 from storage.lock import RunInProgressError, RunLock
 

@@ -15,11 +15,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import NIGHTS, query, run_night
-from curation.config import GliaConfig
-from curation.ingest import ReadSpec
-from curation.novelty import NoveltyStage
-from curation.pipeline import RunContext, ingest_shard, stage_inputs, tag_shard
-from curation.shards import discover
+from engine.config import GliaConfig
+from engine.ingest import ReadSpec
+from stages.novelty import NoveltyStage
+from engine.pipeline import RunContext, ingest_shard, stage_inputs, tag_shard
+from storage.shards import discover
 from storage import bank as bank_mod
 from storage.bank import Bank, bank_dir
 from taggers.embedding import EmbeddingTagger, resolve_model

@@ -16,7 +16,7 @@ import pytest
 
 from conftest import NIGHTS, file_mtimes, query, run_night
 from curation import prune
-from curation.cli import EXIT_BUSY, EXIT_ERROR, EXIT_OK, main
+from cli.main import EXIT_BUSY, EXIT_ERROR, EXIT_OK, main
 from storage.lock import RunInProgressError, RunLock
 
 KEY_MEMORY = "austen-000332"  # a planted exact copy of austen-000070, both in night 1

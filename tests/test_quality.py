@@ -16,7 +16,7 @@ import pytest
 from datatrove.data import Document
 
 from conftest import NIGHTS, query, run_night
-from curation.config import ConfigError, load_config
+from engine.config import ConfigError, load_config
 from taggers import registry
 from taggers.base import NightInfo
 from taggers.quality import FAMILIES, SCORES, QualityTagger, RegexWordTokenizer

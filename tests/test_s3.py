@@ -27,12 +27,12 @@ s3fs = pytest.importorskip("s3fs", reason="install the s3 extra: pip install -e 
 pytest.importorskip("moto", reason="install the test extra (moto[server])")
 
 from conftest import NIGHTS, free_port, glia, query, run_night, wait_healthy  # noqa: E402
-from curation.config import ConfigError, GliaConfig, load_config  # noqa: E402
-from curation.engine import is_transient  # noqa: E402
+from engine.config import ConfigError, GliaConfig, load_config  # noqa: E402
+from engine.night import is_transient  # noqa: E402
 from curation.dataloader import ReplayPlan, ShardTextReader, iter_replay  # noqa: E402
 from curation.replay import ReplayParams, build_from_catalog  # noqa: E402
-from curation.ingest import ReadSpec, ShardRejected, read_documents, scan_ids  # noqa: E402
-from curation.shards import discover, fingerprint, is_storage_error  # noqa: E402
+from engine.ingest import ReadSpec, ShardRejected, read_documents, scan_ids  # noqa: E402
+from storage.shards import discover, fingerprint, is_storage_error  # noqa: E402
 
 BUCKET = "glia-corpus"
 

@@ -31,7 +31,7 @@ def secret(tmp_path: Path) -> Path:
 
 def sql(db: Path, statement: str, capsys: pytest.CaptureFixture[str], *flags: str) -> tuple[int, str]:
     """``glia sql`` in this process: its exit code and its output with lines joined."""
-    from curation.cli import main
+    from cli.main import main
 
     code = main(["sql", statement, "--db", str(db), *flags])
     out = capsys.readouterr()
@@ -144,7 +144,7 @@ def test_allow_files_gives_full_access(three_nights: ThreeNights, tmp_path: Path
 
 
 def test_the_dashboards_reads_are_restricted(three_nights: ThreeNights, tmp_path: Path, secret: Path) -> None:
-    from curation.operate import dashboard_command
+    from cli.operate import dashboard_command
     from dashboards import data
 
     db = data.Db(three_nights.db)

@@ -17,11 +17,11 @@ import pyarrow as pa
 import pytest
 
 from conftest import query
-from curation import stages
-from curation.config import GliaConfig
-from curation.pipeline import RunContext
-from curation.stages import StageInputs
-from curation.surprise import SurpriseStage
+from stages import base as stages
+from engine.config import GliaConfig
+from engine.pipeline import RunContext
+from stages.base import StageInputs
+from stages.surprise import SurpriseStage
 from storage.catalog import Catalog, RunRecord, TagFile
 from storage.parquet_io import write_atomic
 from taggers.lm import LMTagger

@@ -17,12 +17,12 @@ import xxhash
 from datasketch import MinHash
 
 from conftest import NIGHTS, PlantedPair, query, run_night
-from curation.config import NearDup
+from engine.config import NearDup
 from taggers import registry
 from taggers.base import Resources, Tagger
 from taggers.exact import ExactHashTagger
 from taggers.minhash import MinHashTagger
-from taggers.text import shingle_hashes, word_hashes
+from core.text import shingle_hashes, word_hashes
 
 NO_WORDS = "!!! ... --- ???"
 

@@ -1,4 +1,4 @@
-"""Property tests for the vectorised text primitives in ``taggers.text``."""
+"""Property tests for the vectorised text primitives in ``core.text``."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import xxhash
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from taggers.text import hash_strings, normalize, shingle_hashes, word_hashes
+from core.text import hash_strings, normalize, shingle_hashes, word_hashes
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

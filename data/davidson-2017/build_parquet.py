@@ -5,7 +5,7 @@
 Keeps every tweet and every label column, and adds a fixed ``split``: a stratified 80/20
 train/test split by ``class`` drawn with a seeded numpy generator, stored in the file so the
 held-out tweets are the same on every machine and every library version. ``test`` tweets are
-never used to train Glia's default risk head (``curation.risk_model``); the benchmark and the
+never used to train Glia's default risk head (``models.risk_head``); the benchmark and the
 tests judge it on them.
 """
 

@@ -21,7 +21,7 @@ from curation.replay import (
     DDL, POOL_SCHEMA, CatalogState, Pool, ReplayParams, attach, build_set, combine_pools,
     concat_lists, metadata_strata, rarity_label,
 )
-from curation.stages import NightStage, StageInputs, StageOutput
+from stages.base import NightStage, StageInputs, StageOutput
 
 TAG_COLUMNS = ("surprise", "utility", "novelty", "protected", "strata")
 EXCLUDE_COLUMNS = ("exact_dup_of", "near_dup_of", "action")
@@ -78,7 +78,7 @@ def _outputs(inputs: StageInputs, wanted: set[str]) -> list[pa.Table]:
 def _document_metadata(ctx: Any, inputs: StageInputs, columns: list[str]) -> pa.Table:
     """``doc_id`` plus metadata ``columns`` of tonight's documents: the canonical ones from the
     stage inputs, extra ones from tonight's ``documents`` index files."""
-    from curation.pipeline import DOCUMENTS_VERSION
+    from engine.pipeline import DOCUMENTS_VERSION
 
     docs = inputs.documents
     out = docs.select(["doc_id", *[c for c in columns if c in docs.column_names]])

@@ -24,8 +24,8 @@ one toxic paragraph in a long document counts, and a long clean document is neit
 into looking clean nor summed into looking toxic.
 
 The trained head is an ``npz`` of idf and weights plus a JSON of its recipe, stored under
-``curation.runtime.model_cache_dir("risk")/head-<key>/``; ``key`` hashes the training data,
-the recipe and the code (this module's and ``taggers.text``'s source), so a change to any of
+``core.runtime.model_cache_dir("risk")/head-<key>/``; ``key`` hashes the training data,
+the recipe and the code (this module's and ``core.text``'s source), so a change to any of
 them trains a new head (and, through the
 tagger's config, recomputes the tags). ``glia models train-risk`` builds it ahead of time.
 """
@@ -50,15 +50,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
-from curation.runtime import file_stamps, hash_files, model_cache_dir
+from core.runtime import file_stamps, hash_files, model_cache_dir
 
 log = logging.getLogger(__name__)
 
-# The artefact key hashes the source of this module and of taggers/text.py (the word hashes), so
+# The artefact key hashes the source of this module and of core/text.py (the word hashes), so
 # any change to how heads are trained or scored trains a new one; bump CODE_VERSION for a change
 # elsewhere that alters training.
 CODE_VERSION = "1"
-CODE_FILES = (Path(__file__).resolve(), Path(__file__).resolve().parents[1] / "taggers" / "text.py")
+CODE_FILES = (Path(__file__).resolve(), Path(__file__).resolve().parents[1] / "core" / "text.py")
 _DAVIDSON_REL = Path("data", "davidson-2017", "labeled_data.parquet")
 
 
@@ -181,7 +181,7 @@ def max_by_owner(scores: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:
 # -- features -------------------------------------------------------------------------------
 #
 # Both blocks are hashed with numpy over the flat Arrow buffers (no Python per n-gram): words
-# and word bigrams with ``taggers.text`` (the MinHash tagger's xxh3 word hashes), byte 2-5-grams
+# and word bigrams with ``core.text`` (the MinHash tagger's xxh3 word hashes), byte 2-5-grams
 # of `` text `` with a rolling polynomial hash and splitmix64's finaliser. Each block's hashes
 # land in ``n_features`` buckets; counts per (chunk, bucket) make a CSR matrix.
 
@@ -207,7 +207,7 @@ def _bucket_matrix(rows: np.ndarray, hashes: np.ndarray, n_rows: int, n_features
 
 def word_counts(texts: pa.Array, ngrams: tuple[int, int], n_features: int) -> sp.csr_matrix:
     """Hashed counts of each text's word n-grams (``\\w+`` words), ``ngrams`` = (low, high)."""
-    from taggers.text import shingle_hashes, word_hashes
+    from core.text import shingle_hashes, word_hashes
 
     words, offsets = word_hashes(texts)
     rows, hashes = [], []

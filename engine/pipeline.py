@@ -1,9 +1,9 @@
-"""The stages of a nightly run as plain functions; ``curation.engine`` runs them as one night
+"""The stages of a nightly run as plain functions; ``engine.night`` runs them as one night
 (and ``flows.nightly`` as Prefect tasks).
 
 ``prepare`` (discover, diff with the registry, check ids) -> ``ingest_shard`` and
 ``tag_shard`` per shard (pure: a shard and a config in, one Parquet file out, never the
-database) -> night stages (``curation.stages``: dedup against history, novelty, surprise,
+database) -> night stages (``stages.base``: dedup against history, novelty, surprise,
 decisions) -> ``build_record`` -> ``Catalog.commit_run`` (the one write).
 """
 
@@ -23,18 +23,18 @@ import pyarrow.parquet as pq
 from collections.abc import Sequence
 
 import curation
-from curation.config import GliaConfig
-from curation import stages as stages_mod
-from curation import faults
-from curation.ingest import ReadSpec, ShardRejected, TIMESTAMP, empty_skips, read_documents, scan_ids
-from curation.shards import ShardFile, ShardPlan, discover, plan
+from engine.config import GliaConfig
+from stages import base as stages_mod
+from core import faults
+from engine.ingest import ReadSpec, ShardRejected, TIMESTAMP, empty_skips, read_documents, scan_ids
+from storage.shards import ShardFile, ShardPlan, discover, plan
 from storage.catalog import Catalog, RunRecord, ShardRow, TagFile
 from storage.history import History
 from storage.parquet_io import read_metadata, write_atomic
 from storage.sql import registered
 from storage.views import DOCUMENTS, ViewSource
 from taggers import registry
-from curation.stages import NightStage, StageInputs, StageResult
+from stages.base import NightStage, StageInputs, StageResult
 from taggers.base import NightInfo, Tagger
 
 DOCUMENTS_VERSION = "1"
@@ -358,11 +358,11 @@ def stage_inputs(night: NightPlan, ingests: list[IngestResult], tag_files: list[
 def run_stages(ctx: RunContext, stages: list[NightStage], states: dict[str, Any], inputs: StageInputs,
                run_one: Any = None) -> list[StageResult]:
     """Run the stages in order; each sees the outputs of those before it. ``run_one`` lets the
-    engine time each call and run it on its executor (default: call :func:`curation.stages.run_stage`)."""
+    engine time each call and run it on its executor (default: call :func:`stages.base.run_stage`)."""
     run_one = run_one or stages_mod.run_stage
     results: list[StageResult] = []
     for stage in stages:
-        faults.point(f"stage.before.{stage.name}")  # crash-test hooks (curation.faults)
+        faults.point(f"stage.before.{stage.name}")  # crash-test hooks (core.faults)
         res = run_one(ctx, stage, states.get(stage.name), inputs)
         faults.point(f"stage.after.{stage.name}")
         for f in res.tag_files:

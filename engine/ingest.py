@@ -15,8 +15,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation.config import Columns, RunOptions
-from curation.shards import ShardFile, StorageOptions, is_storage_error, open_parquet
+from engine.config import Columns, RunOptions
+from storage.shards import ShardFile, StorageOptions, is_storage_error, open_parquet
 from storage.catalog import SKIPPED_SCHEMA
 
 

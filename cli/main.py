@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from curation.pipeline import NightOutcome
+    from engine.pipeline import NightOutcome
 
 EXIT_OK, EXIT_ERROR, EXIT_BUSY, EXIT_STRICT = 0, 1, 2, 3
 
@@ -67,7 +67,7 @@ def _night(args: argparse.Namespace) -> NightOutcome:
     Prefect adds something (``[run].orchestrator``, ``--orchestrator``: flows.runners.uses_prefect)."""
     from dataclasses import replace
 
-    from curation.config import load_config
+    from engine.config import load_config
     from flows import runners
 
     rules = str(args.rules) if args.rules else None
@@ -81,15 +81,15 @@ def _night(args: argparse.Namespace) -> NightOutcome:
 
         flow = nightly_hygiene.with_options(task_runner=runners.task_runner_for(options))
         return flow(shards_root=args.shards, db_path=str(args.db), rules_path=rules, state_dir=state_dir)
-    from curation.engine import ThreadExecutor, run_night
+    from engine.night import ThreadExecutor, run_night
 
     with ThreadExecutor(options.workers) as executor:
         return run_night(args.shards, args.db, cfg, state_dir, executor)
 
 
 def _run(args: argparse.Namespace, console: Console) -> int:
-    from curation import progress as prog
-    from curation.config import ConfigError
+    from core import progress as prog
+    from engine.config import ConfigError
     from storage.catalog import DatabaseBusyError
     from storage.lock import RunInProgressError
 
@@ -179,7 +179,7 @@ def _sql(args: argparse.Namespace, console: Console) -> int:
 
 def _models(args: argparse.Namespace, console: Console) -> int:
     """``glia models train-risk``: build the risk tagger's default head now and report held-out numbers."""
-    from curation import risk_model
+    from models import risk_head as risk_model
 
     try:
         head, folder, trained = risk_model.ensure(args.out, force=args.force)
@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--max-rows", type=int, default=100)
     from curation import replay  # glia replay build | export
     replay.add_cli(sub)
-    from curation import operate  # glia serve | deploy | dashboard
+    from cli import operate  # glia serve | deploy | dashboard
     operate.add_cli(sub)
     from curation import prune  # glia undo | prune status | manifest export
     prune.add_cli(sub)

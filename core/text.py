@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from taggers.xxh3 import PRIME64_1, xxh3_64, xxh64_avalanche
+from core.xxh3 import PRIME64_1, xxh3_64, xxh64_avalanche
 
 _U64 = np.uint64
 # xxhash64's PRIME64_1: an odd, well-mixed multiplier.
@@ -45,7 +45,7 @@ def hash_strings(values: pa.Array) -> np.ndarray:
     """xxh3-64 of each string's UTF-8 bytes, as uint64 (nulls hash as the empty string).
 
     Hashes the Arrow data buffer directly (no Python str per value); strings up to 128
-    bytes are hashed by array operations (:func:`taggers.xxh3.xxh3_64`).
+    bytes are hashed by array operations (:func:`core.xxh3.xxh3_64`).
     """
     return xxh3_64(values)
 

@@ -56,7 +56,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from curation.stages import NightStage, StageInputs, StageOutput
+from stages.base import NightStage, StageInputs, StageOutput
 from storage.catalog import TableWrite
 from storage.parquet_io import read_metadata
 
@@ -221,7 +221,7 @@ class SurpriseStage(NightStage):
 
 def _scoring_rows(con: duckdb.DuckDBPyConnection, run_id: int, meta: dict[str, dict[str, Any]]) -> pa.Table:
     """One ``scoring_models`` row per scoring model that produced tonight's ``lm`` files."""
-    from curation.lm import resolve_source
+    from models.lm import resolve_source
 
     models: dict[str, dict[str, Any]] = {}
     for cfg in meta.values():

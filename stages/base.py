@@ -35,7 +35,7 @@ from storage.catalog import Segment, TableWrite, TagFile
 from storage.parquet_io import FileWrite, write_all
 
 if TYPE_CHECKING:
-    from curation.pipeline import NightPlan, RunContext
+    from engine.pipeline import NightPlan, RunContext
 
 
 @dataclass
@@ -126,11 +126,11 @@ class NightStage(abc.ABC):
 # name -> "module:Class"; imported lazily so a stage's heavy dependencies (faiss, torch) load
 # only when it runs.
 _BUILTIN: dict[str, str] = {
-    "dedup": "curation.dedup_stage:DedupStage",
-    "surprise": "curation.surprise:SurpriseStage",
-    "novelty": "curation.novelty:NoveltyStage",
-    "replay": "curation.replay_stage:ReplayStage",
-    "decide": "curation.decide:DecideStage",
+    "dedup": "stages.dedup:DedupStage",
+    "surprise": "stages.surprise:SurpriseStage",
+    "novelty": "stages.novelty:NoveltyStage",
+    "replay": "stages.replay:ReplayStage",
+    "decide": "stages.decide:DecideStage",
 }
 
 

@@ -22,8 +22,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation.runtime import check_device
-from curation.stages import NightStage, StageInputs, StageOutput
+from core.runtime import check_device
+from stages.base import NightStage, StageInputs, StageOutput
 from storage.bank import BANK_KIND, INDEX_KINDS, Bank, bank_dir, bank_root
 from storage.catalog import Segment
 from storage.parquet_io import read_metadata

@@ -87,7 +87,7 @@ class NearDup:
 @dataclass(frozen=True)
 class RunOptions:
     taggers: tuple[str, ...] = ("exact", "minhash")
-    # Night stages, each run only when the taggers it needs run (see curation.stages).
+    # Night stages, each run only when the taggers it needs run (see stages.base).
     stages: tuple[str, ...] = ("dedup",)
     batch_size: int = 10_000
     glob: str = "**/*.parquet"
@@ -191,7 +191,7 @@ def _check_taggers(cfg: GliaConfig, path: Path) -> None:
 
 
 def _check_stages(cfg: GliaConfig, path: Path) -> None:
-    from curation import stages
+    from stages import base as stages
 
     known = stages.available()
     for name in list(cfg.run.stages) + list(cfg.stage_params):

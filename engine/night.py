@@ -23,12 +23,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from curation import faults, progress
-from curation import stages as stages_mod
-from curation.config import GliaConfig
-from curation.ingest import ReadSpec, ShardRejected
-from curation.shards import is_storage_error
-from curation.pipeline import (
+from core import faults
+from core import progress
+from stages import base as stages_mod
+from engine.config import GliaConfig
+from engine.ingest import ReadSpec, ShardRejected
+from storage.shards import is_storage_error
+from engine.pipeline import (
     IngestResult, NightOutcome, RunContext, build_record, collect_garbage, default_state_dir, ingest_shard,
     load_stage_states, night_info, now, prepare, run_stages, stage_inputs, stages_for, tag_shard, taggers_for,
     view_sources,
@@ -134,16 +135,16 @@ def _resolve(arg: Any) -> Any:
 
 
 def ingest_step(ctx: RunContext, spec: ReadSpec) -> IngestResult:
-    """Write one shard's ``documents`` index (:func:`curation.pipeline.ingest_shard`)."""
+    """Write one shard's ``documents`` index (:func:`engine.pipeline.ingest_shard`)."""
     res = ingest_shard(ctx, spec)
-    faults.point("ingest.done")  # crash-test hooks (curation.faults): a no-op normally
+    faults.point("ingest.done")  # crash-test hooks (core.faults): a no-op normally
     progress.advance("ingest")
     return res
 
 
 def tag_step(ctx: RunContext, spec: ReadSpec, tagger: Tagger, ingest: IngestResult | None = None,
              inputs: list[TagFile | None] | None = None) -> TagFile | None:
-    """Run one tagger over one shard (:func:`curation.pipeline.tag_shard`); ``None`` when the
+    """Run one tagger over one shard (:func:`engine.pipeline.tag_shard`); ``None`` when the
     shard was rejected (by its ingest, or a needed tagger's step found nothing to tag)."""
     if (ingest is not None and ingest.error is not None) or (inputs and any(i is None for i in inputs)):
         progress.advance(tagger.name)
@@ -159,7 +160,7 @@ def tag_step(ctx: RunContext, spec: ReadSpec, tagger: Tagger, ingest: IngestResu
 
 def stage_step(ctx: RunContext, stage: stages_mod.NightStage, state: Any,
                inputs: stages_mod.StageInputs) -> stages_mod.StageResult:
-    """Run one night stage over tonight (:func:`curation.stages.run_stage`)."""
+    """Run one night stage over tonight (:func:`stages.base.run_stage`)."""
     out = stages_mod.run_stage(ctx, stage, state, inputs)
     progress.advance(stage.name)
     return out

@@ -60,8 +60,8 @@ def dashboard_command(db: Path, host: str = "127.0.0.1", port: int = 8501, allow
 
 
 def run_cli(args: argparse.Namespace, console: Console) -> int:
-    from curation.cli import EXIT_ERROR, EXIT_OK
-    from curation.config import ConfigError
+    from cli.main import EXIT_ERROR, EXIT_OK
+    from engine.config import ConfigError
 
     try:
         if args.cmd == "dashboard":

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curation.dedup import EXACT_DUP_SCHEMA, NEAR_DUP_SCHEMA, Tonight, resolve
-from curation.stages import NightStage, StageInputs, StageOutput
+from stages.base import NightStage, StageInputs, StageOutput
 from storage.catalog import Segment
 from storage.history import History, write_segments
 from taggers import registry

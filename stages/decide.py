@@ -32,7 +32,7 @@ from curation.protect import (
     fit_clusters, rarity_strata, sample_mask, sample_predicate, strata_lists,
 )
 from curation.rules import DECISION_SCHEMA, MissingTagError, Rules, check_keys, decide
-from curation.stages import NightStage, StageInputs, StageOutput
+from stages.base import NightStage, StageInputs, StageOutput
 from storage.catalog import TableWrite
 from storage.sql import identifier, parquet_scan
 

@@ -27,7 +27,7 @@ import fsspec
 import pyarrow.parquet as pq
 import xxhash
 
-from curation import faults
+from core import faults
 from storage.catalog import ShardRow
 
 _MAGIC = b"PAR1"
@@ -191,7 +191,7 @@ def discover(root: str, pattern: str = "**/*.parquet", storage_options: StorageO
         if name.startswith((".", "_")) or fs.isdir(m):
             continue
         display = os.path.abspath(m) if not _is_remote(root) else fs.unstrip_protocol(m)
-        faults.point("discover")  # crash-test hook (curation.faults); a no-op normally
+        faults.point("discover")  # crash-test hook (core.faults); a no-op normally
         out.append(fingerprint(fs, m, display))
     return out
 
