@@ -20,11 +20,9 @@ queue it again for reasons of the same kind (see ``curation.rules``).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,7 +30,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curation.rules import RuleError, check_keys
-from storage.sql import relations
 
 QUEUED, QUARANTINED, APPLIED, RESTORED = "queued", "quarantined", "applied", "restored"
 ACTIVE = (QUEUED, QUARANTINED, APPLIED)  # statuses that count as pruned (planned or done)
@@ -121,6 +118,9 @@ CREATE OR REPLACE VIEW v_manifest AS
     WHERE d.doc_id NOT IN (SELECT doc_id FROM prune_queue WHERE status = 'applied')
     ORDER BY d.shard_path, d."row";
 """
+
+# The schema of these tables (see storage.migrations.StageMigration); add a migration to change it.
+MIGRATIONS: tuple[tuple[int, str, str], ...] = ((1, "decisions, prune_queue, prune_events, protected, coverage; v_prune_queue, v_protected, v_manifest", DDL),)
 
 QUEUE_SCHEMA = pa.schema([
     ("doc_id", pa.string()), ("run_id", pa.int32()), ("reasons", pa.list_(pa.string())), ("priority", pa.float32()),
@@ -306,145 +306,3 @@ def embedding_coverage(emb: np.ndarray, labels: np.ndarray, pruned: np.ndarray) 
                                for i in range(0, int(pruned.sum()), 4096)])
     out["mean_pruned_to_kept"] = float(np.mean(1.0 - np.clip(best, -1.0, 1.0)))
     return out
-
-
-# -- undo, status, manifest (CLI; separate writes to the database) ------------------------------
-
-
-class NothingToUndoError(LookupError):
-    """No active queue entry matched the undo selector."""
-
-
-@dataclass
-class UndoResult:
-    restored: list[str]
-    by_status: dict[str, int]
-
-
-def undo(db_path: Path | str, run_id: int | None = None, doc_ids: Sequence[str] = (), reason: str | None = None,
-         now: datetime | None = None) -> UndoResult:
-    """Restore queued, quarantined and applied documents chosen by the run that queued them,
-    by id, or by reason (a reason's text or its kind: ``near_dup_of``, ``risk``, ``low_novelty``).
-
-    Takes the run lock (raises ``RunInProgressError`` while a night runs) and writes in one
-    transaction. Raises ``ValueError`` for a bad selector, ``NothingToUndoError`` if none matched.
-    """
-    from storage.catalog import Catalog
-    from storage.lock import RunLock
-
-    given = [run_id is not None, bool(doc_ids), reason is not None]
-    if sum(given) != 1:
-        raise ValueError("undo needs exactly one of: a RUN_ID, --doc ID (repeatable), --reason R")
-    if not Path(db_path).exists():
-        raise FileNotFoundError(f"no Glia database at {db_path}")
-    now = now or datetime.now(timezone.utc)
-    if run_id is not None:
-        cond, params, note = "run_id = ?", [run_id], f"undo run {run_id}"
-    elif doc_ids:
-        cond, params, note = "doc_id IN (SELECT unnest(?::VARCHAR[]))", [list(doc_ids)], "undo by id"
-    else:
-        cond = "len(list_filter(reasons, lambda r: r = ? OR regexp_extract(r, '^[A-Za-z0-9_]+') = ?)) > 0"
-        params, note = [reason, reason], f"undo reason {reason}"
-    lock = RunLock(Path(db_path))
-    lock.acquire()
-    try:
-        with Catalog(db_path) as cat:
-            _require(cat.con, db_path, "prune_queue", "prune queue")
-            with cat.transaction() as con:
-                sel = f"status IN ('queued', 'quarantined', 'applied') AND {cond}"
-                hit = con.execute(f"SELECT doc_id, status FROM prune_queue WHERE {sel} ORDER BY doc_id", params).fetchall()
-                if not hit:
-                    raise NothingToUndoError(f"nothing to undo: no queued, quarantined or applied document matches ({note})")
-                con.execute(
-                    "INSERT INTO prune_events SELECT NULL, doc_id, status, 'restored', ?, ? FROM prune_queue "
-                    f"WHERE {sel}", [now, note, *params])
-                con.execute(f"UPDATE prune_queue SET status = 'restored', changed_run = NULL, changed_at = ?, note = ? "
-                            f"WHERE {sel}", [now, note, *params])
-    finally:
-        lock.release()
-    by_status: dict[str, int] = {}
-    for _, s in hit:
-        by_status[s] = by_status.get(s, 0) + 1
-    return UndoResult([d for d, _ in hit], by_status)
-
-
-STATUS_SQL = """
-    SELECT status, count(DISTINCT doc_id) AS documents, min(queued_run) AS first_run, max(queued_run) AS last_run,
-           list(DISTINCT regexp_extract(r, '^[A-Za-z0-9_]+') ORDER BY regexp_extract(r, '^[A-Za-z0-9_]+')) AS reason_kinds
-    FROM v_prune_queue LEFT JOIN LATERAL unnest(reasons) AS t(r) ON true
-    GROUP BY status ORDER BY status"""
-
-
-def export_manifest(db_path: Path | str, out: Path | str) -> int:
-    """Write ``v_manifest`` (the documents trainers should read: shard path and row of every
-    active document not pruned-applied) to a Parquet file, atomically. Returns the row count."""
-    from storage.catalog import Catalog
-    from storage.sql import literal
-
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    with Catalog(db_path, read_only=True) as cat:
-        _require(cat.con, db_path, "v_manifest", "v_manifest")
-        n = int(cat.con.execute("SELECT count(*) FROM v_manifest").fetchall()[0][0])
-        cat.con.execute(f"COPY (SELECT * FROM v_manifest) TO {literal(str(tmp))} (FORMAT parquet, COMPRESSION zstd)")
-    os.replace(tmp, out)
-    return n
-
-
-def _require(con: Any, db_path: Path | str, relation: str, what: str) -> None:
-    """Refuse a catalog where the decide stage never ran (it creates ``relation``)."""
-    if relation not in relations(con):
-        raise ValueError(f"{db_path} has no {what}: add \"decide\" to [run].stages and run a night first")
-
-
-# -- command line: glia undo | prune status | manifest export ----------------------------------
-
-COMMANDS = ("undo", "prune", "manifest")
-
-
-def add_cli(sub: Any) -> None:
-    """Register ``glia undo``, ``glia prune status`` and ``glia manifest export``."""
-    u = sub.add_parser("undo", help="restore pruned documents: by the run that queued them, by id, or by reason")
-    u.add_argument("run_id", nargs="?", type=int, help="restore everything this run queued")
-    u.add_argument("--doc", action="append", default=[], metavar="ID", help="restore this document (repeatable)")
-    u.add_argument("--reason", metavar="R", help="restore documents with this reason, or reason kind "
-                   "(e.g. near_dup_of, risk, low_novelty)")
-    u.add_argument("--db", type=Path, default=Path("glia.duckdb"))
-    p = sub.add_parser("prune", help="the prune queue")
-    psub = p.add_subparsers(dest="prune_cmd", required=True)
-    ps = psub.add_parser("status", help="documents per status, with their reason kinds")
-    ps.add_argument("--db", type=Path, default=Path("glia.duckdb"))
-    m = sub.add_parser("manifest", help="the clean manifest (v_manifest)")
-    msub = m.add_subparsers(dest="manifest_cmd", required=True)
-    me = msub.add_parser("export", help="write v_manifest (doc_id, shard_path, row, ...) to a Parquet file")
-    me.add_argument("--out", type=Path, required=True)
-    me.add_argument("--db", type=Path, default=Path("glia.duckdb"))
-
-
-def run_cli(args: Any, console: Any) -> int:
-    """Run one of :data:`COMMANDS`; returns the exit code (0 ok, 1 error, 2 database busy)."""
-    from cli.main import EXIT_BUSY, EXIT_ERROR, EXIT_OK
-    from storage.catalog import Catalog, DatabaseBusyError
-    from storage.lock import RunInProgressError
-
-    try:
-        if args.cmd == "undo":
-            res = undo(args.db, run_id=args.run_id, doc_ids=args.doc, reason=args.reason)
-            detail = ", ".join(f"{n} {s}" for s, n in sorted(res.by_status.items()))
-            console.print(f"restored {len(res.restored)} document(s) ({detail}); they are back in v_manifest and "
-                          "later nights will not queue them again for the same kind of reason")
-        elif args.cmd == "prune":
-            with Catalog(args.db, read_only=True) as cat:
-                _require(cat.con, args.db, "prune_queue", "prune queue")
-                cat.con.sql(STATUS_SQL).show(max_width=200)
-        else:
-            n = export_manifest(args.db, args.out)
-            console.print(f"wrote {n} manifest rows to {args.out}")
-    except (RunInProgressError, DatabaseBusyError) as exc:
-        console.print(f"[red]glia: {exc}[/red]")
-        return EXIT_BUSY
-    except (NothingToUndoError, ValueError, FileNotFoundError) as exc:
-        console.print(f"[red]glia: {exc}[/red]")
-        return EXIT_ERROR
-    return EXIT_OK

@@ -52,7 +52,7 @@ def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def app(db: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from cli.operate import dashboard_command
+    from cli.dashboard import dashboard_command
 
     port = free_port()
     log_path = tmp_path_factory.mktemp("streamlit") / "streamlit.log"

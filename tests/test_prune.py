@@ -16,6 +16,7 @@ import pytest
 
 from conftest import NIGHTS, file_mtimes, query, run_night
 from curation import prune
+from storage import prune_queue
 from cli.main import EXIT_BUSY, EXIT_ERROR, EXIT_OK, main
 from storage.lock import RunInProgressError, RunLock
 
@@ -161,7 +162,7 @@ def test_undo_restores_exactly_what_was_queued(nights: Nights, tmp_path: Path) -
     run2 = sorted(d for d, (run, _) in queue.items() if run == 2)
     n_applied = sum(1 for run, s in queue.values() if s == "applied")
 
-    res = prune.undo(db, run_id=1)
+    res = prune_queue.undo(db, run_id=1)
     assert sorted(res.restored) == sorted(d for d, (run, _) in queue.items() if run == 1)
     after = {d: (run, s) for d, run, s in query(db, QUEUE)}
     assert {d for d, v in after.items() if v != queue[d]} == set(res.restored)
@@ -175,7 +176,7 @@ def test_undo_restores_exactly_what_was_queued(nights: Nights, tmp_path: Path) -
     reasons = dict(query(db, "SELECT doc_id, reasons FROM prune_queue"))
     exact = {d for d, (_, s) in after2.items() if s != "restored" and any(r.startswith("exact_dup_of:") for r in reasons[d])}
     assert any(after2[d][0] == 3 for d in exact)
-    res = prune.undo(db, reason="exact_dup_of")
+    res = prune_queue.undo(db, reason="exact_dup_of")
     assert set(res.restored) == exact
     assert query(db, "SELECT count(*) FROM prune_queue WHERE status <> 'restored' AND "
                      "len(list_filter(reasons, lambda r: r LIKE 'exact_dup_of:%')) > 0") == [(0,)]
@@ -194,11 +195,11 @@ def test_undo_waits_for_a_running_night(nights: Nights, tmp_path: Path) -> None:
     shutil.copy(nights.db, db)
     with RunLock(db):
         with pytest.raises(RunInProgressError):
-            prune.undo(db, run_id=2)
+            prune_queue.undo(db, run_id=2)
         assert main(["undo", "2", "--db", str(db)]) == EXIT_BUSY
     assert query(db, "SELECT count(*) FROM prune_queue WHERE status = 'restored'") == [(0,)]
     with pytest.raises(ValueError, match="exactly one of"):
-        prune.undo(db, run_id=2, reason="near_dup_of")
+        prune_queue.undo(db, run_id=2, reason="near_dup_of")
 
 
 def test_restored_documents_stay_restored_when_their_shard_comes_back(tmp_path: Path) -> None:
@@ -212,7 +213,7 @@ def test_restored_documents_stay_restored_when_their_shard_comes_back(tmp_path: 
     shard = str(root / "part-00001.parquet")
     queued = {d for (d,) in query(db, "SELECT doc_id FROM v_prune_queue WHERE shard_path = ?", [shard])}
     assert queued
-    prune.undo(db, run_id=1)
+    prune_queue.undo(db, run_id=1)
     table = pq.read_table(shard)
     pq.write_table(table, shard, row_group_size=100)  # same rows, new bytes: a changed shard
     assert run_night(root, db, rules).status == "completed"

@@ -144,7 +144,7 @@ def test_allow_files_gives_full_access(three_nights: ThreeNights, tmp_path: Path
 
 
 def test_the_dashboards_reads_are_restricted(three_nights: ThreeNights, tmp_path: Path, secret: Path) -> None:
-    from cli.operate import dashboard_command
+    from cli.dashboard import dashboard_command
     from dashboards import data
 
     db = data.Db(three_nights.db)

@@ -1,0 +1,40 @@
+"""``glia deploy SHARDS``: register the nightly deployment (``prefect.yaml``) for a process work pool."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.console import Console
+
+from cli.exit_codes import EXIT_ERROR, EXIT_OK
+from cli.schedule import add_schedule_arguments, schedule_of
+
+NAME = "deploy"
+HELP = "register the nightly deployment (prefect.yaml) for a process work pool"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from flows.serve import WORK_POOL
+
+    add_schedule_arguments(p)
+    p.add_argument("--pool", default=WORK_POOL, help=f"process work pool (default {WORK_POOL})")
+    p.add_argument("--prefect-file", type=Path, default=Path("prefect.yaml"),
+                   help="the project's prefect.yaml (default ./prefect.yaml; run from the project folder)")
+
+
+def run(args: argparse.Namespace, console: Console) -> int:
+    from engine.config import ConfigError
+    from flows.serve import deploy
+
+    try:
+        schedule = schedule_of(args)
+        if not args.prefect_file.exists():
+            console.print(f"[red]glia: {args.prefect_file} not found; run from the project folder or pass --prefect-file[/red]")
+            return EXIT_ERROR
+        return deploy(schedule, args.prefect_file, name=args.name, pool=args.pool)
+    except ConfigError as exc:
+        console.print(f"[red]glia: {exc}[/red]")
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return EXIT_OK

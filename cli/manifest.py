@@ -1,0 +1,36 @@
+"""``glia manifest export --out FILE``: the clean manifest (``v_manifest``) as Parquet."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.console import Console
+
+from cli.exit_codes import EXIT_BUSY, EXIT_ERROR, EXIT_OK
+
+NAME = "manifest"
+HELP = "the clean manifest (v_manifest)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="manifest_cmd", required=True)
+    export = sub.add_parser("export", help="write v_manifest (doc_id, shard_path, row, ...) to a Parquet file")
+    export.add_argument("--out", type=Path, required=True)
+    export.add_argument("--db", type=Path, default=Path("glia.duckdb"))
+
+
+def run(args: argparse.Namespace, console: Console) -> int:
+    from storage.catalog import DatabaseBusyError
+    from storage.prune_queue import export_manifest
+
+    try:
+        n = export_manifest(args.db, args.out)
+    except DatabaseBusyError as exc:
+        console.print(f"[red]glia: {exc}[/red]")
+        return EXIT_BUSY
+    except (ValueError, FileNotFoundError) as exc:
+        console.print(f"[red]glia: {exc}[/red]")
+        return EXIT_ERROR
+    console.print(f"wrote {n} manifest rows to {args.out}")
+    return EXIT_OK

@@ -1,0 +1,34 @@
+"""``glia serve SHARDS``: run the nightly flow on a schedule from this machine (Prefect ``flow.serve``)."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.console import Console
+
+from cli.exit_codes import EXIT_ERROR, EXIT_OK
+from cli.schedule import add_schedule_arguments, schedule_of
+
+NAME = "serve"
+HELP = "run the nightly flow on a schedule from this machine (flow.serve)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_schedule_arguments(p)
+    p.add_argument("--paused", action="store_true", help="register the schedule paused (runs only when triggered)")
+
+
+def run(args: argparse.Namespace, console: Console) -> int:
+    from engine.config import ConfigError
+    from flows.serve import serve
+
+    try:
+        schedule = schedule_of(args)
+        console.print(f"Serving {args.name}: {schedule.cron} ({schedule.timezone}), one run at a time. Ctrl-C stops it.")
+        serve(schedule, name=args.name, paused=args.paused)
+    except ConfigError as exc:
+        console.print(f"[red]glia: {exc}[/red]")
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK

@@ -1,0 +1,64 @@
+"""``glia sql "SELECT ..."``: read-only SQL against the catalog, sandboxed to its own files."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.console import Console
+
+from cli.exit_codes import EXIT_BUSY, EXIT_ERROR, EXIT_OK
+
+NAME = "sql"
+HELP = "run read-only SQL against the catalog"
+DESCRIPTION = ("Run read-only SQL against the catalog. The SQL reads only the catalog and the folders of its "
+               "tag files, index segments and registered shards, and writes no file: COPY, EXPORT, ATTACH and reads "
+               "of other files are refused, and settings cannot undo that.")
+SANDBOX_HINT = ("glia sql reads only the catalog and the folders of its tag files, index segments and registered "
+                "shards, and writes no file; rerun with --allow-files for full file access")
+
+
+def add_table_arguments(p: argparse.ArgumentParser) -> None:
+    """``--db``, ``--width`` and ``--max-rows``: shared with ``glia status``."""
+    p.add_argument("--db", type=Path, default=Path("glia.duckdb"))
+    p.add_argument("--width", type=int, default=200, help="maximum table width in characters")
+    p.add_argument("--max-rows", type=int, default=100)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("query")
+    p.add_argument("--allow-files", action="store_true",
+                   help="full file access: read any file (read_csv('...')) and write files (COPY ... TO); "
+                        "the catalog itself stays read-only")
+    add_table_arguments(p)
+
+
+def show(db: Path, query: str, console: Console, width: int = 200, max_rows: int = 100, allow_files: bool = False) -> int:
+    """Print the result of ``query`` over the catalog at ``db``; returns the exit code."""
+    import duckdb
+
+    from storage.catalog import Catalog, DatabaseBusyError, InspectionRefusedError
+
+    try:
+        with Catalog.open_inspection(db, allow_files=allow_files) as cat:
+            rel = cat.inspect(query)
+            if rel is not None:
+                rel.show(max_width=width, max_rows=max_rows, null_value="NULL")
+    except DatabaseBusyError as exc:
+        console.print(f"glia: {exc}", style="red", markup=False)
+        return EXIT_BUSY
+    except FileNotFoundError as exc:
+        console.print(f"glia: {exc}", style="red", markup=False)
+        return EXIT_ERROR
+    except (InspectionRefusedError, duckdb.PermissionException) as exc:
+        console.print(f"glia: {exc}\n{SANDBOX_HINT}", style="red", markup=False)
+        return EXIT_ERROR
+    except Exception as exc:  # duckdb's errors already say what is wrong with the SQL
+        hint = f"\n{SANDBOX_HINT}" if "configuration has been locked" in str(exc) else ""
+        console.print(f"glia: {exc}{hint}", style="red", markup=False)
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+def run(args: argparse.Namespace, console: Console) -> int:
+    return show(args.db, args.query, console, args.width, args.max_rows, args.allow_files)
