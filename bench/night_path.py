@@ -27,7 +27,7 @@ def glia_night(shards_root: Path | str, db: Path, cfg: GliaConfig, workers: int 
     state = default_state_dir(db)
     stages = stages_for(cfg)
     with Catalog(db) as cat:
-        cat.migrate(view_sources(cfg), stages_mod.ddl_for([s.name for s in stages]))
+        cat.migrate(view_sources(cfg), stages_mod.migrations_for([s.name for s in stages]))
         ctx = RunContext(str(shards_root), db, state, cfg, cat.next_run_id(), now())
         night = prepare(ctx, cat)
         active = [r.shard_id for r in cat.shards() if r.status == "active"]

@@ -147,6 +147,9 @@ CREATE OR REPLACE VIEW v_replay AS
     FROM replay_items i JOIN replay_sets s USING (set_id) LEFT JOIN documents d USING (doc_id);
 """
 
+# The schema of these tables (see storage.migrations.StageMigration); add a migration to change it.
+MIGRATIONS: tuple[tuple[int, str, str], ...] = ((1, "replay_sets, replay_items, replay_state; v_replay", DDL),)
+
 
 @dataclass(frozen=True)
 class ReplayParams:
@@ -644,14 +647,12 @@ def build_from_catalog(db_path: Path | str, params: ReplayParams, origin: str = 
         raise FileNotFoundError(f"no Glia database at {db}; run `glia run SHARDS --db {db}` first")
     with RunLock(db):
         with Catalog(db) as cat:
-            cat.migrate((), [DDL])
+            cat.migrate((), {"replay": MIGRATIONS})
             run_id = latest_run(cat.con)
             text_col, id_col = _run_columns(cat.con, run_id)
             st = CatalogState.read(cat.con, params, run_id)
             rs = build_set(st.pool, st.state, params, st.next_set_id, st.n_sets, origin, text_col, id_col)
-            with cat.transaction() as con:
-                for w in rs.writes():
-                    Catalog._apply_write(con, w)
+            cat.apply_writes(rs.writes())
     return rs.set_row
 
 
@@ -687,74 +688,3 @@ def export_set(db_path: Path | str, out: Path | str, set_id: int | None = None) 
     md[b"glia.replay_set"] = json.dumps(row, default=str).encode()
     pq.write_table(rows.replace_schema_metadata(md), out)
     return int(sid), rows.num_rows
-
-
-# -- command line: glia replay build | export ----------------------------------------------------
-
-
-def add_cli(sub: Any) -> None:
-    """Register ``glia replay build|export`` on the CLI's subparsers."""
-    p = sub.add_parser("replay", help="TMR replay sets: build one from the catalog, export one to Parquet")
-    rsub = p.add_subparsers(dest="replay_cmd", required=True)
-    b = rsub.add_parser("build", help="draw a prioritised replay set (takes the run lock)")
-    b.add_argument("--db", type=Path, default=Path("glia.duckdb"))
-    b.add_argument("--rules", type=Path, help="rules file whose [stages.replay] table gives the parameters")
-    b.add_argument("--size", type=int, help="number of draws")
-    b.add_argument("--seed", type=int)
-    b.add_argument("--alpha", type=float, help="priority exponent (0 = uniform)")
-    b.add_argument("--new-fraction", type=float, help="share of draws from documents first seen in the latest run")
-    b.add_argument("--importance-column", help="a document or tag column with the user's importance score")
-    b.add_argument("--importance-sql", help="SELECT returning doc_id, importance (run read-only)")
-    b.add_argument("--no-state", action="store_true", help="do not update retention state (a what-if set)")
-    e = rsub.add_parser("export", help="write a replay set (default: the latest) to Parquet")
-    e.add_argument("--db", type=Path, default=Path("glia.duckdb"))
-    e.add_argument("--set-id", type=int)
-    e.add_argument("--out", type=Path, required=True, help="Parquet file to write")
-
-
-def run_cli(args: Any, console: Any) -> int:
-    """``glia replay ...``: 0 done, 1 error, 2 database busy."""
-    from cli.main import EXIT_BUSY, EXIT_ERROR, EXIT_OK
-    from engine.config import ConfigError, load_config
-    from storage.catalog import DatabaseBusyError
-    from storage.lock import RunInProgressError
-
-    try:
-        if args.replay_cmd == "export":
-            sid, n = export_set(args.db, args.out, args.set_id)
-            console.print(f"replay set {sid}: {n} documents written to {args.out}")
-            return EXIT_OK
-        table = dict(load_config(args.rules).stage_params.get("replay", {})) if args.rules else {}
-        flags = {"size": args.size, "seed": args.seed, "alpha": args.alpha, "new_fraction": args.new_fraction,
-                 "importance_column": args.importance_column, "importance_sql": args.importance_sql}
-        table.update({k: v for k, v in flags.items() if v is not None})
-        if args.no_state:
-            table["record_state"] = False
-        row = build_from_catalog(args.db, ReplayParams.from_mapping(table))
-    except (RunInProgressError, DatabaseBusyError) as exc:
-        console.print(f"[red]glia: {exc}[/red]")
-        return EXIT_BUSY
-    except (ConfigError, ValueError, FileNotFoundError, duckdb.Error) as exc:
-        console.print(f"[red]glia: {exc}[/red]")
-        return EXIT_ERROR
-    console.print(
-        f"replay set {row['set_id']} for run {row['run_id']}: {row['size']} draws of {row['n_items']} documents "
-        f"(pool {row['n_pool']}, {row['n_pool_new']} new; {row['n_new_draws']} new draws); beta {row['beta']:.3f}; "
-        f"terms: {', '.join(row['terms']) or 'none (uniform)'}"
-        + (f"; no data for: {', '.join(row['terms_missing'])}" if row["terms_missing"] else "")
-        + f"\n  SELECT * FROM v_replay WHERE set_id = {row['set_id']}")
-    return EXIT_OK
-
-
-# The trainer-facing readers live in curation.dataloader (torch is imported only there); they
-# are reachable from here too, as `curation.replay.ReplayIterableDataset` and friends.
-_DATALOADER_NAMES = ("ReplayPlan", "ReplayIterableDataset", "ReplayDataset", "ReplaySampler", "iter_replay",
-                     "iter_batches")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _DATALOADER_NAMES:
-        from curation import dataloader
-
-        return getattr(dataloader, name)
-    raise AttributeError(f"module 'curation.replay' has no attribute {name!r}")

@@ -24,11 +24,15 @@ Example ``glia.toml``::
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from core.extras import install_hint, missing_extra
+from curation.dedup import NearDup
 
 
 class ConfigError(ValueError):
@@ -51,37 +55,6 @@ class Columns:
         out = {"source": self.source, "timestamp": self.timestamp, "label": self.label}
         out.update({c: c for c in self.extra})
         return out
-
-
-@dataclass(frozen=True)
-class NearDup:
-    """MinHash LSH parameters.
-
-    A pair with true Jaccard ``s`` becomes a candidate with probability
-    ``1 - (1 - s**rows)**bands``; the S-curve's midpoint is near ``(1/bands)**(1/rows)``
-    (0.67 for 16 x 7). Candidates are then kept only if their *estimated* Jaccard (share of
-    equal signature values) reaches ``threshold``. With 16 x 7 a pair at Jaccard 0.8 is
-    found with probability 0.977 (datatrove's 14 x 8: 0.924), at 0.7 with 0.75, at 0.5
-    with 0.12.
-    """
-
-    bands: int = 16
-    rows: int = 7
-    ngram: int = 5
-    seed: int = 1
-    threshold: float = 0.75
-    # Buckets larger than this link each member to the bucket's first document only
-    # (star) instead of to every other member, so a boilerplate bucket stays linear.
-    max_bucket: int = 64
-    # At most this many history candidates per document (those sharing the most bands).
-    max_history_candidates: int = 32
-
-    @property
-    def num_perm(self) -> int:
-        return self.bands * self.rows
-
-    def candidate_probability(self, s: float) -> float:
-        return 1.0 - (1.0 - s**self.rows) ** self.bands
 
 
 @dataclass(frozen=True)
@@ -185,9 +158,12 @@ def _check_taggers(cfg: GliaConfig, path: Path) -> None:
             raise ConfigError(f"{path} {where}: unknown tagger {name!r}; registered taggers: {', '.join(known)}")
     for name in cfg.run.taggers:
         try:
-            registry.build([name], {name: cfg.params_for(name)})
+            tagger = registry.build([name], {name: cfg.params_for(name)})[0]
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{path} [taggers.{name}]: {exc}") from None
+        except ModuleNotFoundError as exc:
+            raise ConfigError(f"{path} [run].taggers: {missing_extra(f'tagger {name!r}', exc)}") from None
+        _check_requires(f"tagger {name!r}", tagger.requires, f"{path} [run].taggers")
 
 
 def _check_stages(cfg: GliaConfig, path: Path) -> None:
@@ -200,9 +176,24 @@ def _check_stages(cfg: GliaConfig, path: Path) -> None:
             raise ConfigError(f"{path} {where}: unknown stage {name!r}; registered stages: {', '.join(known)}")
     for name in cfg.run.stages:
         try:
-            stages.stage_class(name)(**cfg.stage_params.get(name, {}))
+            stage = stages.stage_class(name)(**cfg.stage_params.get(name, {}))
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{path} [stages.{name}]: {exc}") from None
+        except ModuleNotFoundError as exc:
+            raise ConfigError(f"{path} [run].stages: {missing_extra(f'stage {name!r}', exc)}") from None
+        _check_requires(f"stage {name!r}", stage.requires, f"{path} [run].stages")
+    try:
+        stages.build(cfg.run.stages, cfg.stage_params, cfg.run.taggers)
+    except stages.UnmetNeedsError as exc:
+        raise ConfigError(f"{path} [run].stages: {exc}") from None
+
+
+def _check_requires(what: str, modules: tuple[str, ...], where: str) -> None:
+    """Fail now, naming the extra to install, if a module ``what`` imports when it runs is missing."""
+    for module in modules:
+        if importlib.util.find_spec(module) is None:
+            raise ConfigError(f"{where}: {what} needs {module!r}, which this installation lacks: "
+                              f"{install_hint(module) or 'install it'}")
 
 
 def check_storage_options(options: Any, where: str) -> None:

@@ -202,7 +202,7 @@ def run_night(shards_root: str | Path, db_path: str | Path, cfg: GliaConfig, sta
     ctx = None
     try:
         with Catalog(db) as cat:  # fails at once if another process holds the file
-            cat.migrate(view_sources(cfg), stages_mod.ddl_for([s.name for s in stages_for(cfg)]))
+            cat.migrate(view_sources(cfg), stages_mod.migrations_for([s.name for s in stages_for(cfg)]))
             ctx = RunContext(root, db, state, cfg, cat.next_run_id(), now())
             lock.update(ctx.run_id)
             night = prepare(ctx, cat)

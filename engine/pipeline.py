@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import time
 from typing import Any
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -26,19 +27,17 @@ import curation
 from engine.config import GliaConfig
 from stages import base as stages_mod
 from core import faults
+from core.context import RunContext
 from engine.ingest import ReadSpec, ShardRejected, TIMESTAMP, empty_skips, read_documents, scan_ids
 from storage.shards import ShardFile, ShardPlan, discover, plan
 from storage.catalog import Catalog, RunRecord, ShardRow, TagFile
 from storage.history import History
 from storage.parquet_io import read_metadata, write_atomic
 from storage.sql import registered
-from storage.views import DOCUMENTS, ViewSource
+from storage.views import DOCUMENTS, DOCUMENTS_VERSION, ViewSource
 from taggers import registry
 from stages.base import NightStage, StageInputs, StageResult
 from taggers.base import NightInfo, Tagger
-
-DOCUMENTS_VERSION = "1"
-
 
 def documents_schema() -> pa.Schema:
     """The per-shard ``documents`` index: id, row and the canonical metadata (null if absent).
@@ -60,21 +59,6 @@ def code_version() -> str:
         return f"{version}+g{sha}" if sha else version
     except (OSError, subprocess.SubprocessError):
         return version
-
-
-@dataclass(frozen=True)
-class RunContext:
-    """Where a run reads and writes, and with which configuration."""
-
-    root: str
-    db_path: Path
-    state_dir: Path
-    config: GliaConfig
-    run_id: int
-    started_at: datetime
-
-    def tag_path(self, tagger_key: str, shard_id: str) -> Path:
-        return self.state_dir / "tags" / tagger_key / f"{shard_id}.parquet"
 
 
 def default_state_dir(db_path: Path) -> Path:
@@ -283,6 +267,8 @@ def tag_shard(ctx: RunContext, spec: ReadSpec, tagger: Tagger, inputs: Sequence[
     schema = tagger.schema()
 
     needed = _read_inputs(inputs)
+    counts: dict[str, float] = {}
+    started = time.perf_counter()
 
     def batches():
         for b in read_documents(sized):
@@ -291,11 +277,14 @@ def tag_shard(ctx: RunContext, spec: ReadSpec, tagger: Tagger, inputs: Sequence[
             out_b = tagger.tag(b)
             if out_b.num_rows != b.num_rows:
                 raise RuntimeError(f"tagger {tagger.key} returned {out_b.num_rows} rows for {b.num_rows} documents")
+            for k, v in tagger.stats(out_b).items():
+                counts[k] = counts.get(k, 0.0) + float(v)
             yield out_b
             faults.point(f"tag.batch.{tagger.name}")  # crash-test hook: this file half-written
 
     rows = write_atomic(out, batches(), schema, meta)
-    return TagFile(tagger.name, tagger.version, shard.shard_id, str(out), rows)
+    counts.update(docs=float(rows), seconds=time.perf_counter() - started)
+    return TagFile(tagger.name, tagger.version, shard.shard_id, str(out), rows, tuple(sorted(counts.items())))
 
 
 def _read_inputs(inputs: Sequence[TagFile]) -> pa.Table | None:
@@ -352,7 +341,7 @@ def stage_inputs(night: NightPlan, ingests: list[IngestResult], tag_files: list[
     for f in tag_files:
         if f.shard_id in ok:
             files.setdefault(f.tagger, []).append(f)
-    return StageInputs(tonight_documents(ingests), files, night, history_active)
+    return StageInputs(tonight_documents(ingests), files, dict(night.first_seen), history_active)
 
 
 def run_stages(ctx: RunContext, stages: list[NightStage], states: dict[str, Any], inputs: StageInputs,
@@ -444,6 +433,11 @@ def build_record(ctx: RunContext, night: NightPlan, ingests: list[IngestResult],
         rec.writes += res.writes
         rec.metrics.update({f"{res.name}.{k}": float(v) for k, v in res.counts.items()})
     rec.metrics.update({f"seconds.{k}": float(v) for k, v in (seconds or {}).items()})
+    for f in tag_files:  # what each tagger counted on tonight's shards, summed per tagger
+        for k, v in f.stats:
+            rec.metrics[f"{f.tagger}.{k}"] = rec.metrics.get(f"{f.tagger}.{k}", 0.0) + v
+        if f.stats:
+            rec.metrics[f"{f.tagger}.shards"] = rec.metrics.get(f"{f.tagger}.shards", 0.0) + 1
     stage_counts = {k: v for res in stage_results for k, v in res.counts.items()}
     rec.counts = {
         "shards_seen": len(sp.unchanged) + len(sp.to_ingest) + len(sp.rejected) + len(sp.reactivated),

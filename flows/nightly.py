@@ -120,3 +120,8 @@ def nightly_hygiene(shards_root: str, db_path: str = "glia.duckdb", rules_path: 
     outcome = engine.run_night(shards_root, db_path, load_config(rules_path), state_dir, PrefectExecutor())
     artifacts.publish_summary(outcome.db_path, outcome.run_id)  # the Markdown table on the flow run's page
     return outcome
+
+
+def nightly_for(rules_path: str | None, environ: dict[str, str] | None = None) -> Any:
+    """``nightly_hygiene`` as the rules file at ``rules_path`` (and the environment) configure it."""
+    return runners.configured(nightly_hygiene, rules_path, environ)

@@ -145,13 +145,6 @@ def configured(flow: Flow, rules_path: str | None, environ: dict[str, str] | Non
     return flow.with_options(task_runner=task_runner_from(rules_path, environ))
 
 
-def nightly_for(rules_path: str | None, environ: dict[str, str] | None = None) -> Flow:
-    """``nightly_hygiene`` as the rules file at ``rules_path`` (and the environment) configure it."""
-    from flows.nightly import nightly_hygiene
-
-    return configured(nightly_hygiene, rules_path, environ)
-
-
 @contextmanager
 def placement(tagger: Tagger, options: RunOptions) -> Iterator[None]:
     """Submit ``tagger``'s tasks inside this block to pin them to GPU workers when asked.

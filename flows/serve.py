@@ -87,7 +87,7 @@ def serve(schedule: Schedule, name: str = DEPLOYMENT, paused: bool = False) -> N
     """
     from prefect.schedules import Cron
 
-    from flows.runners import nightly_for
+    from flows.nightly import nightly_for
 
     flow = nightly_for(schedule.rules_path)
     flow.serve(

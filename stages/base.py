@@ -21,21 +21,21 @@ Adding a stage is one class and one line in ``_BUILTIN`` (see :func:`register`).
 from __future__ import annotations
 
 import abc
-import importlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from core.context import RunContext
+from core.extras import import_for
 from storage.catalog import Segment, TableWrite, TagFile
+from storage.migrations import StageMigration
 from storage.parquet_io import FileWrite, write_all
 
-if TYPE_CHECKING:
-    from engine.pipeline import NightPlan, RunContext
 
 
 @dataclass
@@ -49,7 +49,9 @@ class StageInputs:
 
     documents: pa.Table
     files: dict[str, list[TagFile]]
-    night: NightPlan
+    # doc_id -> the run it was first seen in, for tonight's documents seen in an earlier run (a
+    # rewritten, moved or returning shard): they keep that rank in the survivor rule.
+    first_seen: dict[str, int]
     history_active: list[str]  # shards whose earlier documents count as history tonight
 
     def read(self, name: str, columns: Sequence[str] | None = None) -> pa.Table:
@@ -94,14 +96,21 @@ class NightStage(abc.ABC):
     """A step over the whole night. Subclasses set ``name``, ``version``, ``needs`` and
     implement :meth:`outputs` and :meth:`run`.
 
-    ``ddl`` creates the stage's own catalog tables (``CREATE TABLE IF NOT EXISTS``); it runs
-    at migrate time, so SQL users see the tables (empty) before the stage first runs.
+    ``migrations`` are the schema of the stage's own catalog tables, ``(version, description,
+    SQL)`` oldest first, applied at migrate time and recorded in ``stage_schema`` (so SQL users
+    see the tables, empty, before the stage first runs). Never edit a released migration: add
+    one. The first is ``CREATE TABLE IF NOT EXISTS``, so a database made before the stage's
+    schema was versioned adopts its tables.
     """
 
     name: ClassVar[str]
     version: ClassVar[str]
     needs: ClassVar[tuple[str, ...]] = ()
-    ddl: ClassVar[str] = ""
+    # Outputs it uses when they run tonight, and does without otherwise: it runs after them.
+    reads: ClassVar[tuple[str, ...]] = ()
+    migrations: ClassVar[tuple[StageMigration, ...]] = ()
+    # Modules the stage imports when it runs (checked when the configuration loads; core.extras).
+    requires: ClassVar[tuple[str, ...]] = ()
 
     def outputs(self) -> dict[str, pa.Schema]:
         """Per-document outputs: name -> schema (``doc_id`` first), each exposed as the view
@@ -149,26 +158,45 @@ def stage_class(name: str) -> type[NightStage]:
     if name not in _BUILTIN:
         raise KeyError(f"unknown stage {name!r}; registered stages: {', '.join(available())}")
     module, cls = _BUILTIN[name].split(":")
-    return getattr(importlib.import_module(module), cls)
+    return getattr(import_for(f"stage {name!r}", module), cls)
+
+
+class UnmetNeedsError(ValueError):
+    """A configured stage needs a tagger or stage output that tonight's configuration lacks."""
 
 
 def build(names: Iterable[str], params: Mapping[str, Mapping[str, Any]], have: Iterable[str]) -> list[NightStage]:
-    """Instantiate the configured stages whose ``needs`` are met by ``have`` (tagger names)
-    or by an earlier stage, in dependency order. A stage whose needs are not met is left out:
-    e.g. ``novelty`` runs only when the ``embedding`` tagger does."""
+    """Instantiate the configured stages in dependency order.
+
+    A stage runs after every output it ``needs`` (tagger names in ``have``, or earlier stages'
+    outputs) and after every configured stage it ``reads`` (optional inputs it uses when they
+    run tonight); otherwise the configured order holds. A stage whose needs no configured tagger
+    or stage provides raises :class:`UnmetNeedsError` naming them: it is never dropped silently.
+    """
+    names = list(names)
+    stages = {n: stage_class(n)(**dict(params.get(n, {}))) for n in names}
+    outputs_of = {n: {n, *s.outputs()} for n, s in stages.items()}
+    provided = set(have).union(*outputs_of.values())
+    for n, s in stages.items():
+        missing = [x for x in s.needs if x not in provided]
+        if missing:
+            raise UnmetNeedsError(
+                f"stage {n!r} needs {', '.join(map(repr, missing))}, which no tagger in [run].taggers or stage in "
+                f"[run].stages produces; add {'it' if len(missing) == 1 else 'them'} or remove {n!r} from [run].stages")
     available_outputs = set(have)
-    pending = [stage_class(n) for n in names]
+    pending = list(names)
     ordered: list[NightStage] = []
-    progress = True
-    while pending and progress:
-        progress = False
-        for cls in list(pending):
-            if set(cls.needs) <= available_outputs:
-                stage = cls(**dict(params.get(cls.name, {})))
-                ordered.append(stage)
-                available_outputs |= {cls.name, *stage.outputs()}
-                pending.remove(cls)
-                progress = True
+    while pending:
+        for n in pending:
+            s = stages[n]
+            blocked = any(m in s.reads or outputs_of[m] & set(s.needs) for m in pending if m != n)
+            if not blocked and set(s.needs) <= available_outputs:
+                ordered.append(s)
+                available_outputs |= outputs_of[n]
+                pending.remove(n)
+                break
+        else:
+            raise UnmetNeedsError(f"stages {', '.join(map(repr, pending))} need or read each other in a cycle")
     return ordered
 
 
@@ -216,6 +244,6 @@ def run_stage(ctx: RunContext, stage: NightStage, state: Any, inputs: StageInput
     return StageResult(stage.name, files, out.segments, out.writes, out.counts, dict(out.tags))
 
 
-def ddl_for(names: Sequence[str]) -> list[str]:
-    """The ``CREATE TABLE IF NOT EXISTS`` statements of the named stages."""
-    return [stage_class(n).ddl for n in names if stage_class(n).ddl.strip()]
+def migrations_for(names: Sequence[str]) -> dict[str, tuple[StageMigration, ...]]:
+    """The schema migrations of the named stages' own tables (for ``Catalog.migrate``)."""
+    return {n: stage_class(n).migrations for n in names if stage_class(n).migrations}

@@ -60,7 +60,8 @@ class DecideStage(NightStage):
     name = "decide"
     version = "1"
     needs = ()
-    ddl = pr.DDL
+    reads = ("dedup", "novelty", "surprise")
+    migrations = pr.MIGRATIONS
 
     def __init__(self, **params: Any) -> None:
         check_keys(params, _KNOWN, "[stages.decide]")

@@ -48,7 +48,7 @@ class DedupStage(NightStage):
         mh = pa.concat_tables([pq.read_table(f.path, columns=["doc_id", "_minhash"]) for f in mh_files])
         history = History(state, inputs.history_active, tmp_dir=ctx.state_dir / "tmp")
         try:
-            res = resolve(Tonight.from_tables(exact, mh, ctx.run_id, inputs.night.first_seen), history,
+            res = resolve(Tonight.from_tables(exact, mh, ctx.run_id, inputs.first_seen), history,
                           ctx.run_id, ctx.config.near_dup)
         finally:
             history.close()

@@ -44,6 +44,7 @@ class NoveltyStage(NightStage):
     name = "novelty"
     version = "1"
     needs = ("embedding",)
+    requires = ("faiss",)
 
     def __init__(self, capacity: int = 100_000, index: str = "flat", seed: int = 0, device: str = "auto",
                  keep_snapshots: int = 1, on_model_change: str = "error") -> None:

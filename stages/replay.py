@@ -18,9 +18,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curation.replay import (
-    DDL, POOL_SCHEMA, CatalogState, Pool, ReplayParams, attach, build_set, combine_pools,
+    MIGRATIONS, POOL_SCHEMA, CatalogState, Pool, ReplayParams, attach, build_set, combine_pools,
     concat_lists, metadata_strata, rarity_label,
 )
+from storage.views import DOCUMENTS, DOCUMENTS_VERSION
 from stages.base import NightStage, StageInputs, StageOutput
 
 TAG_COLUMNS = ("surprise", "utility", "novelty", "protected", "strata")
@@ -33,7 +34,8 @@ class ReplayStage(NightStage):
     name = "replay"
     version = "1"
     needs = ()
-    ddl = DDL
+    reads = ("dedup", "novelty", "surprise", "decide")
+    migrations = MIGRATIONS
 
     def __init__(self, **params: Any) -> None:
         self.params = ReplayParams.from_mapping(params)
@@ -78,8 +80,6 @@ def _outputs(inputs: StageInputs, wanted: set[str]) -> list[pa.Table]:
 def _document_metadata(ctx: Any, inputs: StageInputs, columns: list[str]) -> pa.Table:
     """``doc_id`` plus metadata ``columns`` of tonight's documents: the canonical ones from the
     stage inputs, extra ones from tonight's ``documents`` index files."""
-    from engine.pipeline import DOCUMENTS_VERSION
-
     docs = inputs.documents
     out = docs.select(["doc_id", *[c for c in columns if c in docs.column_names]])
     extra = [c for c in columns if c not in docs.column_names]
@@ -87,7 +87,7 @@ def _document_metadata(ctx: Any, inputs: StageInputs, columns: list[str]) -> pa.
         return out
     parts = []
     for shard_id in sorted(pc.unique(docs["shard_id"]).to_pylist()):
-        path = ctx.tag_path(f"documents@{DOCUMENTS_VERSION}", shard_id)
+        path = ctx.tag_path(f"{DOCUMENTS}@{DOCUMENTS_VERSION}", shard_id)
         have = [c for c in extra if c in pq.read_schema(path).names]
         parts.append(pq.read_table(path, columns=["doc_id", *have]))
     meta = pa.concat_tables(parts, promote_options="default")
@@ -104,7 +104,7 @@ def tonight_pool(ctx: Any, inputs: StageInputs, params: ReplayParams, importance
     docs = inputs.documents
     n = docs.num_rows
     ids = pc.cast(docs["doc_id"], pa.string())
-    first_seen = inputs.night.first_seen
+    first_seen = inputs.first_seen
     first = np.full(n, ctx.run_id, dtype=np.int64)
     if first_seen:
         known = pa.table({"doc_id": list(first_seen), "run": list(first_seen.values())})

@@ -97,6 +97,9 @@ CREATE TABLE IF NOT EXISTS scoring_models (
 );
 """
 
+# The schema of these tables (see storage.migrations.StageMigration); add a migration to change it.
+MIGRATIONS: tuple[tuple[int, str, str], ...] = ((1, "loss_traces, scoring_models", DDL),)
+
 
 @dataclass(frozen=True)
 class TraceState:
@@ -112,7 +115,7 @@ class SurpriseStage(NightStage):
     name = "surprise"
     version = "1"
     needs = ("lm",)
-    ddl = DDL
+    migrations = MIGRATIONS
 
     def __init__(self, alpha: float = 0.1, min_std: float = 0.1, min_count: int = 1, min_source_count: int = 10) -> None:
         if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0.0 < alpha <= 1.0:

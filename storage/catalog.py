@@ -11,7 +11,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -21,9 +21,13 @@ import duckdb
 import pyarrow as pa
 
 from core import faults
-from storage.migrations import LATEST_VERSION, MIGRATIONS
+from storage.migrations import LATEST_VERSION, MIGRATIONS, StageMigration
+from storage.records import Segment, ShardRow, TableWrite, TagFile
 from storage.sql import identifier, registered, relations
 from storage.views import ViewSource, build_views
+
+__all__ = ["Catalog", "DatabaseBusyError", "InspectionRefusedError", "RunRecord", "SchemaTooNewError", "Segment",
+           "ShardRow", "TableWrite", "TagFile"]
 
 
 class DatabaseBusyError(RuntimeError):
@@ -36,58 +40,6 @@ class SchemaTooNewError(RuntimeError):
 
 class InspectionRefusedError(PermissionError):
     """A statement that a sandboxed inspection connection does not run, because it can write files."""
-
-
-@dataclass(frozen=True)
-class ShardRow:
-    """A row of the ``shards`` table."""
-
-    shard_id: str
-    path: str
-    size: int
-    mtime_ns: int | None
-    footer_hash: str | None
-    n_rows: int | None
-    n_docs: int | None
-    status: str
-    first_run: int
-    last_run: int
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class TagFile:
-    """An attribute file to register: ``tagger@version`` tags for one shard."""
-
-    tagger: str
-    version: str
-    shard_id: str
-    path: str
-    n_rows: int
-
-
-@dataclass(frozen=True)
-class Segment:
-    """A history index segment written by a run."""
-
-    kind: str
-    path: str
-    n_rows: int
-    params: dict[str, object]
-
-
-@dataclass(frozen=True)
-class TableWrite:
-    """Rows for a catalog table, applied inside the run's transaction.
-
-    With ``key`` the rows are upserted: rows of ``table`` whose key columns match an incoming
-    row are deleted first. Without it they are appended. Column names must match the table's;
-    missing columns take their defaults.
-    """
-
-    table: str
-    rows: pa.Table
-    key: tuple[str, ...] = ()
 
 
 @dataclass
@@ -308,10 +260,12 @@ class Catalog:
             return 0
         return int(self.con.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0])
 
-    def migrate(self, view_sources: Sequence[ViewSource] = (), stage_ddl: Sequence[str] = ()) -> list[int]:
-        """Apply pending migrations; return the versions applied. A new database also gets
-        its views (empty), so every documented view can be queried before the first run.
-        ``stage_ddl`` (``CREATE ... IF NOT EXISTS``) creates the tables night stages own."""
+    def migrate(self, view_sources: Sequence[ViewSource] = (),
+                stage_migrations: Mapping[str, Sequence[StageMigration]] | None = None) -> list[int]:
+        """Apply pending catalog migrations, then each named stage's pending migrations (its own
+        tables, recorded per stage in ``stage_schema``); return the catalog versions applied. A
+        new database also gets its views (empty), so every documented view can be queried
+        before the first run, and a stage's tables exist before the stage first runs."""
         current = self.schema_version()
         if current > LATEST_VERSION:
             raise SchemaTooNewError(
@@ -336,11 +290,37 @@ class Catalog:
                 if version == 1:
                     build_views(con, view_sources, [])
             applied.append(version)
-        if stage_ddl:
-            with self.transaction() as con:
-                for sql in stage_ddl:
-                    con.execute(sql)
+        for stage, steps in (stage_migrations or {}).items():
+            self._migrate_stage(stage, steps)
         return applied
+
+    def stage_versions(self) -> dict[str, int]:
+        """The schema version of each stage's own tables (``stage_schema``)."""
+        rows = self.con.execute("SELECT stage, max(version) FROM stage_schema GROUP BY stage").fetchall()
+        return {str(s): int(v) for s, v in rows}
+
+    def _migrate_stage(self, stage: str, steps: Sequence[StageMigration]) -> None:
+        known = max((v for v, _, _ in steps), default=0)
+        current = self.stage_versions().get(stage, 0)
+        if current > known:
+            raise SchemaTooNewError(
+                f"{self.path}: the tables of stage {stage!r} have schema version {current}, newer than this "
+                f"Glia knows ({known}); upgrade Glia"
+            )
+        for version, description, sql in sorted(steps):
+            if version <= current:
+                continue
+            with self.transaction() as con:
+                con.execute(sql)
+                con.execute("INSERT INTO stage_schema VALUES (?, ?, ?, ?)",
+                            [stage, version, datetime.now(timezone.utc), description])
+
+    def apply_writes(self, writes: Sequence[TableWrite]) -> None:
+        """Write rows to catalog tables in one transaction (upserts by each write's key): the
+        door for writes outside a night, such as ``glia replay build``."""
+        with self.transaction() as con:
+            for w in writes:
+                Catalog._apply_write(con, w)
 
     # -- reads used to plan a run ---------------------------------------------------------
 

@@ -103,6 +103,26 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    (
+        4,
+        "stage_schema: per-stage migrations of the tables night stages own",
+        """
+        -- Night stages own tables of their own (decisions, prune queue, replay sets, loss
+        -- traces); each stage's schema is a list of migrations like this file's, recorded here.
+        -- Databases made before this table existed adopt their stage tables through each
+        -- stage's first migration, which is CREATE ... IF NOT EXISTS for that reason.
+        CREATE TABLE stage_schema (
+            stage       VARCHAR NOT NULL,
+            version     INTEGER NOT NULL,
+            applied_at  TIMESTAMPTZ NOT NULL,
+            description VARCHAR,
+            PRIMARY KEY (stage, version)
+        );
+        """,
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]
+
+# A stage's own schema: (version, description, SQL), oldest first. Never edit a released one.
+StageMigration = tuple[int, str, str]

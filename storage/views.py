@@ -17,17 +17,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import duckdb
 import pyarrow as pa
 
+from storage.records import TagFile
 from storage.sql import identifier, literal, parquet_scan
 
-if TYPE_CHECKING:
-    from storage.catalog import TagFile
 
 DOCUMENTS = "documents"
+# Version of the per-shard documents index (tags/documents@<version>/<shard>.parquet), written at ingest.
+DOCUMENTS_VERSION = "1"
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,9 @@ class Tagger(abc.ABC):
     # runner joins them into the batch by doc_id, so e.g. a classifier head reuses embeddings
     # computed once instead of running a second model pass.
     needs: ClassVar[tuple[str, ...]] = ()
+    # Modules the tagger imports when it first tags (models load lazily): checked when the
+    # configuration loads, so a missing extra is named before the night starts (core.extras).
+    requires: tuple[str, ...] = ()
 
     @abc.abstractmethod
     def schema(self) -> pa.Schema:
@@ -72,6 +75,12 @@ class Tagger(abc.ABC):
         the run date). Whatever it binds must show up in :meth:`config`, which keys the cache.
         The default is the tagger itself."""
         return self
+
+    def stats(self, tags: pa.Table) -> dict[str, float]:
+        """Counts worth recording about one batch's output (e.g. documents flagged), summed over
+        the night's batches into ``run_metrics`` as ``<name>.<count>`` and printed by ``glia run``
+        (after datatrove's ``stat_update``). Documents and seconds are counted for every tagger."""
+        return {}
 
     def config(self) -> dict[str, object]:
         """Parameters that change the output; they go into the cache key and the file metadata."""

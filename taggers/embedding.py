@@ -256,6 +256,7 @@ class EmbeddingTagger(Tagger):
         self.batch_size = batch_size
         self.device = device
         self.path, self.kind = resolve_model(model)
+        self.requires = ("torch", "sentence_transformers") if self.kind == SENTENCE_TRANSFORMERS else ("model2vec",)
         self.dim = model_dim(self.path, self.kind)
         limit = _max_positions(self.path) if self.kind == SENTENCE_TRANSFORMERS else None
         if limit is not None and max_tokens > limit:

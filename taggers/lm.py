@@ -52,6 +52,8 @@ class LMTagger(Tagger):
     version: ClassVar[str] = "1"
     resources: ClassVar[Resources] = Resources(gpu=True, batch_size=SLICE_DOCS)
 
+    requires = ("torch", "transformers")
+
     def __init__(self, model: str = "smollm2", gguf_file: str | None = None, max_tokens: int = 128,
                  batch_size: int = 8, max_docs_per_night: int = 32, max_docs_per_night_gpu: int = 0,
                  utility: bool = True, utility_params: list[str] | None = None, device: str = "auto",

@@ -44,6 +44,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from datatrove.data import Document
 from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.filters.c4_filters import C4QualityFilter
@@ -316,6 +317,9 @@ class QualityTagger(Tagger):
             "params": {fam: self.params[fam] for fam in self.families},
             "tokenizer": repr(self.tokenizer),
         }
+
+    def stats(self, tags: pa.Table) -> dict[str, float]:
+        return {"failed": float(tags.num_rows - (pc.sum(tags["quality_pass"]).as_py() or 0))}
 
     def schema(self) -> pa.Schema:
         return pa.schema(

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from core.extras import import_for
 from taggers.base import Tagger
 
 TaggerFactory = Callable[..., Tagger]
@@ -31,7 +31,7 @@ def factory(name: str) -> TaggerFactory:
     entry = _BUILTIN[name]
     if isinstance(entry, str):
         module, _, attr = entry.partition(":")
-        entry = getattr(importlib.import_module(module), attr)
+        entry = getattr(import_for(f"tagger {name!r}", module), attr)
         _BUILTIN[name] = entry
     return entry
 

@@ -54,6 +54,9 @@ class StalenessTagger(Tagger):
     def config(self) -> dict[str, object]:
         return {"max_age_days": self.max_age_days, "as_of": self.as_of.isoformat()}
 
+    def stats(self, tags: pa.Table) -> dict[str, float]:
+        return {"stale": float(pc.sum(tags["stale"]).as_py() or 0)}
+
     def schema(self) -> pa.Schema:
         return pa.schema([("doc_id", pa.string()), ("age_days", pa.float32()), ("stale", pa.bool_())])
 

@@ -15,6 +15,7 @@ import pytest
 
 from engine.config import ConfigError, RunOptions, load_config
 from flows import runners
+from flows import nightly
 from conftest import NIGHTS, query, run_night
 
 COMPARED = ["documents", "v_duplicates"]
@@ -35,7 +36,7 @@ def test_dask_cluster_run_equals_in_process_run(tmp_path: Path) -> None:
     rules.write_text('[run]\ntask_runner = "dask"\nworkers = 2\n')
 
     assert run_night(root, threads_db, orchestrator="prefect").status == "completed"
-    flow = runners.nightly_for(str(rules))
+    flow = nightly.nightly_for(str(rules))
     assert type(flow.task_runner).__name__ == "DaskTaskRunner"
     assert flow.task_runner.cluster_kwargs["n_workers"] == 2 and flow.task_runner.cluster_kwargs["processes"] is True
     out = flow(shards_root=str(root), db_path=str(dask_db), rules_path=str(rules))

@@ -66,11 +66,11 @@ def run_decide(tmp: Path, stage: DecideStage, docs: pa.Table, outputs: dict[str,
     db = tmp / "glia.duckdb"
     ctx = RunContext(str(tmp), db, tmp / "state", config or GliaConfig(), run_id, datetime(2025, 1, 1, tzinfo=timezone.utc))
     with Catalog(db) as cat:
-        cat.migrate(view_sources(GliaConfig()), [DecideStage.ddl])
+        cat.migrate(view_sources(GliaConfig()), {"decide": DecideStage.migrations})
         for sql, params in setup_sql or []:
             cat.con.execute(sql, params)
         state = stage.load(cat.con, ctx)
-    return stage.run(ctx, state, StageInputs(docs, files, None, history_active=[]))
+    return stage.run(ctx, state, StageInputs(docs, files, {}, history_active=[]))
 
 
 def writes(out: StageOutput) -> dict[str, pa.Table]:

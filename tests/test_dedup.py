@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import NIGHTS, PlantedPair, ThreeNights, glia, query, run_night
-from engine.config import NearDup
+from curation.dedup import NearDup
 
 DUP_COLUMNS = ("SELECT doc_id, kind, survivor_id, jaccard, first_seen_run, survivor_first_seen_run "
                "FROM v_duplicates")

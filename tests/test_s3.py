@@ -223,7 +223,7 @@ def test_storage_options_from_the_rules_file_reach_dask_workers_and_the_dataload
     """With the environment's endpoint pointing nowhere, the run only works if the rules
     file's endpoint reaches discovery, the ingest and tag tasks in Dask worker processes, and
     (recorded with the run) the replay dataloader."""
-    from flows import runners
+    from flows import nightly
 
     prefix = f"rules-{uuid.uuid4().hex[:8]}"
     objects = s3.upload_night(1, prefix)
@@ -234,7 +234,7 @@ def test_storage_options_from_the_rules_file_reach_dask_workers_and_the_dataload
                      f'storage_options = {{endpoint_url = "{s3.endpoint}", anon = false}}\n')
     db = tmp_path / "glia.duckdb"
 
-    flow = runners.nightly_for(str(rules))
+    flow = nightly.nightly_for(str(rules))
     out = flow(shards_root=f"s3://{BUCKET}/{prefix}", db_path=str(db), rules_path=str(rules))
     assert out.status == "completed" and out.rejected == {}
     assert out.counts["shards_new"] == 3 and out.counts["docs"] == 1500

@@ -67,10 +67,10 @@ def run_night(db: Path, run_id: int, docs: dict[str, tuple[str | None, float | N
     documents = pa.table({"doc_id": ids, "source": [docs[d][0] for d in ids], "shard_id": [shard] * len(ids)})
     files = {"lm": [_lm_file(state_dir, shard, [(d, docs[d][1]) for d in ids], run_id)]}
     with Catalog(db) as cat:
-        cat.migrate((), stages.ddl_for(["surprise"]))
+        cat.migrate((), stages.migrations_for(["surprise"]))
         state = stage.load(cat.con, ctx)
     # The night plan is not read by this stage; the flow passes the real one.
-    res = stages.run_stage(ctx, stage, state, StageInputs(documents, files, None, []))  # type: ignore[arg-type]
+    res = stages.run_stage(ctx, stage, state, StageInputs(documents, files, {}, []))
     if commit:
         rec = RunRecord(run_id, ctx.started_at, "completed", "shards", "h", "test", {}, writes=res.writes)
         with Catalog(db) as cat:

@@ -17,7 +17,7 @@ import xxhash
 from datasketch import MinHash
 
 from conftest import NIGHTS, PlantedPair, query, run_night
-from engine.config import NearDup
+from curation.dedup import NearDup
 from taggers import registry
 from taggers.base import Resources, Tagger
 from taggers.exact import ExactHashTagger

@@ -1,0 +1,57 @@
+"""The layer order (pyproject's import-linter contract, docs/ARCHITECTURE.md) is enforced: the
+tree keeps it, and an upward import breaks it with a message naming the import."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LINT = Path(sys.executable).with_name("lint-imports")
+
+
+def _packages() -> list[str]:
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    return list(config["root_packages"])
+
+
+def _lint(where: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(where)}
+    return subprocess.run([str(LINT), "--config", str(where / "pyproject.toml"), "--no-cache"], cwd=where, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def _copy_tree(tmp_path: Path) -> Path:
+    dst = tmp_path / "tree"
+    dst.mkdir()
+    for pkg in _packages():
+        shutil.copytree(ROOT / pkg, dst / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", dst / "pyproject.toml")
+    return dst
+
+
+def test_the_tree_keeps_the_layers(tmp_path: Path) -> None:
+    res = _lint(_copy_tree(tmp_path))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "1 kept, 0 broken" in res.stdout
+
+
+def test_an_upward_import_breaks_the_contract(tmp_path: Path) -> None:
+    """storage is below engine: storage importing the engine's config must fail the check."""
+    tree = _copy_tree(tmp_path)
+    sql = tree / "storage" / "sql.py"
+    sql.write_text(sql.read_text() + "\nfrom engine.config import GliaConfig  # noqa: E402,F401\n")
+    res = _lint(tree)
+    assert res.returncode != 0
+    assert "storage is not allowed to import engine" in res.stdout
+    assert "storage.sql -> engine.config" in res.stdout
+
+
+def test_every_package_is_a_layer() -> None:
+    """A new top-level package must join the contract, or it escapes the check."""
+    on_disk = {p.parent.name for p in ROOT.glob("*/__init__.py")} - {"tests", "bench", "examples", "build"}
+    assert on_disk == set(_packages())
