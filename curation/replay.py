@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from core.params import build_params
 from curation.rules import average_ranks
 from storage.catalog import TableWrite
 from storage.sql import identifier, registered, relation_columns, relations
@@ -204,18 +205,9 @@ class ReplayParams:
             raise ValueError("replay beta_anneal_sets must be >= 1")
 
     @classmethod
-    def from_mapping(cls, params: Mapping[str, Any]) -> ReplayParams:
-        """Build from a rules-file table, naming unknown keys."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise ValueError(f"unknown replay parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        kw = dict(params)
-        if "rarity_columns" in kw:
-            kw["rarity_columns"] = tuple(kw["rarity_columns"])
-        if "weights" in kw:
-            kw["weights"] = {str(k): float(v) for k, v in dict(kw["weights"]).items()}
-        return cls(**kw)
+    def from_mapping(cls, params: Mapping[str, Any], where: str = "[stages.replay]") -> ReplayParams:
+        """Build from a rules-file table (``core.params``: a ``ConfigError`` names a bad key)."""
+        return build_params(cls, params, where)
 
     def weight_of(self, term: str) -> float:
         return float(self.weights.get(term, DEFAULT_WEIGHTS[term]))

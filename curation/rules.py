@@ -49,6 +49,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from core.params import ConfigError
+
 ORDER_OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
 EQ_OPS = {"==": operator.eq, "!=": operator.ne}
 NULL_OPS = ("is_null", "not_null")
@@ -99,7 +101,7 @@ _QUANTILE = re.compile(r"^q(0(\.\d+)?|1(\.0+)?)$")
 _KEY = re.compile(r"[A-Za-z0-9_]+")
 
 
-class RuleError(ValueError):
+class RuleError(ConfigError):
     """The rule configuration is invalid; the message names the key to fix."""
 
 

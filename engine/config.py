@@ -27,16 +27,15 @@ import hashlib
 import importlib.util
 import json
 import tomllib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from core.extras import install_hint, missing_extra
+from core.params import ConfigError, build_params
 from curation.dedup import NearDup
 
 
-class ConfigError(ValueError):
-    """The rules file is malformed; the message names the file and the key."""
 
 
 @dataclass(frozen=True)
@@ -60,7 +59,8 @@ class Columns:
 @dataclass(frozen=True)
 class RunOptions:
     taggers: tuple[str, ...] = ("exact", "minhash")
-    # Night stages, each run only when the taggers it needs run (see stages.base).
+    # Night stages (see stages.base). A listed stage whose needs no tagger or stage meets is
+    # refused when the rules file loads; the default list keeps only the runnable ones.
     stages: tuple[str, ...] = ("dedup",)
     batch_size: int = 10_000
     glob: str = "**/*.parquet"
@@ -127,26 +127,6 @@ class GliaConfig:
         return params
 
 
-def _build(cls: type, table: dict[str, Any], where: str) -> Any:
-    names = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(table) - set(names))
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-    kwargs = {}
-    for key, value in table.items():
-        default = getattr(cls(), key)
-        if isinstance(default, tuple):
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise ConfigError(f"{where}.{key}: expected a list of strings, got {value!r}")
-            value = tuple(value)
-        elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        elif type(value) is not type(default):
-            raise ConfigError(f"{where}.{key}: expected {type(default).__name__}, got {value!r}")
-        kwargs[key] = value
-    return cls(**kwargs)
-
-
 def _check_taggers(cfg: GliaConfig, path: Path) -> None:
     """Fail on unknown tagger names or parameters now, naming the key, not mid-run."""
     from taggers import registry  # here, not at import: the registry imports every tagger
@@ -159,6 +139,8 @@ def _check_taggers(cfg: GliaConfig, path: Path) -> None:
     for name in cfg.run.taggers:
         try:
             tagger = registry.build([name], {name: cfg.params_for(name)})[0]
+        except ConfigError as exc:  # already names [taggers.<name>] and the key
+            raise ConfigError(f"{path} {exc}") from None
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{path} [taggers.{name}]: {exc}") from None
         except ModuleNotFoundError as exc:
@@ -177,6 +159,8 @@ def _check_stages(cfg: GliaConfig, path: Path) -> None:
     for name in cfg.run.stages:
         try:
             stage = stages.stage_class(name)(**cfg.stage_params.get(name, {}))
+        except ConfigError as exc:  # already names [stages.<name>] and the key
+            raise ConfigError(f"{path} {exc}") from None
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{path} [stages.{name}]: {exc}") from None
         except ModuleNotFoundError as exc:
@@ -230,13 +214,19 @@ def load_config(path: Path | str | None) -> GliaConfig:
     if unknown:
         raise ConfigError(f"{path}: unknown section(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     cfg = GliaConfig(
-        columns=_build(Columns, data.get("columns", {}), f"{path} [columns]"),
-        run=_build(RunOptions, data.get("run", {}), f"{path} [run]"),
-        near_dup=_build(NearDup, data.get("near_dup", {}), f"{path} [near_dup]"),
+        columns=build_params(Columns, data.get("columns", {}), f"{path} [columns]"),
+        run=build_params(RunOptions, data.get("run", {}), f"{path} [run]"),
+        near_dup=build_params(NearDup, data.get("near_dup", {}), f"{path} [near_dup]"),
         tagger_params={k: dict(v) for k, v in data.get("taggers", {}).items()},
         stage_params={k: dict(v) for k, v in data.get("stages", {}).items()},
     )
     check_storage_options(cfg.run.storage_options, f"{path} [run].storage_options")
+    if "stages" not in data.get("run", {}):
+        # The default stages run when the taggers they need do; listed stages must be runnable.
+        from stages import base as stages
+
+        runnable = tuple(s for s in cfg.run.stages if set(stages.stage_class(s).needs) <= set(cfg.run.taggers))
+        cfg = replace(cfg, run=replace(cfg.run, stages=runnable))
     _check_taggers(cfg, path)
     _check_stages(cfg, path)
     nd = cfg.near_dup

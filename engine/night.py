@@ -253,7 +253,7 @@ def run_night(shards_root: str | Path, db_path: str | Path, cfg: GliaConfig, sta
             for s in stages:
                 progress.start(s.name, 1)
             stage_results = run_stages(ctx, stages, states,
-                                       stage_inputs(night, ingest_results, tag_files, history_active), run_one=run_one)
+                                       stage_inputs(night.first_seen, ingest_results, tag_files, history_active), run_one=run_one)
 
         nothing = sp.nothing_to_do and not night.backfill
         record = build_record(ctx, night, ingest_results, tag_files, stage_results,

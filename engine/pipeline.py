@@ -333,15 +333,16 @@ def tonight_documents(ingests: list[IngestResult]) -> pa.Table:
     return pa.concat_tables(parts, promote_options="default")
 
 
-def stage_inputs(night: NightPlan, ingests: list[IngestResult], tag_files: list[TagFile],
+def stage_inputs(first_seen: dict[str, int], ingests: list[IngestResult], tag_files: list[TagFile],
                  history_active: list[str]) -> StageInputs:
-    """What the stages read: tonight's accepted documents and the taggers' files for them."""
+    """What the stages read: tonight's accepted documents and the taggers' files for them
+    (``first_seen``: the night plan's earlier first sightings of tonight's documents)."""
     ok = {i.shard_id for i in ingests if i.error is None}
     files: dict[str, list[TagFile]] = {}
     for f in tag_files:
         if f.shard_id in ok:
             files.setdefault(f.tagger, []).append(f)
-    return StageInputs(tonight_documents(ingests), files, dict(night.first_seen), history_active)
+    return StageInputs(tonight_documents(ingests), files, dict(first_seen), history_active)
 
 
 def run_stages(ctx: RunContext, stages: list[NightStage], states: dict[str, Any], inputs: StageInputs,

@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 
 from core.context import RunContext
 from core.extras import import_for
+from core.params import NoParams, build_params
 from storage.catalog import Segment, TableWrite, TagFile
 from storage.migrations import StageMigration
 from storage.parquet_io import FileWrite, write_all
@@ -112,6 +113,14 @@ class NightStage(abc.ABC):
     # Modules the stage imports when it runs (checked when the configuration loads; core.extras).
     requires: ClassVar[tuple[str, ...]] = ()
 
+    # The stage's parameters (``[stages.<name>]``), as for taggers (``taggers.base.Tagger.Params``).
+    Params: ClassVar[type] = NoParams
+
+    def configure(self, params: Mapping[str, Any]) -> Any:
+        """Build ``self.params`` from keyword arguments or a rules-file table, or raise ``ConfigError``."""
+        self.params = build_params(self.Params, params, f"[stages.{self.name}]")
+        return self.params
+
     def outputs(self) -> dict[str, pa.Schema]:
         """Per-document outputs: name -> schema (``doc_id`` first), each exposed as the view
         ``tags_<name>`` and joined into ``v_documents``. Names must not clash with taggers."""
@@ -134,7 +143,7 @@ class NightStage(abc.ABC):
 
 # name -> "module:Class"; imported lazily so a stage's heavy dependencies (faiss, torch) load
 # only when it runs.
-_BUILTIN: dict[str, str] = {
+_BUILTIN: dict[str, str | type[NightStage]] = {
     "dedup": "stages.dedup:DedupStage",
     "surprise": "stages.surprise:SurpriseStage",
     "novelty": "stages.novelty:NoveltyStage",
@@ -147,8 +156,9 @@ def available() -> list[str]:
     return sorted(_BUILTIN)
 
 
-def register(name: str, target: str) -> None:
-    """Register a stage as ``"module:Class"`` (raises if the name is taken)."""
+def register(name: str, target: str | type[NightStage]) -> None:
+    """Register a stage as ``"module:Class"`` (imported on first use) or as the class itself
+    (raises if the name is taken)."""
     if name in _BUILTIN:
         raise ValueError(f"a stage named {name!r} is already registered")
     _BUILTIN[name] = target
@@ -157,7 +167,10 @@ def register(name: str, target: str) -> None:
 def stage_class(name: str) -> type[NightStage]:
     if name not in _BUILTIN:
         raise KeyError(f"unknown stage {name!r}; registered stages: {', '.join(available())}")
-    module, cls = _BUILTIN[name].split(":")
+    target = _BUILTIN[name]
+    if not isinstance(target, str):
+        return target
+    module, cls = target.split(":")
     return getattr(import_for(f"stage {name!r}", module), cls)
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import duckdb
 import numpy as np
@@ -31,7 +31,7 @@ from curation.protect import (
     ClusterModel, Protect, cluster_strata, embedding_matrix, empty_strata, explicit_id_strata, explicit_where_strata,
     fit_clusters, rarity_strata, sample_mask, sample_predicate, strata_lists,
 )
-from curation.rules import DECISION_SCHEMA, MissingTagError, Rules, check_keys, decide
+from curation.rules import DECISION_SCHEMA, DEFAULT_KEEP, DEFAULT_PRUNE, MissingTagError, Rules, decide
 from stages.base import NightStage, StageInputs, StageOutput
 from storage.catalog import TableWrite
 from storage.sql import identifier, parquet_scan
@@ -39,7 +39,6 @@ from storage.sql import identifier, parquet_scan
 DECISION = "decision"
 READS_FROM = ("dedup", "novelty", "surprise")  # stages whose outputs the default terms read
 _RULE_KEYS = ("keep_if_any", "prune_if_any", "terms", "missing", "cap", "requeue_restored")
-_KNOWN = (*_RULE_KEYS, "protect", "lifecycle")
 
 
 @dataclass
@@ -60,14 +59,29 @@ class DecideStage(NightStage):
     name = "decide"
     version = "1"
     needs = ()
-    reads = ("dedup", "novelty", "surprise")
+    reads = READS_FROM
     migrations = pr.MIGRATIONS
 
+    @dataclass(frozen=True)
+    class Params:
+        """The top level of ``[stages.decide]``; the rule (``curation.rules``), the protected
+        strata (``curation.protect``) and the queue's lifecycle (``curation.prune``) check their
+        own tables, naming the key the same way."""
+
+        keep_if_any: tuple[str, ...] = DEFAULT_KEEP
+        prune_if_any: tuple[str, ...] = DEFAULT_PRUNE
+        terms: dict[str, dict[str, Any]] = field(default_factory=dict)
+        missing: Literal["skip", "error"] = "skip"
+        cap: dict[str, float] = field(default_factory=dict)
+        requeue_restored: bool = False
+        protect: dict[str, Any] | None = None
+        lifecycle: dict[str, Any] = field(default_factory=dict)
+
     def __init__(self, **params: Any) -> None:
-        check_keys(params, _KNOWN, "[stages.decide]")
-        self.rules = Rules.from_config({k: v for k, v in params.items() if k in _RULE_KEYS})
-        self.protect = Protect.from_config(params.get("protect"))
-        self.lifecycle = pr.Lifecycle.from_config(params.get("lifecycle", {}))
+        p = self.configure(params)
+        self.rules = Rules.from_config({k: getattr(p, k) for k in _RULE_KEYS})
+        self.protect = Protect.from_config(p.protect)
+        self.lifecycle = pr.Lifecycle.from_config(p.lifecycle)
 
     def outputs(self) -> dict[str, pa.Schema]:
         return {DECISION: DECISION_SCHEMA}
@@ -114,11 +128,6 @@ class DecideStage(NightStage):
 
     def run(self, ctx: Any, state: DecideState, inputs: StageInputs) -> StageOutput:
         run_id = ctx.run_id
-        order = list(ctx.config.run.stages)
-        late = [s for s in order[order.index(self.name) + 1:] if s in READS_FROM] if self.name in order else []
-        if late:  # stages run in [run].stages order: decide would not see their outputs tonight
-            raise ValueError(f"[run].stages lists {', '.join(late)} after \"decide\", which reads their outputs; "
-                             f"move \"decide\" after them")
         docs = inputs.documents
         ids = docs["doc_id"].combine_chunks().cast(pa.string())
         tags = pa.table({"doc_id": ids, "source": docs["source"].cast(pa.string()),

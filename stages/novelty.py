@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import duckdb
 import numpy as np
@@ -46,8 +47,8 @@ class NoveltyStage(NightStage):
     needs = ("embedding",)
     requires = ("faiss",)
 
-    def __init__(self, capacity: int = 100_000, index: str = "flat", seed: int = 0, device: str = "auto",
-                 keep_snapshots: int = 1, on_model_change: str = "error") -> None:
+    @dataclass(frozen=True)
+    class Params:
         """``capacity``: documents the bank keeps; ``index``: ``flat`` (exact), ``hnsw`` or ``ivf``
         (approximate, for large banks); ``seed``: the reservoir's seed (with the run id);
         ``device``: ``auto`` uses faiss-gpu when installed and a GPU is visible;
@@ -55,17 +56,27 @@ class NoveltyStage(NightStage):
         the current one is always kept until tonight's commits, so a failed night loses nothing);
         ``on_model_change``: ``error`` or ``reset`` (start an empty bank) when tonight's
         embeddings come from another model than the bank's."""
-        if not isinstance(capacity, int) or capacity < 1:
-            raise ValueError(f"capacity must be a positive integer, got {capacity!r}")
-        if index not in INDEX_KINDS:
-            raise ValueError(f"index must be one of {', '.join(INDEX_KINDS)}, got {index!r}")
-        check_device(device)
-        if not isinstance(keep_snapshots, int) or keep_snapshots < 0:
-            raise ValueError(f"keep_snapshots must be an integer >= 0 (0 keeps all), got {keep_snapshots!r}")
-        if on_model_change not in ("error", "reset"):
-            raise ValueError(f"on_model_change must be 'error' or 'reset', got {on_model_change!r}")
-        self.capacity, self.index, self.seed, self.device = capacity, index, seed, device
-        self.keep_snapshots, self.on_model_change = keep_snapshots, on_model_change
+
+        capacity: int = 100_000
+        index: str = "flat"
+        seed: int = 0
+        device: str = "auto"
+        keep_snapshots: int = 1
+        on_model_change: Literal["error", "reset"] = "error"
+
+        def __post_init__(self) -> None:
+            if self.capacity < 1:
+                raise ValueError(f"capacity must be a positive integer, got {self.capacity!r}")
+            if self.index not in INDEX_KINDS:
+                raise ValueError(f"index must be one of {', '.join(INDEX_KINDS)}, got {self.index!r}")
+            check_device(self.device)
+            if self.keep_snapshots < 0:
+                raise ValueError(f"keep_snapshots must be an integer >= 0 (0 keeps all), got {self.keep_snapshots!r}")
+
+    def __init__(self, **params: Any) -> None:
+        p = self.configure(params)
+        self.capacity, self.index, self.seed, self.device = p.capacity, p.index, p.seed, p.device
+        self.keep_snapshots, self.on_model_change = p.keep_snapshots, p.on_model_change
 
     def outputs(self) -> dict[str, pa.Schema]:
         return {NOVELTY: NOVELTY_SCHEMA}

@@ -37,8 +37,10 @@ class ReplayStage(NightStage):
     reads = ("dedup", "novelty", "surprise", "decide")
     migrations = MIGRATIONS
 
+    Params = ReplayParams
+
     def __init__(self, **params: Any) -> None:
-        self.params = ReplayParams.from_mapping(params)
+        self.configure(params)
 
     def config(self) -> dict[str, Any]:
         return self.params.to_dict()

@@ -117,18 +117,25 @@ class SurpriseStage(NightStage):
     needs = ("lm",)
     migrations = MIGRATIONS
 
-    def __init__(self, alpha: float = 0.1, min_std: float = 0.1, min_count: int = 1, min_source_count: int = 10) -> None:
-        if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0.0 < alpha <= 1.0:
-            raise ValueError(f"[stages.surprise] alpha must be in (0, 1], got {alpha!r}")
-        if not isinstance(min_std, (int, float)) or isinstance(min_std, bool) or not min_std > 0.0:
-            raise ValueError(f"[stages.surprise] min_std must be > 0 (it floors the slow std), got {min_std!r}")
-        for key, value in (("min_count", min_count), ("min_source_count", min_source_count)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"[stages.surprise] {key} must be an integer >= 1, got {value!r}")
-        self.alpha = float(alpha)
-        self.min_std = float(min_std)
-        self.min_count = min_count
-        self.min_source_count = min_source_count
+    @dataclass(frozen=True)
+    class Params:
+        alpha: float = 0.1  # weight of tonight in the slow running average
+        min_std: float = 0.1  # floor of the slow standard deviation
+        min_count: int = 1  # nights of a document's own history before its own trace is used
+        min_source_count: int = 10  # documents of a source before the source's trace is used
+
+        def __post_init__(self) -> None:
+            if not 0.0 < self.alpha <= 1.0:
+                raise ValueError(f"alpha must be in (0, 1], got {self.alpha!r}")
+            if not self.min_std > 0.0:
+                raise ValueError(f"min_std must be > 0 (it floors the slow std), got {self.min_std!r}")
+            for key in ("min_count", "min_source_count"):
+                if getattr(self, key) < 1:
+                    raise ValueError(f"{key} must be an integer >= 1, got {getattr(self, key)!r}")
+
+    def __init__(self, **params: Any) -> None:
+        p = self.configure(params)
+        self.alpha, self.min_std, self.min_count, self.min_source_count = p.alpha, p.min_std, p.min_count, p.min_source_count
 
     def outputs(self) -> dict[str, pa.Schema]:
         return {"surprise": SURPRISE_SCHEMA}

@@ -15,9 +15,12 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 from datetime import datetime
-from typing import ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import pyarrow as pa
+
+from core.params import NoParams, build_params
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,20 @@ class Tagger(abc.ABC):
     # Modules the tagger imports when it first tags (models load lazily): checked when the
     # configuration loads, so a missing extra is named before the night starts (core.extras).
     requires: tuple[str, ...] = ()
+
+    # The tagger's parameters (``[taggers.<name>]``): a frozen dataclass whose fields are the keys,
+    # types and defaults, and whose ``__post_init__`` checks ranges. :meth:`configure` builds it.
+    Params: ClassVar[type] = NoParams
+
+    def __init__(self, **params: Any) -> None:
+        """A tagger without a constructor of its own takes exactly its ``Params``."""
+        self.configure(params)
+
+    def configure(self, params: Mapping[str, Any]) -> Any:
+        """Build ``self.params`` from keyword arguments or a rules-file table (``core.params``:
+        one ``ConfigError`` naming the key, its type and the allowed values) and return it."""
+        self.params = build_params(self.Params, params, f"[taggers.{self.name}]")
+        return self.params
 
     @abc.abstractmethod
     def schema(self) -> pa.Schema:

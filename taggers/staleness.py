@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import copy
 from datetime import datetime, timezone
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -33,10 +34,16 @@ class StalenessTagger(Tagger):
     version: ClassVar[str] = "1"
     resources: ClassVar[Resources] = Resources(gpu=False, batch_size=50_000)
 
-    def __init__(self, max_age_days: float = 365.0) -> None:
-        if isinstance(max_age_days, bool) or not isinstance(max_age_days, (int, float)) or not max_age_days >= 0:
-            raise ValueError(f"[taggers.staleness].max_age_days must be a number >= 0, got {max_age_days!r}")
-        self.max_age_days = float(max_age_days)
+    @dataclass(frozen=True)
+    class Params:
+        max_age_days: float = 365.0  # a document older than this (by its timestamp) is stale
+
+        def __post_init__(self) -> None:
+            if not self.max_age_days >= 0:
+                raise ValueError(f"max_age_days must be a number >= 0, got {self.max_age_days!r}")
+
+    def __init__(self, **params: Any) -> None:
+        self.max_age_days = self.configure(params).max_age_days
         # The reference time. Outside a run (a notebook, a test) it is the time the tagger was
         # built, so one instance always gives the same answer; a run rebinds it with for_night.
         self.as_of: datetime = datetime.now(timezone.utc)

@@ -509,9 +509,9 @@ def test_as_utf8_flags_exactly_the_values_python_cannot_decode(values: list[byte
     ("body", "must_name"),
     [
         ("[near_dup]\nbandz = 16\n", ["[near_dup]", "bandz"]),
-        ("[run]\nbatch_size = \"big\"\n", ["[run].batch_size", "expected int", "'big'"]),
+        ("[run]\nbatch_size = \"big\"\n", ["[run].batch_size", "expected an integer", "'big'"]),
         ("[run]\ntaggers = \"exact\"\n", ["[run].taggers", "expected a list of strings"]),
-        ("[columns]\ntext = 3\n", ["[columns].text", "expected str"]),
+        ("[columns]\ntext = 3\n", ["[columns].text", "expected a string"]),
         ("[column]\ntext = \"body\"\n", ["unknown section", "column"]),
         ("[near_dup]\nthreshold = 1.5\n", ["[near_dup]", "threshold"]),
         ("[run]\nbatch_size = 0\n", ["[run].batch_size"]),

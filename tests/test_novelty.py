@@ -197,7 +197,7 @@ def _night(tmp: Path, shards: Path, run_id: int, tagger: EmbeddingTagger):
     specs = [ReadSpec(s, cfg.columns, 1000) for s in discover(str(shards))]
     ingests = [ingest_shard(ctx, s) for s in specs]
     files = [tag_shard(ctx, s, tagger) for s in specs]
-    return ctx, stage_inputs(None, ingests, files, [])  # type: ignore[arg-type]
+    return ctx, stage_inputs({}, ingests, files, [])
 
 
 def test_static_bank_through_the_stage_and_model_changes(tmp_path: Path) -> None:

@@ -88,7 +88,7 @@ def test_every_scored_rule_fires_exactly_when_its_score_crosses_datatroves_thres
     """The verdicts come from datatrove's filter classes, the scores from the tagger's own
     expressions: they must tell the same story, rule by rule, on real text."""
     _, rows = tagged
-    params = QualityTagger().params
+    params = QualityTagger().filter_params
     rep = params["gopher_repetition"]
     rules = SCORED_RULES + [
         ("gopher_repetition:top_2_gram", "q_top_2gram_char_frac", ">", dict(rep["top_n_grams"])[2]),
@@ -236,7 +236,7 @@ def test_rules_file_configures_quality_and_staleness(tmp_path: Path) -> None:
     q = next(t for t in tagger_list if t.name == "quality")
     assert q.families == ("gopher_quality", "fineweb")
     assert q.filters["fineweb"].short_line_threshold == 0.9 and q.filters["fineweb"].stop_chars == (".", "!")
-    assert q.params["gopher_repetition"]["dup_n_grams"] == ((5, 0.2), (6, 0.2))
+    assert q.filter_params["gopher_repetition"]["dup_n_grams"] == ((5, 0.2), (6, 0.2))
     assert next(t for t in tagger_list if t.name == "staleness").max_age_days == 30.0
 
 

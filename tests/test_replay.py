@@ -170,7 +170,7 @@ def test_rare_strata_get_higher_priority() -> None:
 def test_params_are_validated() -> None:
     with pytest.raises(ValueError, match="unknown term"):
         ReplayParams(weights={"loudness": 1.0})
-    with pytest.raises(ValueError, match="unknown replay parameter"):
+    with pytest.raises(ValueError, match=r"\[stages.replay\]: unknown key\(s\) sise"):
         ReplayParams.from_mapping({"sise": 3})
     with pytest.raises(ValueError, match="not both"):
         ReplayParams(importance_column="x", importance_sql="SELECT 1")

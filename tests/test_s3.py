@@ -264,7 +264,7 @@ def test_credentials_in_the_rules_file_are_refused(tmp_path: Path) -> None:
         with pytest.raises(ConfigError, match=rf"\[run\]\.storage_options\.{key}: credentials do not belong"):
             load_config(rules)
     rules.write_text('[run]\nstorage_options = "http://x"\n')
-    with pytest.raises(ConfigError, match=r"storage_options: expected dict"):
+    with pytest.raises(ConfigError, match=r"storage_options: expected a table"):
         load_config(rules)
     rules.write_text('[run]\nstorage_options = {endpoint_url = "http://minio:9000", profile = "corpus"}\n')
     cfg = load_config(rules)
