@@ -34,7 +34,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
             return EXIT_ERROR
         return deploy(schedule, args.prefect_file, name=args.name, pool=args.pool)
     except ConfigError as exc:
-        console.print(f"[red]glia: {exc}[/red]")
+        console.print(f"glia: {exc}", style="red", markup=False)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return EXIT_OK

@@ -27,10 +27,10 @@ def run(args: argparse.Namespace, console: Console) -> int:
     try:
         n = export_manifest(args.db, args.out)
     except DatabaseBusyError as exc:
-        console.print(f"[red]glia: {exc}[/red]")
+        console.print(f"glia: {exc}", style="red", markup=False)
         return EXIT_BUSY
     except (ValueError, FileNotFoundError) as exc:
-        console.print(f"[red]glia: {exc}[/red]")
+        console.print(f"glia: {exc}", style="red", markup=False)
         return EXIT_ERROR
     console.print(f"wrote {n} manifest rows to {args.out}")
     return EXIT_OK

@@ -28,9 +28,9 @@ def run(args: argparse.Namespace, console: Console) -> int:
     try:
         duckdb.from_arrow(status_table(args.db)).show(max_width=200)
     except DatabaseBusyError as exc:
-        console.print(f"[red]glia: {exc}[/red]")
+        console.print(f"glia: {exc}", style="red", markup=False)
         return EXIT_BUSY
     except (ValueError, FileNotFoundError) as exc:
-        console.print(f"[red]glia: {exc}[/red]")
+        console.print(f"glia: {exc}", style="red", markup=False)
         return EXIT_ERROR
     return EXIT_OK

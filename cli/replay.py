@@ -53,10 +53,10 @@ def run(args: argparse.Namespace, console: Console) -> int:
             table["record_state"] = False
         row = build_from_catalog(args.db, ReplayParams.from_mapping(table))
     except (RunInProgressError, DatabaseBusyError) as exc:
-        console.print(f"[red]glia: {exc}[/red]")
+        console.print(f"glia: {exc}", style="red", markup=False)
         return EXIT_BUSY
     except (ConfigError, ValueError, FileNotFoundError, duckdb.Error) as exc:
-        console.print(f"[red]glia: {exc}[/red]")
+        console.print(f"glia: {exc}", style="red", markup=False)
         return EXIT_ERROR
     console.print(
         f"replay set {row['set_id']} for run {row['run_id']}: {row['size']} draws of {row['n_items']} documents "

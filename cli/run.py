@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -113,13 +114,13 @@ def run(args: argparse.Namespace, console: Console) -> int:
             prog.install(RichReporter(bar))
             outcome = _night(args)
     except (RunInProgressError, DatabaseBusyError) as exc:
-        console.print(f"[red]glia: {exc}[/red]")
+        console.print(f"glia: {exc}", style="red", markup=False)
         return EXIT_BUSY
     except (ConfigError, FileNotFoundError, ValueError) as exc:
-        console.print(f"[red]glia: {exc}[/red]")
+        console.print(f"glia: {exc}", style="red", markup=False)
         return EXIT_ERROR
     except Exception as exc:
-        console.print(f"[red]glia: the run failed ({type(exc).__name__}: {exc}); it is recorded as failed in "
+        console.print(f"[red]glia: the run failed ({type(exc).__name__}: {escape(str(exc))}); it is recorded as failed in "
                       "v_runs and nothing of it is visible. Fix the cause and rerun: finished work is reused.[/red]")
         return EXIT_ERROR
     finally:
@@ -143,11 +144,11 @@ def run(args: argparse.Namespace, console: Console) -> int:
         table.add_row(k, str(v))
     console.print(table)
     for path, reason in outcome.rejected.items():
-        console.print(f"[yellow]rejected shard[/yellow] {path}: {reason}")
+        console.print(f"[yellow]rejected shard[/yellow] {escape(path)}: {escape(reason)}")
     sk = outcome.skipped
     shown = [r for r in sk.to_pylist() if r["row"] is not None]
     for r in shown[:20]:
-        console.print(f"[yellow]skipped[/yellow] {r['path']} row {r['row']} (id {r['doc_id']}): {r['reason']}")
+        console.print(f"[yellow]skipped[/yellow] {escape(r['path'])} row {r['row']} (id {escape(str(r['doc_id']))}): {escape(r['reason'])}")
     if len(shown) > 20:
         console.print(f"... and {len(shown) - 20} more: SELECT * FROM v_skipped WHERE run_id = {outcome.run_id}")
     if args.strict and (outcome.rejected or shown):

@@ -27,7 +27,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         console.print(f"Serving {args.name}: {schedule.cron} ({schedule.timezone}), one run at a time. Ctrl-C stops it.")
         serve(schedule, name=args.name, paused=args.paused)
     except ConfigError as exc:
-        console.print(f"[red]glia: {exc}[/red]")
+        console.print(f"glia: {exc}", style="red", markup=False)
         return EXIT_ERROR
     except KeyboardInterrupt:
         pass

@@ -29,10 +29,10 @@ def run(args: argparse.Namespace, console: Console) -> int:
     try:
         res = undo(args.db, run_id=args.run_id, doc_ids=args.doc, reason=args.reason)
     except (RunInProgressError, DatabaseBusyError) as exc:
-        console.print(f"[red]glia: {exc}[/red]")
+        console.print(f"glia: {exc}", style="red", markup=False)
         return EXIT_BUSY
     except (NothingToUndoError, ValueError, FileNotFoundError) as exc:
-        console.print(f"[red]glia: {exc}[/red]")
+        console.print(f"glia: {exc}", style="red", markup=False)
         return EXIT_ERROR
     detail = ", ".join(f"{n} {s}" for s, n in sorted(res.by_status.items()))
     console.print(f"restored {len(res.restored)} document(s) ({detail}); they are back in v_manifest and "
