@@ -56,7 +56,7 @@ import pyarrow.parquet as pq
 
 from core.params import build_params
 from curation.rules import average_ranks
-from storage.catalog import TableWrite
+from storage.catalog import TableWrite, query_rolled_back
 from storage.sql import identifier, registered, relation_columns, relations
 
 # Priority terms, in the order they are reported. ``rarity`` and ``protected`` come from the
@@ -510,14 +510,10 @@ class CatalogState:
 def run_importance_sql(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
     """Run the user's importance query inside a transaction that is rolled back, so it can
     read anything and change nothing. It must return ``doc_id`` and ``importance``."""
-    con.execute("BEGIN TRANSACTION")
     try:
-        rel = con.sql(sql)
-        table = rel.to_arrow_table() if rel is not None else None
+        table = query_rolled_back(con, sql)
     except duckdb.Error as exc:
         raise ValueError(f"replay importance_sql failed: {exc}; it must be a SELECT returning doc_id, importance") from exc
-    finally:
-        con.execute("ROLLBACK")
     if table is None:
         raise ValueError("replay importance_sql returned no rows: it must be a SELECT returning doc_id, importance")
     rel = table

@@ -27,7 +27,7 @@ from storage.sql import identifier, registered, relations
 from storage.views import ViewSource, build_views
 
 __all__ = ["Catalog", "DatabaseBusyError", "InspectionRefusedError", "RunRecord", "SchemaTooNewError", "Segment",
-           "ShardRow", "TableWrite", "TagFile"]
+           "ShardRow", "TableWrite", "TagFile", "query_rolled_back"]
 
 
 class DatabaseBusyError(RuntimeError):
@@ -436,6 +436,17 @@ class Catalog:
                 match = " AND ".join(f"t.{identifier(k)} IS NOT DISTINCT FROM i.{identifier(k)}" for k in w.key)
                 con.execute(f"DELETE FROM {table} t WHERE EXISTS (SELECT 1 FROM _write_in i WHERE {match})")
             con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _write_in")
+
+
+def query_rolled_back(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table | None:
+    """Run a user's query inside a transaction that is rolled back, so it can read anything and
+    change nothing (a replay importance query); None if the statement returns no relation."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        rel = con.sql(sql)
+        return rel.to_arrow_table() if rel is not None else None
+    finally:
+        con.execute("ROLLBACK")
 
 
 SHARD_COLUMNS = ("shard_id", "path", "size", "mtime_ns", "footer_hash", "n_rows", "n_docs", "status",

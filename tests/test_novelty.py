@@ -22,7 +22,8 @@ from engine.pipeline import RunContext, ingest_shard, stage_inputs, tag_shard
 from storage.shards import discover
 from storage import bank as bank_mod
 from storage.bank import Bank, bank_dir
-from taggers.embedding import EmbeddingTagger, resolve_model
+from models.encoders import resolve_model
+from taggers.embedding import EmbeddingTagger
 
 RULES = """
 [run]
