@@ -8,6 +8,7 @@
     glia prune status [--db ...]              the prune queue by status
     glia manifest export --out FILE [--db ...]  the clean manifest (v_manifest) as Parquet
     glia models train-risk [--out DIR] [--force]  train the default toxicity head of the risk tagger
+    glia reindex [--db ...] [--rules ...]     rebuild the near-dup history under the [near_dup] scheme
 """
 
 from __future__ import annotations
@@ -231,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     operate.add_cli(sub)
     from curation import prune  # glia undo | prune status | manifest export
     prune.add_cli(sub)
+    from curation import reindex  # glia reindex
+    reindex.add_cli(sub)
     models = sub.add_parser("models", help="build model artefacts ahead of a run")
     models_sub = models.add_subparsers(dest="models_cmd", required=True)
     train_risk = models_sub.add_parser("train-risk", help="train the risk tagger's default toxicity head")
@@ -240,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
     if args.cmd == "models":
         return _models(args, console)
+    if args.cmd in reindex.COMMANDS:
+        return reindex.run_cli(args, console)
     if args.cmd in prune.COMMANDS:
         return prune.run_cli(args, console)
     if args.cmd in operate.COMMANDS:

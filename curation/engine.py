@@ -27,6 +27,7 @@ from curation import faults, progress
 from curation import stages as stages_mod
 from curation.config import GliaConfig
 from curation.ingest import ReadSpec, ShardRejected
+from curation.reindex import config_for_history
 from curation.shards import is_storage_error
 from curation.pipeline import (
     IngestResult, NightOutcome, RunContext, build_record, collect_garbage, default_state_dir, ingest_shard,
@@ -201,6 +202,10 @@ def run_night(shards_root: str | Path, db_path: str | Path, cfg: GliaConfig, sta
     ctx = None
     try:
         with Catalog(db) as cat:  # fails at once if another process holds the file
+            # A history built with the previous default near-dup scheme keeps its scheme.
+            cfg, notice = config_for_history(cfg, cat.con)
+            if notice:
+                log.warning("glia: %s", notice)
             cat.migrate(view_sources(cfg), stages_mod.ddl_for([s.name for s in stages_for(cfg)]))
             ctx = RunContext(root, db, state, cfg, cat.next_run_id(), now())
             lock.update(ctx.run_id)
