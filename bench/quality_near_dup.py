@@ -413,7 +413,7 @@ def report(quick: bool) -> dict:
         settings = settings[:2]
     work = Path(tempfile.mkdtemp(prefix="glia-quality-nd-"))
     try:
-        sets = {"foldoc": (foldoc_texts, 1200 if quick else 2800)}
+        sets = {"foldoc": (foldoc_texts, 1200 if quick else 2700)}
         if not quick:
             sets["gcide"] = (gcide_texts, 4000)
         for name, (load, n_orig) in sets.items():
@@ -430,7 +430,7 @@ def report(quick: bool) -> dict:
                 "true_jaccard_word3_quartiles": true_jaccards(docs, 3),
                 "settings": measure(docs, settings, work / name),
             }
-        per_night = 4000 if quick else 20000
+        per_night = 3000 if quick else 7500
         scale_docs = scale_set(gcide_texts(1000, 1800), per_night)
         nights = write_nights(scale_docs, work / "scale" / "shards", shards=4)
         out["scale"] = {"proxy": f"{NIGHTS} nights x {per_night} GCIDE documents of 1.0-1.8k chars, "
