@@ -294,8 +294,14 @@ def score(docs: Sequence[Doc], flagged: dict[str, str]) -> dict:
     recall = tp / expected if expected else 1.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     # A copy is found when it ends in its original's cluster (whichever of the two survived).
+    # Survivors are followed to the end: an exact copy names its exact group's survivor, which
+    # may itself be a near duplicate of the cluster's survivor.
     def root(d: str) -> str:
-        return flagged.get(d, d)
+        seen = {d}
+        while d in flagged and flagged[d] not in seen:
+            d = flagged[d]
+            seen.add(d)
+        return d
 
     by_kind: dict[str, list[int]] = {}
     by_rate: dict[str, list[int]] = {}
@@ -382,6 +388,30 @@ def scale_set(texts: Sequence[str], per_night: int, copy_share: float = 0.05, ra
     return docs
 
 
+def scale_from_corpus(corpus: Path, nights: int, copy_share: float = 0.05, rate: float = 0.04,
+                      seed: int = SEED) -> list[Doc]:
+    """Nights 1..``nights`` of a ``bench/make_scale_corpus.py`` corpus (real sentences from the
+    pinned bench inputs), its own planted copies (``copies.csv``) left out, and from night 2 on
+    ``copy_share`` of each night replaced by copies, with exactly ``rate`` of their words
+    dropped, of documents drawn from earlier nights: the 1M run's construction."""
+    import csv
+
+    rng = random.Random(f"glia-quality-near-dup-scale-corpus-{seed}")
+    docs: list[Doc] = []
+    for night in range(1, nights + 1):
+        folder = corpus / f"night{night:02d}"
+        with (folder / "copies.csv").open(encoding="utf-8") as fh:
+            theirs = {r["doc_id"] for r in csv.DictReader(fh)}
+        t = pq.read_table(sorted(folder.glob("part-*.parquet")), columns=["id", "text"])
+        rows = [(i, x) for i, x in zip(t["id"].to_pylist(), t["text"].to_pylist(), strict=True) if i not in theirs]
+        n_copies = round(len(rows) * copy_share) if night > 1 else 0
+        copies = rng.sample([d for d in docs if d.kind == "original"], n_copies) if n_copies else []
+        docs += [Doc(i, night, i, "original", x) for i, x in rows[: len(rows) - n_copies]]
+        docs += [Doc(f"{o.doc_id}-copy{night}", night, o.family, "drop", drop_words(o.text, rng, rate), rate)
+                 for o in copies]
+    return docs
+
+
 def scale_recall(docs: Sequence[Doc], flagged: dict[str, str]) -> dict:
     """Share of the planted copies flagged as a duplicate of their own original."""
     family = {d.doc_id: d.family for d in docs}
@@ -403,9 +433,13 @@ def settings_to_try() -> list[tuple[str, NearDup]]:
     return [(label, default)] + [(lab, replace(default, **kw)) for lab, kw in SETTINGS]
 
 
-def report(quick: bool) -> dict:
+def report(quick: bool, scale_corpus: Path | None = None, sets_too: bool = True) -> dict:
     """Build the sets, run every setting, and return the figures (``quick``: FOLDOC only, a
-    smaller set, the shipped default and the old default only, a 3 x 4k scale proxy)."""
+    smaller set, the shipped default and the old default only, a 3 x 3k scale proxy).
+
+    ``scale_corpus``: a ``bench/make_scale_corpus.py`` corpus folder to cut the scale check
+    from (its first three nights); without one (or when it is not built) the GCIDE proxy.
+    ``sets_too=False`` runs only the scale check."""
     t0 = time.perf_counter()
     out: dict = {"source": "dict-foldoc " + sources.DEBIAN_PINS["dict-foldoc"], "quick": quick, "sets": {}}
     settings = settings_to_try()
@@ -413,8 +447,8 @@ def report(quick: bool) -> dict:
         settings = settings[:2]
     work = Path(tempfile.mkdtemp(prefix="glia-quality-nd-"))
     try:
-        sets = {"foldoc": (foldoc_texts, 1200 if quick else 2700)}
-        if not quick:
+        sets = {"foldoc": (foldoc_texts, 1200 if quick else 2700)} if sets_too else {}
+        if not quick and sets_too:
             sets["gcide"] = (gcide_texts, 4000)
         for name, (load, n_orig) in sets.items():
             docs = build_set(load(), n_orig, name=name)
@@ -430,11 +464,18 @@ def report(quick: bool) -> dict:
                 "true_jaccard_word3_quartiles": true_jaccards(docs, 3),
                 "settings": measure(docs, settings, work / name),
             }
-        per_night = 3000 if quick else 7500
-        scale_docs = scale_set(gcide_texts(1000, 1800), per_night)
+        if scale_corpus is not None and (scale_corpus / "night01").exists():
+            scale_docs = scale_from_corpus(scale_corpus, NIGHTS)
+            proxy = (f"{NIGHTS} nights of {scale_corpus.name} (bench/make_scale_corpus.py), {len(scale_docs)} documents, "
+                     "its planted copies left out, 5 % copies of earlier nights with 4 % of words dropped")
+        else:
+            per_night = 3000 if quick else 7500
+            scale_docs = scale_set(gcide_texts(1000, 1800), per_night)
+            proxy = (f"{NIGHTS} nights x {per_night} GCIDE documents of 1.0-1.8k chars, "
+                     "5 % copies of earlier nights with 4 % of words dropped")
         nights = write_nights(scale_docs, work / "scale" / "shards", shards=4)
-        out["scale"] = {"proxy": f"{NIGHTS} nights x {per_night} GCIDE documents of 1.0-1.8k chars, "
-                                 "5 % copies of earlier nights with 4 % of words dropped", "results": []}
+        out["scale"] = {"proxy": proxy, "results": []}
+        print(f"scale: {proxy}", flush=True)
         for label, nd in settings[:2]:
             db = work / "scale" / label.split(":")[0].replace(" ", "_") / "glia.duckdb"
             flagged, seconds = run_nights(nights, db, nd)
@@ -466,11 +507,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller set, shipped and old default only")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    ap.add_argument("--scale-corpus", type=Path, default=None,
+                    help="a bench/make_scale_corpus.py corpus (e.g. bench/data/scale-100000) for the scale check; "
+                         "default: the GCIDE proxy")
+    ap.add_argument("--scale-only", action="store_true", help="only the scale check")
     args = ap.parse_args()
-    res = report(args.quick)
+    res = report(args.quick, args.scale_corpus, sets_too=not args.scale_only)
     print_table(res)
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"quality_near_dup{'_quick' if args.quick else ''}.json"
+    path = args.out / f"quality_near_dup{'_quick' if args.quick else ''}{'_scale' if args.scale_only else ''}.json"
     path.write_text(json.dumps(res, indent=2))
     print(f"\nwritten {path}")
 

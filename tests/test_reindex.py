@@ -150,8 +150,8 @@ def test_legacy_scheme_constant_is_the_previous_default() -> None:
 def test_documented_curve_numbers_are_the_codes() -> None:
     """The numbers config.py's docstring and the README state for the default come from its formula."""
     nd = NearDup()
-    doc = NearDup.__doc__ or ""
-    stated = {float(s): float(p) for p, s in re.findall(r"probability (0\.\d+), at (0\.\d)", doc)}
+    doc = " ".join((NearDup.__doc__ or "").split())
+    stated = {float(s): float(p) for s, p in re.findall(r"Jaccard (0\.\d) becomes a candidate with probability (0\.\d+)", doc)}
     stated.update({float(s): float(p) for s, p in re.findall(r"at (0\.\d) with (0\.\d+)", doc)})
     assert len(stated) >= 4, doc
     for s, p in stated.items():
