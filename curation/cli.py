@@ -101,10 +101,10 @@ def _run(args: argparse.Namespace, console: Console) -> int:
             prog.install(RichReporter(bar))
             outcome = _night(args)
     except (RunInProgressError, DatabaseBusyError) as exc:
-        console.print(f"[red]glia: {exc}[/red]")
+        console.print(f"glia: {exc}", style="red", markup=False)
         return EXIT_BUSY
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
-        console.print(f"[red]glia: {exc}[/red]")
+    except (ConfigError, FileNotFoundError, ValueError) as exc:  # markup off: messages name [sections]
+        console.print(f"glia: {exc}", style="red", markup=False)
         return EXIT_ERROR
     except Exception as exc:
         console.print(f"[red]glia: the run failed ({type(exc).__name__}: {exc}); it is recorded as failed in "
