@@ -175,6 +175,8 @@ def reindex(db_path: Path | str, cfg: GliaConfig, state_dir: Path | str | None =
                  for r in active]
         with ThreadPoolExecutor(workers or cfg.run.workers) as pool:
             tag_files: list[TagFile] = list(pool.map(lambda s: tag_shard(ctx, s, minhash), specs))
+        # All active signatures in memory at once (num_perm x 4 bytes a document: 0.5 GB per
+        # million at 128), looked up per night by doc_id.
         sigs = pa.concat_tables([pq.read_table(f.path, columns=["doc_id", "_minhash"]) for f in tag_files]) \
             if tag_files else None
 
@@ -197,14 +199,14 @@ def reindex(db_path: Path | str, cfg: GliaConfig, state_dir: Path | str | None =
             mh = pa.table({"doc_id": ex["doc_id"], "_minhash": pc.take(sigs["_minhash"], idx)})
             first_seen = dict(zip(ex["doc_id"].to_pylist(), ex["run_id"].to_pylist()))
             built = [s for _, s in new_segments]
-            history = History(exact_segs[:k] + built, active_ids,
-                              tmp_dir=work / "tmp")
+            # The exact hashes of earlier runs as recorded, the new scheme's segments built so far.
+            history = History(exact_segs[:k] + built, active_ids, tmp_dir=work / "tmp")
             try:
                 res = resolve(Tonight.from_tables(ex.select(["doc_id", "text_hash", "shard_id"]), mh, night_run,
                                                   first_seen), history, night_run, cfg.near_dup)
             finally:
                 history.close()
-            tables = {k: v for k, v in res.segments.items() if k in SCHEME_KINDS}
+            tables = {kind: t for kind, t in res.segments.items() if kind in SCHEME_KINDS}
             written = write_segments(state / "index" / "reindex" / f"run-{run_id:06d}", night_run, tables,
                                      new_params)
             new_segments += [(night_run, s) for s in written]
