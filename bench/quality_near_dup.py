@@ -243,6 +243,21 @@ def build_set(texts: Sequence[str], n_originals: int, seed: int = SEED, name: st
     return docs
 
 
+def set_sha256(docs: Sequence[Doc]) -> str:
+    """sha256 over the set's documents in order (night, id, kind, text, length-prefixed): two
+    machines that report the same hash measured the same set."""
+    import hashlib
+    import struct
+
+    digest = hashlib.sha256()
+    for d in docs:
+        for value in (str(d.night), d.doc_id, d.kind, d.text):
+            data = value.encode("utf-8", "surrogatepass")
+            digest.update(struct.pack("<Q", len(data)))
+            digest.update(data)
+    return digest.hexdigest()
+
+
 def write_nights(docs: Sequence[Doc], root: Path, shards: int = 2) -> list[Path]:
     """Each night's documents, in a seeded shuffled order, as ``shards`` Parquet shards under ``root/nightN``."""
     rng = random.Random(f"glia-quality-near-dup-order-{len(docs)}")
@@ -455,9 +470,9 @@ def report(quick: bool, scale_corpus: Path | None = None, sets_too: bool = True)
             kinds: dict[str, int] = {}
             for d in docs:
                 kinds[d.kind] = kinds.get(d.kind, 0) + 1
-            print(f"{name}: {len(docs)} documents over {NIGHTS} nights {kinds}", flush=True)
+            print(f"{name}: {len(docs)} documents over {NIGHTS} nights {kinds}, sha256 {set_sha256(docs)}", flush=True)
             out["sets"][name] = {
-                "documents": len(docs), "by_kind": kinds,
+                "documents": len(docs), "by_kind": kinds, "sha256": set_sha256(docs),
                 "cross_night_copies": sum(1 for d in docs if d.kind in KINDS and d.night > int(
                     next(o.night for o in docs if o.family == d.family and o.kind == "original"))),
                 "true_jaccard_word5_quartiles": true_jaccards(docs, 5),
@@ -474,7 +489,7 @@ def report(quick: bool, scale_corpus: Path | None = None, sets_too: bool = True)
             proxy = (f"{NIGHTS} nights x {per_night} GCIDE documents of 1.0-1.8k chars, "
                      "5 % copies of earlier nights with 4 % of words dropped")
         nights = write_nights(scale_docs, work / "scale" / "shards", shards=4)
-        out["scale"] = {"proxy": proxy, "results": []}
+        out["scale"] = {"proxy": proxy, "sha256": set_sha256(scale_docs), "results": []}
         print(f"scale: {proxy}", flush=True)
         for label, nd in settings[:2]:
             db = work / "scale" / label.split(":")[0].replace(" ", "_") / "glia.duckdb"
