@@ -10,6 +10,7 @@
     glia undo RUN_ID | --doc ID | --reason R [--db ...]   restore pruned documents
     glia prune status [--db ...]              the prune queue by status
     glia manifest export --out FILE [--db ...]  the clean manifest (v_manifest) as Parquet
+    glia reindex [--db ...] [--rules ...]     rebuild the near-dup history under the [near_dup] scheme
     glia models train-risk [--out DIR] [--force]  train the default toxicity head of the risk tagger
 
 Each command is one module of this package with ``NAME``, ``HELP``, ``add_arguments(parser)``
@@ -32,7 +33,8 @@ from cli.exit_codes import EXIT_BUSY, EXIT_ERROR, EXIT_OK, EXIT_STRICT
 __all__ = ["COMMANDS", "EXIT_BUSY", "EXIT_ERROR", "EXIT_OK", "EXIT_STRICT", "build_parser", "main"]
 
 # The order is the order of `glia --help`.
-COMMANDS = ("run", "status", "sql", "replay", "serve", "deploy", "dashboard", "undo", "prune", "manifest", "models")
+COMMANDS = ("run", "status", "sql", "replay", "serve", "deploy", "dashboard", "undo", "prune", "manifest", "reindex",
+            "models")
 
 
 def command_module(name: str) -> ModuleType:

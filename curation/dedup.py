@@ -50,18 +50,25 @@ class NearDup:
     """MinHash LSH parameters.
 
     A pair with true Jaccard ``s`` becomes a candidate with probability
-    ``1 - (1 - s**rows)**bands``; the S-curve's midpoint is near ``(1/bands)**(1/rows)``
-    (0.67 for 16 x 7). Candidates are then kept only if their *estimated* Jaccard (share of
-    equal signature values) reaches ``threshold``. With 16 x 7 a pair at Jaccard 0.8 is
-    found with probability 0.977 (datatrove's 14 x 8: 0.924), at 0.7 with 0.75, at 0.5
-    with 0.12.
+    ``1 - (1 - s**rows)**bands`` (:meth:`candidate_probability`); the S-curve's midpoint is
+    near ``(1/bands)**(1/rows)`` (0.42 for 32 x 4). Candidates are then kept only if their
+    *estimated* Jaccard (share of equal signature values) reaches ``threshold``. With the
+    default word 3-grams and 32 x 4 a pair at word-3-gram Jaccard 0.5 becomes a candidate
+    with probability 0.873, at 0.6 with 0.988, at 0.7 with 0.9998, at 0.4 with 0.564 and at
+    0.3 with 0.229 (those are then dropped by the 0.5 threshold).
+
+    Measured (``bench/quality_near_dup.py``, edited copies of FOLDOC entries that no default
+    was tuned on, see README "Near-duplicate quality"): this default and the previous one
+    (word 5-grams, 16 x 7, 0.75, :data:`engine.reindex.LEGACY_NEAR_DUP`) are compared
+    there, with every other setting tried. Changing ``ngram``, ``bands``, ``rows`` or
+    ``seed`` changes the stored history's signatures: ``glia reindex`` rebuilds it.
     """
 
-    bands: int = 16
-    rows: int = 7
-    ngram: int = 5
+    bands: int = 32
+    rows: int = 4
+    ngram: int = 3
     seed: int = 1
-    threshold: float = 0.75
+    threshold: float = 0.5
     # Buckets larger than this link each member to the bucket's first document only
     # (star) instead of to every other member, so a boilerplate bucket stays linear.
     max_bucket: int = 64
@@ -73,6 +80,7 @@ class NearDup:
         return self.bands * self.rows
 
     def candidate_probability(self, s: float) -> float:
+        """Probability that a pair at true Jaccard ``s`` shares at least one LSH band."""
         return 1.0 - (1.0 - s**self.rows) ** self.bands
 
 

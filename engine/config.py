@@ -16,9 +16,10 @@ Example ``glia.toml``::
     storage_options = {endpoint_url = "http://minio:9000"}  # fsspec arguments for URL shards
 
     [near_dup]
-    bands = 16           # LSH bands x rows = MinHash permutations
-    rows = 7
-    threshold = 0.75     # estimated Jaccard a candidate pair must reach
+    ngram = 3            # word n-grams (shingles)
+    bands = 32           # LSH bands x rows = MinHash permutations
+    rows = 4
+    threshold = 0.5      # estimated Jaccard a candidate pair must reach
 """
 
 from __future__ import annotations

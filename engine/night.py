@@ -28,6 +28,7 @@ from core import progress
 from stages import base as stages_mod
 from engine.config import GliaConfig
 from engine.ingest import ReadSpec, ShardRejected
+from engine.reindex import config_for_history
 from storage.shards import is_storage_error
 from engine.pipeline import (
     IngestResult, NightOutcome, RunContext, build_record, collect_garbage, default_state_dir, ingest_shard,
@@ -202,6 +203,10 @@ def run_night(shards_root: str | Path, db_path: str | Path, cfg: GliaConfig, sta
     ctx = None
     try:
         with Catalog(db) as cat:  # fails at once if another process holds the file
+            # A history built with the previous default near-dup scheme keeps its scheme.
+            cfg, notice = config_for_history(cfg, cat.con)
+            if notice:
+                log.warning("glia: %s", notice)
             cat.migrate(view_sources(cfg), stages_mod.migrations_for([s.name for s in stages_for(cfg)]))
             ctx = RunContext(root, db, state, cfg, cat.next_run_id(), now())
             lock.update(ctx.run_id)

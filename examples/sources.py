@@ -69,6 +69,8 @@ DEBIAN_PINS = {
     "dict-devil": "1.0-13.1",
     "dict-jargon": "4.4.7-3.1",
     "dict-gcide": "0.48.5+nmu2",
+    # Only for bench/quality_near_dup.py: a source no corpus or default was built or tuned on.
+    "dict-foldoc": "20230119-1",
 }
 
 

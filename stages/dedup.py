@@ -37,7 +37,8 @@ class DedupStage(NightStage):
             if seg.kind == "signatures" and seg.params != params:
                 raise ValueError(
                     f"the dedup history in {ctx.state_dir} was built with {seg.params}, but this run uses "
-                    f"{params}; keep [near_dup] as it was, or start a new database for new parameters"
+                    f"{params}; keep [near_dup] as it was, or run `glia reindex` to rebuild the history under the new "
+                    "parameters"
                 )
         exact_files, mh_files = inputs.files.get("exact", []), inputs.files.get("minhash", [])
         if not exact_files:

@@ -1,4 +1,4 @@
-"""MinHash signature tagger (datatrove/FineWeb conventions: word 5-grams, 64-bit hashes).
+"""MinHash signature tagger (word n-grams, 3 by default, 64-bit hashes).
 
 Per shard it computes each document's signature; banding, the persistent LSH index and
 the cross-night matching live in ``curation.dedup`` and ``storage.history``.
@@ -30,7 +30,7 @@ class MinHashTagger(Tagger):
     version: ClassVar[str] = f"1-r{rensa.RMinHash.ALGORITHM_VERSION}"
     resources: ClassVar[Resources] = Resources(gpu=False, batch_size=20_000)
 
-    def __init__(self, num_perm: int = 112, ngram: int = 5, seed: int = 1) -> None:
+    def __init__(self, num_perm: int = 128, ngram: int = 3, seed: int = 1) -> None:
         if num_perm < 1 or ngram < 1:
             raise ValueError("minhash num_perm and ngram must be positive")
         self.num_perm = num_perm

@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import NIGHTS, glia, query, run_night
-from engine.config import ConfigError, GliaConfig, RunOptions, load_config
+from engine.config import ConfigError, GliaConfig, NearDup, RunOptions, load_config
 from engine.ingest import ReadSpec, as_utf8, read_documents
 from storage.shards import discover
 from core.text import hash_strings, normalize
@@ -535,7 +535,7 @@ def test_good_rules_file_is_applied(tmp_path: Path) -> None:
                      '[run]\nbatch_size = 500\n')
     cfg = load_config(rules)
     assert cfg.columns.text == "body" and cfg.columns.extra == ("lang",)
-    assert cfg.near_dup.threshold == 1.0 and cfg.near_dup.num_perm == 8 * 7
+    assert cfg.near_dup.threshold == 1.0 and cfg.near_dup.num_perm == 8 * NearDup().rows  # rows: the default
     assert cfg.run.batch_size == 500
     assert cfg.hash() != GliaConfig().hash()
     assert load_config(None) == GliaConfig()

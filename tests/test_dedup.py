@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from collections import defaultdict
 from pathlib import Path
 
@@ -60,19 +62,48 @@ def test_planted_cross_night_pairs_are_found(planted: list[PlantedPair], dups: d
     assert [(p.doc_id, dups[p.doc_id][0]) for p in near if dups[p.doc_id][0] != "near"] == []
 
 
+def normalize(text: str) -> str:
+    """The exact-duplicate normal form: NFKC, lower case, whitespace folded."""
+    return " ".join(unicodedata.normalize("NFKC", text).lower().split())
+
+
+def true_jaccard(a: str, b: str, n: int) -> float:
+    """Jaccard of two texts' word ``n``-gram sets (Glia's tokenisation: NFKC, lower case, \\w+)."""
+    def grams(text: str) -> set[tuple[str, ...]]:
+        toks = re.findall(r"\w+", unicodedata.normalize("NFKC", text).lower())
+        return set(zip(*(toks[i:] for i in range(n)), strict=False)) if len(toks) >= n else {tuple(toks)}
+    x, y = grams(a), grams(b)
+    return len(x & y) / len(x | y)
+
+
 def test_survivor_is_the_earliest_document_of_the_cluster(
-    planted: list[PlantedPair], dups: dict[str, tuple], night_of_id: dict[str, int]
+    planted: list[PlantedPair], dups: dict[str, tuple], night_of_id: dict[str, int], corpus_texts: dict[str, str]
 ) -> None:
-    """Ground-truth clusters: documents linked by pairs at or above the configured threshold
-    (true Jaccard); the survivor is the earliest by (night, doc_id)."""
-    threshold = NearDup().threshold
-    cluster = components([(p.doc_id, p.duplicate_of) for p in planted if p.jaccard >= threshold])
+    """Ground-truth clusters: documents linked by pairs clearly above the configured threshold
+    (true Jaccard of the configured shingles); the survivor is the earliest by (night, doc_id).
+
+    Clusters that a pair within 0.1 of the threshold touches are left out: such a pair is
+    found with a probability below one by design (the candidate curve, and the estimate's
+    noise of about 0.045 at 128 values), so which side of it a survivor lands on is not a rule.
+    """
+    nd = NearDup()
+    sure, unsure = [], set()
+    for p in planted:
+        j = true_jaccard(corpus_texts[p.doc_id], corpus_texts[p.duplicate_of], nd.ngram)
+        if j >= nd.threshold + 0.1:
+            sure.append((p.doc_id, p.duplicate_of))
+        elif j > nd.threshold - 0.1:
+            unsure |= {p.doc_id, p.duplicate_of}
+    cluster = components(sure)
     wrong = []
     same_as_original = 0
     for p in cross_night_planted(planted):
-        if p.doc_id not in dups:
+        if p.doc_id not in dups or cluster.get(p.doc_id, frozenset({p.doc_id})) & unsure:
             continue
-        expected = min(cluster[p.doc_id], key=lambda d: (night_of_id[d], d))
+        members = cluster[p.doc_id]
+        if dups[p.doc_id][0] == "exact":  # an exact copy names its exact group's survivor
+            members = [d for d in members if normalize(corpus_texts[d]) == normalize(corpus_texts[p.doc_id])]
+        expected = min(members, key=lambda d: (night_of_id[d], d))
         survivor = dups[p.doc_id][1]
         same_as_original += survivor == p.duplicate_of
         if survivor != expected:

@@ -12,6 +12,7 @@ import pytest
 import xxhash
 
 from conftest import NIGHTS, ThreeNights, file_mtimes, query, run_night, snapshot
+from storage.migrations import LATEST_VERSION
 
 RUN_COUNTS = (
     "SELECT run_id, status, n_shards_seen, n_shards_new, n_shards_changed, n_shards_unchanged, "
@@ -191,14 +192,16 @@ def test_a_database_from_before_the_first_seen_table_upgrades_on_the_next_run(ni
     import duckdb
 
     root, db = night1_db
-    # Put the catalog back to schema version 2, the last release without ``first_seen``.
+    # Put the catalog back to schema version 2, the last release without ``first_seen`` (and
+    # so without the later ``stage_schema`` too).
     with duckdb.connect(str(db)) as con:
         con.execute("DROP TABLE first_seen")
-        con.execute("DELETE FROM schema_version WHERE version = 3")
+        con.execute("DROP TABLE stage_schema")
+        con.execute("DELETE FROM schema_version WHERE version >= 3")
     doc, _ = edit_one_text(root / "part-00001.parquet", 5, " The end.")
 
     assert run_night(root, db).status == "completed"
 
-    assert query(db, "SELECT max(version) FROM schema_version") == [(3,)]
+    assert query(db, "SELECT max(version) FROM schema_version") == [(LATEST_VERSION,)]
     assert query(db, "SELECT first_seen_run FROM v_documents WHERE doc_id = ?", [doc]) == [(1,)]
     assert query(db, "SELECT count(*) FROM first_seen") == [(500,)]

@@ -273,7 +273,8 @@ def test_minhash_estimate_is_close_to_true_jaccard_for_planted_near_pairs(
     planted: list[PlantedPair], corpus_texts: dict[str, str]
 ) -> None:
     nd = NearDup()
-    tagger = MinHashTagger(num_perm=nd.num_perm, ngram=nd.ngram, seed=nd.seed)
+    # planted.csv's Jaccard is over word 5-grams: estimate that, at the default permutations.
+    tagger = MinHashTagger(num_perm=nd.num_perm, ngram=5, seed=nd.seed)
     pairs = [p for p in planted if p.origin == "planted" and p.kind == "near"]
     assert len(pairs) == 123
     ids = sorted({p.doc_id for p in pairs} | {p.duplicate_of for p in pairs})
@@ -288,7 +289,7 @@ def test_minhash_estimate_is_close_to_true_jaccard_for_planted_near_pairs(
 def test_minhash_estimate_agrees_with_datasketch(planted: list[PlantedPair], corpus_texts: dict[str, str]) -> None:
     pairs = [p for p in planted if p.origin == "planted" and p.kind == "near"][:25]
     ids = sorted({p.doc_id for p in pairs} | {p.duplicate_of for p in pairs})
-    sig, _ = MinHashTagger().signatures(pa.array([corpus_texts[i] for i in ids]))
+    sig, _ = MinHashTagger(ngram=5).signatures(pa.array([corpus_texts[i] for i in ids]))  # py_shingles: 5-grams
     pos = {d: k for k, d in enumerate(ids)}
 
     def datasketch_minhash(text: str) -> MinHash:
@@ -308,19 +309,20 @@ def test_minhash_signature_is_null_for_texts_without_words() -> None:
     texts = [NO_WORDS, "\u2014", "Hello", "one two three four five six", "  ...  ", "one two three four five six"]
     out = MinHashTagger().tag(pa.table({"doc_id": [f"d{i}" for i in range(len(texts))], "text": texts}))
     assert out["_minhash"].is_null().to_pylist() == [True, True, False, False, True, False]
-    assert out["n_shingles"].to_pylist() == [0, 0, 1, 2, 0, 2]
+    assert out["n_shingles"].to_pylist() == [0, 0, 1, 4, 0, 4]  # default word 3-grams
     sigs = out["_minhash"].to_pylist()
     assert sigs[3] == sigs[5] and len(sigs[3]) == NearDup().num_perm
 
 
 def test_minhash_n_shingles_matches_the_documented_tokenisation() -> None:
     batch = real_batch()
-    out = by_id(MinHashTagger().tag(batch))
+    tagger = MinHashTagger()
+    out = by_id(tagger.tag(batch))
     texts = dict(zip(batch["doc_id"].to_pylist(), batch["text"].to_pylist()))
     expected = []
     for d in out["doc_id"].to_pylist():
         w = len(py_words(texts[d]))
-        expected.append(max(w - 4, min(w, 1)))
+        expected.append(max(w - tagger.ngram + 1, min(w, 1)))
     assert out["n_shingles"].to_pylist() == expected
 
 
@@ -328,7 +330,7 @@ def test_minhash_signature_values_are_pinned() -> None:
     """Signatures are compared with the stored history of earlier nights: a change in the
     hashing, shingling or MinHash engine must come with a version bump. These values were
     recorded from the released tagger."""
-    tagger = MinHashTagger(num_perm=8)
+    tagger = MinHashTagger(num_perm=8, ngram=5)  # recorded with word 5-grams
     sig, n = tagger.signatures(pa.array(["It is a truth universally acknowledged, that a single man"]))
     assert n.tolist() == [6]
     assert sig[0].tolist() == PINNED_SIG
