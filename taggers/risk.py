@@ -1,11 +1,17 @@
 """Toxicity risk: a probability per document that it is hateful or offensive, and a flag.
 
-Two backends (``[taggers.risk] backend``):
+Three backends (``[taggers.risk] backend``):
 
-- ``"default"``: a linear head on hashed word and character n-grams, trained locally on
-  labelled tweets (Davidson et al. 2017) plus clean prose (``curation.risk_model``). It needs
-  nothing from a model hub, trains itself on first use (~20-60 s on 2 cores, cached under
-  ``curation.runtime.model_cache_dir("risk")``), and tags thousands of chunks per second on a CPU.
+- ``"default"``: a bidirectional LSTM trained on Wikipedia talk-page comments (Jigsaw) that ships
+  inside the MIT-licensed PyPI package ``tox-block`` 0.1.2 (``lstm_model = "tox_block"``; or
+  ``"toxic_classifier"`` from ``toxic-comment-classifier`` 0.3.0), read with h5py and run in numpy
+  (``curation.risk_lstm``): no TensorFlow, no download, no training. ``risk`` is the mean of its six
+  outputs (toxic, severe_toxic, obscene, threat, insult, identity_hate). It replaced the n-gram
+  head as the default because it generalises to other platforms (``bench/quality_risk.py``).
+- ``"ngram"``: the previous default, a linear head on hashed word and character n-grams, trained
+  locally on labelled tweets (Davidson et al. 2017) plus clean prose (``curation.risk_model``). It
+  trains itself on first use (~20-60 s on 2 cores, cached under
+  ``curation.runtime.model_cache_dir("risk")``) and tags thousands of chunks per second.
 - ``"detoxify"``: the production path, `detoxify <https://github.com/unitaryai/detoxify>`_ run
   from a local checkpoint (``checkpoint``, the ``.ckpt`` file) and the Hugging Face config and
   tokenizer folder of its base model (``huggingface_config_path``); its ``toxicity`` output is
@@ -15,8 +21,9 @@ Either way a document is cut into chunks of at most ``max_chars`` characters at 
 and ``risk`` is the maximum over its chunks, so one toxic paragraph in a long document counts.
 
 Columns: ``risk`` (float32 in [0, 1]), ``risk_flag`` (``risk >= threshold``; the default head's
-threshold keeps the share of flagged literary paragraphs under 1 %) and ``risk_model`` (which
-model scored it: ``default@<training hash>`` or ``detoxify@<checkpoint hash>``).
+thresholds keep the share of flagged literary paragraphs under 1 %) and ``risk_model`` (which
+model scored it: ``lstm-<model>@<weights hash>``, ``ngram@<training hash>`` or
+``detoxify@<checkpoint hash>``).
 """
 
 from __future__ import annotations
@@ -29,11 +36,11 @@ from typing import Any, ClassVar
 import numpy as np
 import pyarrow as pa
 
-from curation import risk_model
+from curation import risk_lstm, risk_model
 from curation.runtime import file_stamps, hash_files
 from taggers.base import Resources, Tagger
 
-BACKENDS = ("default", "detoxify")
+BACKENDS = ("default", "ngram", "detoxify")
 DETOXIFY_MAX_CHARS = 1000  # ~250 word pieces: well inside BERT's 512 positions, a comment or two long
 DETOXIFY_THRESHOLD = 0.5
 
@@ -112,12 +119,14 @@ class RiskTagger(Tagger):
     """``risk``: probability of toxicity (max over chunks); ``risk_flag``; ``risk_model``."""
 
     name: ClassVar[str] = "risk"
-    version: ClassVar[str] = "1"
+    # 2: the default backend became the packaged LSTM (1: the n-gram head, now backend "ngram").
+    version: ClassVar[str] = "2"
     resources: ClassVar[Resources] = Resources(gpu=False, batch_size=10_000)
 
     def __init__(self, backend: str = "default", threshold: float | None = None, max_chars: int | None = None,
                  checkpoint: str | None = None, huggingface_config_path: str | None = None,
-                 device: str = "auto", batch_size: int = 32, models_dir: str | None = None) -> None:
+                 device: str = "auto", batch_size: int = 32, models_dir: str | None = None,
+                 lstm_model: str = risk_lstm.DEFAULT_MODEL) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"[taggers.risk] backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         if threshold is not None and not 0.0 < threshold <= 1.0:
@@ -126,7 +135,10 @@ class RiskTagger(Tagger):
             raise ValueError(f"[taggers.risk] max_chars must be at least 20, got {max_chars!r}")
         if batch_size < 1:
             raise ValueError(f"[taggers.risk] batch_size must be positive, got {batch_size!r}")
+        if lstm_model not in risk_lstm.PACKAGES:
+            raise ValueError(f"[taggers.risk] lstm_model must be one of {', '.join(risk_lstm.PACKAGES)}, got {lstm_model!r}")
         self.backend = backend
+        self.lstm_model = lstm_model
         self.device = device
         self.batch_size = batch_size
         self.models_dir = Path(models_dir).expanduser() if models_dir else None
@@ -148,16 +160,23 @@ class RiskTagger(Tagger):
             self.resources = Resources(gpu=True, batch_size=2_000)  # type: ignore[misc]
             self.threshold = DETOXIFY_THRESHOLD if threshold is None else threshold
             self.max_chars = DETOXIFY_MAX_CHARS if max_chars is None else max_chars
-        else:
+        elif backend == "ngram":
             recipe = risk_model.Recipe()
             self.threshold = recipe.threshold if threshold is None else threshold
             self.max_chars = recipe.max_chars if max_chars is None else max_chars
+        else:
+            risk_lstm.package_dir(*reversed(risk_lstm.PACKAGES[lstm_model][:2]))  # not installed: say how, now
+            self.threshold = risk_lstm.DEFAULT_THRESHOLD if threshold is None else threshold
+            self.max_chars = risk_lstm.DEFAULT_MAX_CHARS if max_chars is None else max_chars
 
     def model_id(self) -> str:
-        """``default@<hash of training data, recipe, code>`` or ``detoxify@<hash of checkpoint and config>``."""
+        """``lstm-<model>@<hash of its weights and tokenizer>``, ``ngram@<hash of training data, recipe,
+        code>`` or ``detoxify@<hash of checkpoint and config>``."""
         if self.backend == "detoxify":
             return f"detoxify@{files_hash([self.checkpoint, self.config_path])}"
-        return f"default@{risk_model.head_dir(self.models_dir).name.removeprefix('head-')}"
+        if self.backend == "ngram":
+            return f"ngram@{risk_model.head_dir(self.models_dir).name.removeprefix('head-')}"
+        return f"lstm-{self.lstm_model}@{files_hash(risk_lstm.load(self.lstm_model).files())}"
 
     def config(self) -> dict[str, object]:
         return {"backend": self.backend, "model": self.model_id(), "threshold": self.threshold, "max_chars": self.max_chars}
@@ -169,6 +188,8 @@ class RiskTagger(Tagger):
     def scores(self, text: pa.Array | pa.ChunkedArray) -> np.ndarray:
         """``risk`` per text: the largest chunk probability (float32 in [0, 1])."""
         if self.backend == "default":
+            return risk_lstm.load(self.lstm_model).score(text, self.max_chars)
+        if self.backend == "ngram":
             return risk_model.load_default(self.models_dir).score(text, self.max_chars)
         from curation.runtime import pick_device
 
