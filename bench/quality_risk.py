@@ -273,7 +273,7 @@ def options() -> dict[str, tuple[Scorer, float, str]]:
         "alt-profanity-check": (prof, 0.5, "Twitter (Davidson) + Wikipedia (Jigsaw), per its README"),
         "lstm tox-block, toxic": (lstm_a, 0.5, wiki),
         "lstm tox-block, toxic, whole doc": (_lstm("tox_block"), 0.5, wiki),
-        "lstm tox-block, mean of 6 rescaled": (chunked(_lstm_doc("tox_block", "mean_rescaled"), 500), 0.5, wiki),
+        "lstm tox-block, raw mean of 6": (chunked(_lstm_doc("tox_block", "mean_raw"), 500), 0.5, wiki),
         "lstm toxic-comment-clf, toxic": (lstm_b, 0.5, wiki),
         "lstm toxic-comment-clf, mean of 6": (chunked(_lstm_doc("toxic_classifier", "mean"), 500), 0.5, wiki),
         "mean 2 lstm, toxic": (mean_of(lstm_a, lstm_b), 0.5, wiki),
