@@ -157,7 +157,9 @@ class PackagedLSTM:
         tok = read_tokenizer(root / tokenizer)
         limit = tok["num_words"] or 10**9
         vocab = {w: i for w, i in tok["word_index"].items() if i < limit}  # Keras keeps index < num_words
-        w = {k: v.astype(np.float32) for k, v in _read_weights(root / weights).items()}
+        # float64: a float32 product's last bits depend on how BLAS blocks the batch, so a document's
+        # score would change with its neighbours; in float64 those differences vanish in the float32 result.
+        w = {k: v.astype(np.float64) for k, v in _read_weights(root / weights).items()}
         return cls(name, vocab, tok["filters"], tok["split"], bool(tok["lower"]), w, activation)
 
     def encode(self, texts: list[str]) -> np.ndarray:
@@ -178,9 +180,9 @@ class PackagedLSTM:
         units = w[f"{d}_U"].shape[0]
         gates_x = x @ w[f"{d}_W"] + w[f"{d}_b"]  # (B, T, 4u), Keras gate order i, f, c, o
         rec = _hard_sigmoid if self.recurrent_activation == "hard_sigmoid" else _sigmoid
-        h = np.zeros((x.shape[0], units), np.float32)
+        h = np.zeros((x.shape[0], units), np.float64)
         c = np.zeros_like(h)
-        out = np.empty((x.shape[0], x.shape[1], units), np.float32)
+        out = np.empty((x.shape[0], x.shape[1], units), np.float64)
         steps = range(x.shape[1] - 1, -1, -1) if reverse else range(x.shape[1])
         for t in steps:
             z = gates_x[:, t] + h @ w[f"{d}_U"]

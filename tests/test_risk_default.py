@@ -100,7 +100,7 @@ def test_numpy_lstm_matches_torch_on_the_same_weights(fixture) -> None:
     """toxic-comment-classifier's LSTM (sigmoid gates) against torch.nn.LSTM given the converted weights."""
     torch = pytest.importorskip("torch")
     m = risk_lstm.load("toxic_classifier")
-    w = m.weights
+    w = {k: v.astype(np.float32) for k, v in m.weights.items()}  # torch's LSTM in float32; numpy runs float64
     ids = m.encode(fixture[0][:16])
     lstm = torch.nn.LSTM(50, 50, batch_first=True, bidirectional=True)
     with torch.no_grad():  # Keras: kernel (in, 4u), gates i, f, c, o (torch's order), one bias
