@@ -250,11 +250,7 @@ def _tagger(**kwargs) -> Scorer:
     from taggers.risk import RiskTagger
 
     tagger = RiskTagger(**kwargs)
-    _tagger.thresholds[repr(kwargs)] = tagger.threshold  # type: ignore[attr-defined]
     return lambda texts: tagger.scores(pa.array(texts, pa.string()))
-
-
-_tagger.thresholds = {}  # type: ignore[attr-defined]
 
 
 # name -> (scorer on documents, flag threshold, trained on). Every LSTM row but "whole doc" is
