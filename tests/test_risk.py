@@ -49,7 +49,7 @@ def head_and_log() -> tuple[risk_model.RiskHead, list[str], bool]:
 
 @pytest.fixture(scope="module")
 def tagger(head_and_log) -> RiskTagger:
-    return RiskTagger()
+    return RiskTagger(backend="ngram")  # the n-gram head (the default until tagger version 2)
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def test_default_head_is_built_once_and_keyed_by_its_training_data(head_and_log)
     assert risk_model.load_default() is head  # loaded once per process
     # A different recipe is a different artefact, and the tagger's cache key names the artefact.
     assert risk_model.training_data_hash(risk_model.Recipe(C=1.0)) != head.key
-    assert RiskTagger().config()["model"] == f"default@{head.key}"
+    assert RiskTagger(backend="ngram").config()["model"] == f"ngram@{head.key}"
 
 
 def test_a_built_head_is_found_without_the_training_data(head_and_log, tmp_path, monkeypatch) -> None:
@@ -91,8 +91,8 @@ def test_a_built_head_is_found_without_the_training_data(head_and_log, tmp_path,
     monkeypatch.setattr(risk_model, "DAVIDSON", tmp_path / "no-such-file.parquet")
     with pytest.raises(FileNotFoundError, match="models_dir"):
         risk_model.head_dir(tmp_path / "empty")
-    t = RiskTagger(models_dir=str(shipped))
-    assert t.config()["model"] == f"default@{head.key}"
+    t = RiskTagger(backend="ngram", models_dir=str(shipped))
+    assert t.config()["model"] == f"ngram@{head.key}"
     out = t.tag(docs(["What a lovely morning for a walk.", "shut up you stupid bitch"]))["risk"].to_numpy()
     assert out[0] < 0.5 < t.threshold < out[1]
 
@@ -141,7 +141,7 @@ def test_long_documents_are_scored_by_their_worst_chunk(tagger, clear_toxic, cle
     out = tagger.tag(docs([long_clean, long_toxic]))["risk"].to_numpy()
     assert out[0] < tagger.threshold <= out[1], out
     # Scored whole, the toxic paragraph drowns in 5,000 clean characters: the reason for chunks.
-    whole = RiskTagger(max_chars=1_000_000).tag(docs([long_toxic]))["risk"].to_numpy()
+    whole = RiskTagger(backend="ngram", max_chars=1_000_000).tag(docs([long_toxic]))["risk"].to_numpy()
     assert whole[0] < out[1] - 0.2 and whole[0] < tagger.threshold
 
 
@@ -162,7 +162,7 @@ def test_empty_batch_and_registry(tagger) -> None:
     assert empty.num_rows == 0 and empty.schema == tagger.schema()
     (t,) = registry.build(["risk"], {"risk": {"threshold": 0.9, "max_chars": 500}})
     assert isinstance(t, RiskTagger) and t.config()["threshold"] == 0.9 and t.config()["max_chars"] == 500
-    with pytest.raises(ValueError, match="backend must be one of"):
+    with pytest.raises(ValueError, match=r"\[taggers.risk\].backend: expected one of 'default', 'ngram', 'detoxify'"):
         RiskTagger(backend="perspective")
     with pytest.raises(ValueError, match="needs checkpoint"):
         RiskTagger(backend="detoxify")
