@@ -4,7 +4,7 @@
 
 - Training: the default head trained from scratch in this process and stored in the model cache.
 - ROC-AUC on Davidson et al. 2017's held-out ``test`` split (4,957 tweets, stratified, stored in
-  ``data/davidson-2017/labeled_data.parquet``; toxic = hate speech or offensive, clean =
+  ``models/data/davidson-2017/labeled_data.parquet``; toxic = hate speech or offensive, clean =
   neither), overall and for hate-only and offensive-only against neither; rates at the flag
   threshold.
 - Clean-prose false-positive rate: share of held-out literary paragraphs (nights 2-3 of the

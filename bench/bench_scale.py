@@ -177,7 +177,7 @@ def history_probe(db: Path, work: Path, limit: int = 32, repeat: int = 3) -> lis
 
     The last night's own segments stand in for tonight: its ``exact`` text hashes and its
     ``lsh`` band keys (which leave out exact copies, as the night's query does). ``limit``
-    is ``[near_dup].max_history_candidates``.
+    is ``[stages.dedup].max_history_candidates``.
     """
     import pyarrow as pa
     import pyarrow.compute as pc

@@ -24,7 +24,7 @@ Per set: originals, edited copies of them and hard negatives, spread over three 
   flagging them is a false positive.
 
 Every night is a real ``engine.night.run_night`` on a temporary DuckDB (the path of
-``glia run``), with the setting under test as ``[near_dup]``. Scores come from
+``glia run``), with the setting under test as ``[stages.dedup]``. Scores come from
 ``v_documents``: a document is *flagged* when it has ``exact_dup_of`` or ``near_dup_of``; a
 flag is right when the survivor it names belongs to the same family (an original and its
 copies). Precision = right flags / flags; recall = right flags / (documents that should be

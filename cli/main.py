@@ -10,7 +10,7 @@
     glia undo RUN_ID | --doc ID | --reason R [--db ...]   restore pruned documents
     glia prune status [--db ...]              the prune queue by status
     glia manifest export --out FILE [--db ...]  the clean manifest (v_manifest) as Parquet
-    glia reindex [--db ...] [--rules ...]     rebuild the near-dup history under the [near_dup] scheme
+    glia reindex [--db ...] [--rules ...]     rebuild the near-dup history under the [stages.dedup] scheme
     glia models train-risk [--out DIR] [--force]  train the default toxicity head of the risk tagger
 
 Each command is one module of this package with ``NAME``, ``HELP``, ``add_arguments(parser)``

@@ -10,15 +10,15 @@ from rich.console import Console
 from cli.exit_codes import EXIT_BUSY, EXIT_ERROR, EXIT_OK
 
 NAME = "reindex"
-HELP = "rebuild the near-dup history under the configured [near_dup] scheme"
+HELP = "rebuild the near-dup history under the configured [stages.dedup] scheme"
 DESCRIPTION = ("Read the active shards again and rebuild the cross-night near-dup history (signatures, LSH bands, "
-               "clusters) under the [near_dup] scheme of --rules (default: the current defaults). Earlier nights' "
+               "clusters) under the [stages.dedup] scheme of --rules (default: the current defaults). Earlier nights' "
                "tags stay as recorded.")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", type=Path, default=Path("glia.duckdb"))
-    p.add_argument("--rules", type=Path, help="rules file (TOML) whose [near_dup] and [columns] to use")
+    p.add_argument("--rules", type=Path, help="rules file (TOML) whose [stages.dedup] and [columns] to use")
     p.add_argument("--state-dir", type=Path, help="Parquet tags and index (default <db>_data/ beside the db)")
 
 

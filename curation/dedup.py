@@ -75,6 +75,13 @@ class NearDup:
     # At most this many history candidates per document (those sharing the most bands).
     max_history_candidates: int = 32
 
+    def __post_init__(self) -> None:
+        if self.bands < 1 or self.rows < 1 or not 0.0 < self.threshold <= 1.0:
+            raise ValueError(f"bands and rows must be >= 1 and 0 < threshold <= 1, got bands = {self.bands}, "
+                             f"rows = {self.rows}, threshold = {self.threshold}")
+        if self.ngram < 1 or self.max_bucket < 2 or self.max_history_candidates < 1:
+            raise ValueError("ngram and max_history_candidates must be >= 1 and max_bucket >= 2")
+
     @property
     def num_perm(self) -> int:
         return self.bands * self.rows

@@ -15,7 +15,7 @@ Example ``glia.toml``::
     batch_size = 10000
     storage_options = {endpoint_url = "http://minio:9000"}  # fsspec arguments for URL shards
 
-    [near_dup]
+    [stages.dedup]       # near duplicates (the old name [near_dup] still works)
     ngram = 3            # word n-grams (shingles)
     bands = 32           # LSH bands x rows = MinHash permutations
     rows = 4
@@ -25,6 +25,7 @@ Example ``glia.toml``::
 from __future__ import annotations
 
 import hashlib
+import logging
 import importlib.util
 import json
 import tomllib
@@ -35,6 +36,8 @@ from typing import Any
 from core.extras import install_hint, missing_extra
 from core.params import ConfigError, build_params
 from curation.dedup import NearDup
+
+log = logging.getLogger(__name__)
 
 
 
@@ -104,6 +107,8 @@ _SECRET_PARTS = ("secret", "token", "password", "access_key", "credential")
 class GliaConfig:
     columns: Columns = field(default_factory=Columns)
     run: RunOptions = field(default_factory=RunOptions)
+    # The dedup stage's parameters ([stages.dedup]; the old [near_dup] still reads, with a
+    # notice). Kept here because the MinHash tagger's signature shape follows them too.
     near_dup: NearDup = field(default_factory=NearDup)
     tagger_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     stage_params: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -118,9 +123,16 @@ class GliaConfig:
         blob = json.dumps(d, sort_keys=True, default=list).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
+    def stage_params_for(self, stage: str) -> dict[str, Any]:
+        """A stage's ``[stages.<name>]`` table; for ``dedup``, :attr:`near_dup` (the scheme the
+        stored history was built with may have replaced the file's values: engine.reindex)."""
+        if stage == "dedup":
+            return asdict(self.near_dup)
+        return dict(self.stage_params.get(stage, {}))
+
     def params_for(self, tagger: str) -> dict[str, Any]:
         """Constructor arguments for a tagger: its ``[taggers.<name>]`` table, and for MinHash
-        the signature shape implied by ``[near_dup]``."""
+        the signature shape implied by ``[stages.dedup]``."""
         params = dict(self.tagger_params.get(tagger, {}))
         if tagger == "minhash":
             nd = self.near_dup
@@ -159,7 +171,7 @@ def _check_stages(cfg: GliaConfig, path: Path) -> None:
             raise ConfigError(f"{path} {where}: unknown stage {name!r}; registered stages: {', '.join(known)}")
     for name in cfg.run.stages:
         try:
-            stage = stages.stage_class(name)(**cfg.stage_params.get(name, {}))
+            stage = stages.stage_class(name)(**cfg.stage_params_for(name))
         except ConfigError as exc:  # already names [stages.<name>] and the key
             raise ConfigError(f"{path} {exc}") from None
         except (TypeError, ValueError) as exc:
@@ -168,7 +180,7 @@ def _check_stages(cfg: GliaConfig, path: Path) -> None:
             raise ConfigError(f"{path} [run].stages: {missing_extra(f'stage {name!r}', exc)}") from None
         _check_requires(f"stage {name!r}", stage.requires, f"{path} [run].stages")
     try:
-        stages.build(cfg.run.stages, cfg.stage_params, cfg.run.taggers)
+        stages.build(cfg.run.stages, {n: cfg.stage_params_for(n) for n in cfg.run.stages}, cfg.run.taggers)
     except stages.UnmetNeedsError as exc:
         raise ConfigError(f"{path} [run].stages: {exc}") from None
 
@@ -199,6 +211,19 @@ def check_storage_options(options: Any, where: str) -> None:
             check_storage_options(value, f"{where}.{name}")
 
 
+def _near_dup(data: dict[str, Any], path: Path) -> NearDup:
+    """The near-dup parameters: ``[stages.dedup]``, or the section's old name ``[near_dup]``."""
+    stages_table = data.get("stages", {})
+    new, old = stages_table.get("dedup") if isinstance(stages_table, dict) else None, data.get("near_dup")
+    if new is not None and old is not None:
+        raise ConfigError(f"{path}: [near_dup] and [stages.dedup] both set the near-dup parameters; keep "
+                          "[stages.dedup] ([near_dup] is its old name)")
+    if old is not None:
+        log.warning("%s: [near_dup] is the old name of [stages.dedup]; rename the section (it still works)", path)
+        return build_params(NearDup, old, f"{path} [near_dup]")
+    return build_params(NearDup, new or {}, f"{path} [stages.dedup]")
+
+
 def load_config(path: Path | str | None) -> GliaConfig:
     """Load a rules file; ``None`` gives the defaults."""
     if path is None:
@@ -217,9 +242,9 @@ def load_config(path: Path | str | None) -> GliaConfig:
     cfg = GliaConfig(
         columns=build_params(Columns, data.get("columns", {}), f"{path} [columns]"),
         run=build_params(RunOptions, data.get("run", {}), f"{path} [run]"),
-        near_dup=build_params(NearDup, data.get("near_dup", {}), f"{path} [near_dup]"),
+        near_dup=_near_dup(data, path),
         tagger_params={k: dict(v) for k, v in data.get("taggers", {}).items()},
-        stage_params={k: dict(v) for k, v in data.get("stages", {}).items()},
+        stage_params={k: dict(v) for k, v in data.get("stages", {}).items() if k != "dedup"},
     )
     check_storage_options(cfg.run.storage_options, f"{path} [run].storage_options")
     if "stages" not in data.get("run", {}):
@@ -230,9 +255,6 @@ def load_config(path: Path | str | None) -> GliaConfig:
         cfg = replace(cfg, run=replace(cfg.run, stages=runnable))
     _check_taggers(cfg, path)
     _check_stages(cfg, path)
-    nd = cfg.near_dup
-    if nd.bands < 1 or nd.rows < 1 or not 0.0 < nd.threshold <= 1.0:
-        raise ConfigError(f"{path} [near_dup]: bands and rows must be >= 1 and 0 < threshold <= 1")
     if cfg.run.batch_size < 1:
         raise ConfigError(f"{path} [run].batch_size must be >= 1")
     return cfg

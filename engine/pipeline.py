@@ -317,7 +317,7 @@ def _join_inputs(batch: pa.Table, needed: pa.Table, shard_path: str) -> pa.Table
 
 def stages_for(cfg: GliaConfig) -> list[NightStage]:
     """The configured night stages whose needs tonight's taggers meet, in dependency order."""
-    return stages_mod.build(cfg.run.stages, cfg.stage_params, cfg.run.taggers)
+    return stages_mod.build(cfg.run.stages, {n: cfg.stage_params_for(n) for n in cfg.run.stages}, cfg.run.taggers)
 
 
 def tonight_documents(ingests: list[IngestResult]) -> pa.Table:

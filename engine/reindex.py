@@ -1,18 +1,18 @@
 """The near-dup history's signature scheme: keeping an old database working, and ``glia reindex``.
 
 The cross-night history (``storage.history``) stores each document's MinHash signature and
-LSH band keys. They depend on the scheme: the shingles (``[near_dup] ngram``), the number of
+LSH band keys. They depend on the scheme: the shingles (``[stages.dedup] ngram``), the number of
 permutations and the banding (``bands`` x ``rows``), the seed and the MinHash tagger's
 version (together :func:`stages.dedup.dedup_params`, recorded with every segment).
 Signatures of two schemes must never be compared, so a database keeps one scheme:
 
 - **An old database keeps working.** When the defaults change (Glia 0.x used word 5-grams,
   16 x 7 bands, threshold 0.75: :data:`LEGACY_NEAR_DUP`) and a database's history was built
-  with the previous defaults while the rules file does not choose other ``[near_dup]``
+  with the previous defaults while the rules file does not choose other ``[stages.dedup]``
   values, :func:`config_for_history` runs that database with the scheme it was built with,
   and logs how to move it to the new defaults. Any other disagreement between the rules file
   and the stored scheme stops the run before anything is tagged, with a message that names
-  both schemes and the two ways out (keep ``[near_dup]`` as it was, or reindex).
+  both schemes and the two ways out (keep ``[stages.dedup]`` as it was, or reindex).
 - **``glia reindex``** (:func:`reindex`) moves a database to the configured scheme: it reads
   the active shards again, computes their signatures under the new scheme, and replays the
   recorded nights in order (each night's documents are those its ``exact`` segment lists,
@@ -50,7 +50,7 @@ SCHEME_KINDS = ("signatures", "lsh", "merges")
 
 
 class SchemeMismatch(ValueError):
-    """The rules file's ``[near_dup]`` scheme differs from the one the database's history was built with."""
+    """The rules file's ``[stages.dedup]`` scheme differs from the one the database's history was built with."""
 
 
 def describe(params: dict[str, object]) -> str:
@@ -80,7 +80,7 @@ def config_for_history(cfg: GliaConfig, con: duckdb.DuckDBPyConnection) -> tuple
     """The configuration to run this database with, and a notice when it differs from ``cfg``.
 
     ``cfg`` itself when the stored history has its scheme (or there is none); ``cfg`` with
-    :data:`LEGACY_NEAR_DUP` (its other ``[near_dup]`` values kept) when the history was built
+    :data:`LEGACY_NEAR_DUP` (its other ``[stages.dedup]`` values kept) when the history was built
     with the previous defaults and ``cfg`` asks for the current defaults; otherwise
     :class:`SchemeMismatch`.
     """
@@ -104,8 +104,8 @@ def config_for_history(cfg: GliaConfig, con: duckdb.DuckDBPyConnection) -> tuple
                   "copies (README, Near-duplicate quality)")
         return legacy, notice
     raise SchemeMismatch(
-        f"the dedup history was built with {describe(stored)}, but [near_dup] asks for "
-        f"{describe(dedup_params(cfg))}; signatures of two schemes cannot be compared. Either keep [near_dup] as "
+        f"the dedup history was built with {describe(stored)}, but [stages.dedup] asks for "
+        f"{describe(dedup_params(cfg))}; signatures of two schemes cannot be compared. Either keep [stages.dedup] as "
         "it was for this database, or run `glia reindex --db <db> --rules <rules>` to rebuild the history under "
         "the new scheme (it reads the shards again)")
 

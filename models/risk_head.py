@@ -5,7 +5,7 @@ Glia's default is a linear classifier trained here, on first use, from data in t
 
 - positives: Davidson et al. 2017 tweets labelled hate speech (class 0) or offensive (class 1),
   negatives: tweets labelled neither (class 2); only the ``train`` split of
-  ``data/davidson-2017/labeled_data.parquet`` (the stored, stratified 20 % ``test`` split is
+  ``models/data/davidson-2017/labeled_data.parquet`` (the stored, stratified 20 % ``test`` split is
   never trained on);
 - more negatives: clean prose, the paragraphs of ``examples/commons/night1`` cut into chunks
   (Austen, the King James Bible, Shakespeare, Debian licences, the Jargon File, the Devil's
@@ -59,20 +59,21 @@ log = logging.getLogger(__name__)
 # elsewhere that alters training.
 CODE_VERSION = "1"
 CODE_FILES = (Path(__file__).resolve(), Path(__file__).resolve().parents[1] / "core" / "text.py")
-_DAVIDSON_REL = Path("data", "davidson-2017", "labeled_data.parquet")
+# Training data ships inside the package (models/data, package data of the wheel), so an installed
+# Glia trains its own head; the held-out evaluation reads the example corpus of a checkout.
+DATA = Path(__file__).resolve().parent / "data"
+DAVIDSON = DATA / "davidson-2017" / "labeled_data.parquet"
+PROSE = DATA / "risk_prose.parquet"  # night 1 of the example corpus (examples/build_risk_prose.py)
 
 
-def _data_root() -> Path:
-    """The source tree with ``data/davidson-2017`` and ``examples/commons``: the one this module
-    lives in, else the working directory (an installed package run from its checkout, as in the
-    Docker image, where ``/app`` holds the source and site-packages the code)."""
+def _checkout_root() -> Path:
+    """The source tree with ``examples/commons``: the one this module lives in, else the working
+    directory (an installed package run from its checkout, as in the Docker image)."""
     here = Path(__file__).resolve().parents[1]
-    return next((root for root in (here, Path.cwd()) if (root / _DAVIDSON_REL).exists()), here)
+    return next((root for root in (here, Path.cwd()) if (root / "examples" / "commons").exists()), here)
 
 
-ROOT = _data_root()
-DAVIDSON = ROOT / _DAVIDSON_REL
-COMMONS = ROOT / "examples" / "commons"
+COMMONS = _checkout_root() / "examples" / "commons"
 TRAIN_NIGHTS = ("night1",)
 HELDOUT_NIGHTS = ("night2", "night3")
 # Literary sources of the example corpus: the clean-prose false-positive rate is measured on them.
@@ -321,9 +322,9 @@ class RiskHead:
 def _require(path: Path) -> Path:
     if not path.exists():
         raise FileNotFoundError(
-            f"{path} is missing: the default risk head is trained from files in the Glia repository "
-            "(data/davidson-2017, examples/commons). Run from a checkout or an editable install, or train it "
-            "once with `glia models train-risk` there and point [taggers.risk] models_dir at the result."
+            f"{path} is missing: the n-gram risk head trains on models/data (shipped with Glia) and is evaluated "
+            "on examples/commons of a checkout. Reinstall Glia, or train the head once where the data is "
+            "(`glia models train-risk --out DIR`) and point [taggers.risk] models_dir at DIR."
         )
     return path
 
@@ -345,7 +346,7 @@ def _read_nights(nights: tuple[str, ...]) -> pa.Table:
 
 def train_prose() -> pa.Array:
     """The clean paragraphs the head is trained on as negatives (every source of night 1)."""
-    return _read_nights(TRAIN_NIGHTS)["text"].combine_chunks()
+    return pq.read_table(_require(PROSE), columns=["text"])["text"].combine_chunks()
 
 
 def heldout_prose(sources: tuple[str, ...] = LITERARY) -> pa.Table:
@@ -379,7 +380,7 @@ def training_data_hash(recipe: Recipe) -> str:
     """
     import sklearn
 
-    data = [_require(DAVIDSON), *_night_files(TRAIN_NIGHTS)]
+    data = [_require(DAVIDSON), _require(PROSE)]
     recipe_json = json.dumps(asdict(recipe), sort_keys=True)
     stamp = (recipe_json, sklearn.__version__, file_stamps([*data, *CODE_FILES]))
     if stamp not in _DATA_HASHES:
@@ -482,7 +483,7 @@ def load_default(models_dir: Path | None = None) -> RiskHead:
     with _LOAD_LOCK:
         if folder not in _LOADED:
             if not (folder / "head.json").exists():
-                log.warning("risk: no default toxicity head at %s; training it now from data/davidson-2017 and "
+                log.warning("risk: no default toxicity head at %s; training it now from models/data and "
                             "examples/commons/night1 (once, ~20-60 s; `glia models train-risk` does it ahead)", folder)
                 head, _ = build(models_dir)
                 log.warning("risk: trained in %.1f s", head.info["train_seconds"])

@@ -9,7 +9,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curation.dedup import EXACT_DUP_SCHEMA, NEAR_DUP_SCHEMA, Tonight, resolve
+from curation.dedup import EXACT_DUP_SCHEMA, NEAR_DUP_SCHEMA, NearDup, Tonight, resolve
 from stages.base import NightStage, StageInputs, StageOutput
 from storage.catalog import Segment
 from storage.history import History, write_segments
@@ -22,6 +22,12 @@ class DedupStage(NightStage):
     name = "dedup"
     version = "1"
     needs = ("exact", "minhash")
+
+    # [stages.dedup] (formerly [near_dup]): the LSH shape, the verification threshold, the bucket caps.
+    Params = NearDup
+
+    def __init__(self, **params: Any) -> None:
+        self.configure(params)
 
     def outputs(self) -> dict[str, pa.Schema]:
         return {EXACT_DUP: EXACT_DUP_SCHEMA, NEAR_DUP: NEAR_DUP_SCHEMA}
@@ -37,7 +43,7 @@ class DedupStage(NightStage):
             if seg.kind == "signatures" and seg.params != params:
                 raise ValueError(
                     f"the dedup history in {ctx.state_dir} was built with {seg.params}, but this run uses "
-                    f"{params}; keep [near_dup] as it was, or run `glia reindex` to rebuild the history under the new "
+                    f"{params}; keep [stages.dedup] as it was, or run `glia reindex` to rebuild the history under the new "
                     "parameters"
                 )
         exact_files, mh_files = inputs.files.get("exact", []), inputs.files.get("minhash", [])
@@ -50,7 +56,7 @@ class DedupStage(NightStage):
         history = History(state, inputs.history_active, tmp_dir=ctx.state_dir / "tmp")
         try:
             res = resolve(Tonight.from_tables(exact, mh, ctx.run_id, inputs.first_seen), history,
-                          ctx.run_id, ctx.config.near_dup)
+                          ctx.run_id, self.params)
         finally:
             history.close()
         segments = write_segments(ctx.state_dir, ctx.run_id, res.segments, params)

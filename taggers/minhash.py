@@ -10,7 +10,8 @@ Rust MinHash over the flat shingle buffer (``num_perm`` permutations, 32-bit val
 
 from __future__ import annotations
 
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -30,12 +31,22 @@ class MinHashTagger(Tagger):
     version: ClassVar[str] = f"1-r{rensa.RMinHash.ALGORITHM_VERSION}"
     resources: ClassVar[Resources] = Resources(gpu=False, batch_size=20_000)
 
-    def __init__(self, num_perm: int = 128, ngram: int = 3, seed: int = 1) -> None:
-        if num_perm < 1 or ngram < 1:
-            raise ValueError("minhash num_perm and ngram must be positive")
-        self.num_perm = num_perm
-        self.ngram = ngram
-        self.seed = seed
+    @dataclass(frozen=True)
+    class Params:
+        """Set from [stages.dedup] (``bands`` x ``rows``, ``ngram``, ``seed``): the signature must
+        match the history it is compared with."""
+
+        num_perm: int = 128
+        ngram: int = 3
+        seed: int = 1
+
+        def __post_init__(self) -> None:
+            if self.num_perm < 1 or self.ngram < 1:
+                raise ValueError("minhash num_perm and ngram must be positive")
+
+    def __init__(self, **params: Any) -> None:
+        p = self.configure(params)
+        self.num_perm, self.ngram, self.seed = p.num_perm, p.ngram, p.seed
 
     def config(self) -> dict[str, object]:
         return {"num_perm": self.num_perm, "ngram": self.ngram, "seed": self.seed}

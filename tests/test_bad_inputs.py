@@ -561,3 +561,23 @@ def test_unknown_tagger_in_rules_file_is_a_config_error(tmp_path: Path) -> None:
     rules.write_text('[run]\ntaggers = ["exact", "minhahs"]\n')
     with pytest.raises(ConfigError, match=r"\[run\]\.taggers.*minhahs"):
         load_config(rules)
+
+
+def test_near_dup_parameters_live_under_stages_dedup(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """[stages.dedup] holds the near-dup parameters; the old [near_dup] still reads, with a notice."""
+    rules = tmp_path / "glia.toml"
+    rules.write_text("[stages.dedup]\nthreshold = 0.6\nbands = 20\nrows = 5\n")
+    new = load_config(rules)
+    assert (new.near_dup.threshold, new.near_dup.num_perm) == (0.6, 100)
+    assert new.params_for("minhash")["num_perm"] == 100 and new.stage_params_for("dedup")["threshold"] == 0.6
+    rules.write_text("[near_dup]\nthreshold = 0.6\nbands = 20\nrows = 5\n")
+    with caplog.at_level("WARNING"):
+        old = load_config(rules)
+    assert old == new and old.hash() == new.hash()
+    assert "[near_dup] is the old name of [stages.dedup]" in caplog.text
+    rules.write_text("[near_dup]\nthreshold = 0.6\n[stages.dedup]\nthreshold = 0.6\n")
+    with pytest.raises(ConfigError, match=r"both set the near-dup parameters"):
+        load_config(rules)
+    rules.write_text("[stages.dedup]\nbandz = 20\n")
+    with pytest.raises(ConfigError, match=r"\[stages.dedup\]: unknown key\(s\) bandz"):
+        load_config(rules)

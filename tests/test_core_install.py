@@ -49,6 +49,9 @@ def test_a_dedup_only_install_runs_a_night(core_venv: Path, tmp_path: Path) -> N
     assert res.returncode == 0, res.stdout + res.stderr
     assert "Glia run 1: completed" in res.stdout
     site = next((core_venv / "lib").glob("python3*/site-packages"))
+    # The n-gram risk head's training data is package data: an installed Glia trains its own head.
+    for data in ("models/data/davidson-2017/labeled_data.parquet", "models/data/risk_prose.parquet"):
+        assert (site / data).is_file(), f"the wheel lacks {data}"
     print(f"\ncore install: {_size_mb(core_venv):.0f} MB environment, {_size_mb(site):.0f} MB site-packages")
 
     rules = tmp_path / "models.toml"

@@ -1,6 +1,6 @@
 """Rebuild ``labeled_data.parquet`` from the original ``labeled_data.csv`` (Davidson et al. 2017).
 
-    python data/davidson-2017/build_parquet.py PATH/TO/labeled_data.csv
+    python models/data/davidson-2017/build_parquet.py PATH/TO/labeled_data.csv
 
 Keeps every tweet and every label column, and adds a fixed ``split``: a stratified 80/20
 train/test split by ``class`` drawn with a seeded numpy generator, stored in the file so the
