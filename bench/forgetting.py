@@ -5,14 +5,14 @@
 
 The corpus (``examples/forgetting``, built by ``bench/make_forgetting_corpus.py`` from the
 pinned bench inputs) has night 1 = Austen + the King James Bible + two rare sources (the
-Jargon File, The Devil's Dictionary) and nights 2-3 = GCIDE dictionary entries + Shakespeare:
-a hard shift to text night 1 never had.
+Jargon File, The Devil's Dictionary; 4 % and 2 % of the night) and nights 2-3 = Shakespeare's
+plays only: a hard shift to text night 1 never had.
 
 Model: the tiny byte-level transformer LM of ``bench/tinylm.py`` (shared with ``bench/ablate.py``),
 trained from scratch on night 1 to a stable loss, then continued on nights 2 and 3. It is not
 SmolLM2-135M: on 2 shared CPU cores SmolLM2 takes ~1 s per document for a gradient step
 (``../shared/README.md``), so 3 seeds x 10 arms x hundreds of steps would take hours, not the 20
-minutes this benchmark has; the tiny LM does a 40-window step in ~0.15 s on one thread.
+minutes this benchmark has; the tiny LM (width 64 here) does a 40-window step in ~0.06 s of one core.
 
 Per seed:
 
@@ -86,7 +86,9 @@ CORPUS = ROOT / "examples" / "forgetting"
 NIGHTS = (1, 2, 3)
 RATIOS = (0.05, 0.25)
 BASE_ARMS = ("none", "uniform", "tmr", "union")
-VARIANTS = ("tmr_nois", "tmr_loss", "tmr_noret")
+VARIANTS = ("tmr_nois", "tmr_loss", "tmr_noret", "tmr_protw1")
+# The [stages.replay] lines each variant's own catalog adds to the benchmark's rules.
+VARIANT_PARAMS = {"tmr_noret": "retention_floor = 1.0\n", "tmr_protw1": "protected_is_weight = false\n"}
 RARE_SOURCES = ("jargon", "devil")  # the rare strata the rules protect (share < 5 % of the corpus)
 
 
@@ -100,7 +102,7 @@ class Config:
     seeds: int
     eval_windows: int  # per evaluated document: its first eval_windows * ctx bytes
     ctx: int = 64
-    d_model: int = 128
+    d_model: int = 64  # ablate.py's 128 costs 3x the CPU per step: too much for 3 seeds x 6 arms in 20 min
     layers: int = 2
     heads: int = 4
     lr: float = 2e-3
@@ -114,7 +116,7 @@ class Config:
                       eval_windows=self.eval_windows)
 
 
-FULL = Config(night1_steps=500, night_steps=80, batch=40, seeds=3, eval_windows=4)
+FULL = Config(night1_steps=640, night_steps=60, batch=40, seeds=3, eval_windows=4)
 QUICK = Config(night1_steps=12, night_steps=4, batch=20, seeds=1, eval_windows=1)
 
 
@@ -203,6 +205,18 @@ def draws_by_stratum(items: list[dict[str, Any]], stratum_of: dict[str, str]) ->
             "mean_weight": {k: round(float(np.mean(v)), 4) for k, v in sorted(weights.items())}}
 
 
+def catalog_key(name: str) -> str | None:
+    """Which Glia catalog an arm reads its replay set from: one per replay configuration, every
+    one filled by the real nightly stage (``tmr_loss`` has one per ratio: its importance is the
+    arm's own model's loss, so the two ratios' sets differ)."""
+    kind = name.partition("@")[0]
+    if kind in ("none", "union"):
+        return None
+    if kind in ("uniform", "tmr", "tmr_nois"):
+        return "tmr"  # uniform: a read-only alpha = 0 build over the same catalog's pool
+    return name.replace("%", "") if kind == "tmr_loss" else kind
+
+
 def run_seed(seed: int, cfg: Config, arms: list[str], corpus: Path, work: Path) -> dict[str, Any]:
     """Glia's nights and every arm's training for one seed; losses per stratum before and after."""
     import torch
@@ -216,100 +230,114 @@ def run_seed(seed: int, cfg: Config, arms: list[str], corpus: Path, work: Path) 
     nights, held, dnf = load_corpus(corpus)
     evals = strata_table(nights, held, dnf)
     n1_src = dict(zip(nights[1]["id"].to_pylist(), nights[1]["source"].to_pylist()))
-    stratum_of = {i: ("do_not_forget" if i in set(dnf) else f"rare_source:{s}" if s in RARE_SOURCES else "rest")
+    dnf_set = set(dnf)
+    stratum_of = {i: ("do_not_forget" if i in dnf_set else f"rare_source:{s}" if s in RARE_SOURCES else "rest")
                   for i, s in n1_src.items()}
     for n in (2, 3):
         stratum_of.update({i: f"night{n}" for i in nights[n]["id"].to_pylist()})
     k_max = max(replay_windows(cfg, r) for r in RATIOS)
     size = cfg.night_steps * k_max
     seed_dir = work / f"seed{seed}"
-    root, db = seed_dir / "shards", seed_dir / "glia.duckdb"
-    rules = seed_dir / "rules.toml"
+    root = seed_dir / "shards"
     seed_dir.mkdir(parents=True)
-    rules.write_text(rules_text(size, seed, (corpus / "do_not_forget.txt").resolve()))
-    glia_cfg = load_config(rules)
-    out: dict[str, Any] = {"seed": seed, "glia_seconds": {}, "arms": {}}
+    dnf_file = (corpus / "do_not_forget.txt").resolve()
+    names = arm_names(arms)
+    keys = sorted({k for k in map(catalog_key, names) if k})
+    out: dict[str, Any] = {"seed": seed, "glia_seconds": {}, "arms": {}, "rules": {}}
 
-    def night_run(n: int) -> None:
-        shutil.copytree(corpus / f"night{n}", root / f"night{n}")
+    def night_run(key: str, n: int, importance: Path | None = None) -> Path:
+        """Night ``n`` of catalog ``key`` through the real engine; returns the database."""
+        extra = VARIANT_PARAMS.get(key, "")
+        if importance is not None:
+            extra += f"importance_sql = {json.dumps(f'SELECT doc_id, loss AS importance FROM read_parquet({chr(39)}{importance}{chr(39)})')}\n"
+        rules = seed_dir / f"rules-{key}-n{n}.toml"
+        rules.write_text(rules_text(size, seed, dnf_file) + extra)
+        db = seed_dir / f"glia-{key}.duckdb"
         t = time.monotonic()
-        outcome = run_night(root, db, glia_cfg)
+        outcome = run_night(root, db, load_config(rules))
         if outcome.status != "completed":
-            raise RuntimeError(f"seed {seed} night {n}: the Glia night ended {outcome.status}")
-        out["glia_seconds"][f"night{n}"] = round(time.monotonic() - t, 2)
+            raise RuntimeError(f"seed {seed} night {n} ({key}): the Glia night ended {outcome.status}")
+        out["glia_seconds"][f"{key}/night{n}"] = round(time.monotonic() - t, 2)
+        out["rules"][key] = rules.read_text()
+        return db
 
-    night_run(1)
+    shutil.copytree(corpus / "night1", root / "night1")
+    dbs = {key: night_run(key, 1) for key in keys}
     b1 = cfg.budget(0)
     model = make_model(b1)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
     texts1 = nights[1]["text"].to_pylist()
-    # Two halves, so the result shows the night-1 loss had flattened before the shift.
-    half = cfg.night1_steps // 2
-    info_a = train(model, opt, b1, half, texts1, None, seed, 1, False, 0)
-    info_b = train(model, opt, b1, cfg.night1_steps - half, texts1, None, seed, 101, False, half)
-    before = eval_set(model, evals, b1)
-    out["night1"] = {"train_loss_first_half": info_a["mean_new_loss"], "train_loss_second_half": info_b["mean_new_loss"],
-                     "tokens": info_a["tokens"] + info_b["tokens"], "seconds": info_a["seconds"] + info_b["seconds"],
-                     "strata": before["per_source"]}
-    print(f"seed {seed} night 1: {out['night1']['seconds']:.0f} s, train loss {info_a['mean_new_loss']:.3f} -> "
-          f"{info_b['mean_new_loss']:.3f}; strata {json.dumps({k: round(v, 3) for k, v in before['per_source'].items()})}",
+    # In quarters, evaluating after each, so the result shows whether night 1's held-out loss had
+    # flattened before the shift ("a stable loss").
+    quarters, curve, seconds, tokens, done = [], [], 0.0, 0, 0
+    for q in range(4):
+        steps = cfg.night1_steps * (q + 1) // 4 - done
+        info = train(model, opt, b1, steps, texts1, None, seed, 100 + q, False, done)
+        done += steps
+        seconds += info["seconds"]
+        tokens += info["tokens"]
+        quarters.append(info["mean_new_loss"])
+        curve.append(eval_set(model, evals, b1)["per_source"])
+    before = curve[-1]
+    out["night1"] = {"train_loss_by_quarter": quarters, "heldout_rest_by_quarter": [c["rest"] for c in curve],
+                     "strata_by_quarter": curve, "tokens": tokens, "seconds": seconds, "strata": before}
+    print(f"seed {seed} night 1: {seconds:.0f} s, train loss by quarter {[round(x, 3) for x in quarters]}, held-out "
+          f"rest {[round(c['rest'], 3) for c in curve]}; strata {json.dumps({k: round(v, 3) for k, v in before.items()})}",
           flush=True)
-    names = arm_names(arms)
     states = {a: (copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())) for a in names}
     for a in names:
-        out["arms"][a] = {"tokens": 0, "replay_windows": 0, "nights": {}}
+        out["arms"][a] = {"tokens": 0, "replay_windows": 0, "catalog": catalog_key(a), "nights": {}}
     step0 = cfg.night1_steps
     for n in (2, 3):
-        night_run(n)
+        shutil.copytree(corpus / f"night{n}", root / f"night{n}")
+        earlier = {i: t for k in range(1, n) for i, t in zip(nights[k]["id"].to_pylist(), nights[k]["text"].to_pylist())}
+        for key in keys:
+            importance = None
+            if key.startswith("tmr_loss"):  # the trainer's scoring pass over the old documents, then the night
+                arm = next(a for a in names if catalog_key(a) == key)
+                model.load_state_dict(states[arm][0])
+                importance = learner_losses(model, earlier, b1, seed_dir / f"losses-{key}-n{n}.parquet")
+            dbs[key] = night_run(key, n, importance)
         new_texts = nights[n]["text"].to_pylist()
         union_texts = [t for k in range(1, n + 1) for t in nights[k]["text"].to_pylist()]
-        earlier = {i: t for k in range(1, n) for i, t in zip(nights[k]["id"].to_pylist(), nights[k]["text"].to_pylist())}
-        stage_plan = ReplayPlan.from_db(db)
-        stage_items = list(iter_replay(stage_plan, seed=seed, epoch=n))
-        params = ReplayParams(size=size, seed=seed, new_fraction=0.0, record_state=False)
-        shared_plans: dict[str, list[dict[str, Any]]] = {"tmr": stage_items, "tmr_nois": stage_items}
-        if "uniform" in arms:
-            plan, _ = whatif_plan(db, replace(params, alpha=0.0, weights={t: 0.0 for t in TERMS}))
-            shared_plans["uniform"] = list(iter_replay(plan, seed=seed, epoch=n))
-        if "tmr_noret" in arms:
-            plan, _ = whatif_plan(db, replace(params, retention_floor=1.0))
-            shared_plans["tmr_noret"] = list(iter_replay(plan, seed=seed, epoch=n))
+        sets = {key: list(iter_replay(ReplayPlan.from_db(db), seed=seed, epoch=n)) for key, db in dbs.items()}
+        if "uniform" in arms:  # alpha = 0 over the same pool: P(i) = 1/N, every IS weight 1
+            plan, _ = whatif_plan(dbs["tmr"], ReplayParams(size=size, seed=seed, new_fraction=0.0, record_state=False,
+                                                           alpha=0.0, weights={t: 0.0 for t in TERMS}))
+            sets["uniform"] = list(iter_replay(plan, seed=seed, epoch=n))
         for name in names:
             kind, _, pct = name.partition("@")
             r = float(pct.rstrip("%")) / 100 if pct else 0.0
             k = replay_windows(cfg, r)
             model.load_state_dict(states[name][0])
             opt.load_state_dict(states[name][1])
-            items: list[dict[str, Any]] | None = None
-            if kind == "tmr_loss":  # the arm's own loss on each old document, as user importance
-                path = learner_losses(model, earlier, b1, seed_dir / f"losses-{name.replace('%', '')}-n{n}.parquet")
-                plan, _ = whatif_plan(db, replace(params, importance_sql=f"SELECT doc_id, loss AS importance "
-                                                                           f"FROM read_parquet('{path}')"))
-                items = list(iter_replay(plan, seed=seed, epoch=n))[:cfg.night_steps * k]
-            elif kind in shared_plans:
-                items = shared_plans[kind][:cfg.night_steps * k]
             if kind == "union":
+                items = None
                 info = train(model, opt, cfg.budget(0), cfg.night_steps, union_texts, None, seed, 10 + n, False, step0)
             elif kind == "none":
+                items = None
                 info = train(model, opt, cfg.budget(0), cfg.night_steps, new_texts, None, seed, n, False, step0)
             else:
-                assert items is not None and len(items) == cfg.night_steps * k, (name, n)
+                # The first night_steps * k draws of the epoch's order: a uniform subsample of the set.
+                items = sets["uniform" if kind == "uniform" else catalog_key(name)][:cfg.night_steps * k]
+                assert len(items) == cfg.night_steps * k, (name, n, len(items))
                 info = train(model, opt, cfg.budget(k), cfg.night_steps, new_texts, items, seed, n,
-                             kind in ("tmr", "tmr_loss", "tmr_noret"), step0)
+                             kind not in ("uniform", "tmr_nois"), step0)
             rec = out["arms"][name]
             rec["tokens"] += info["tokens"]
-            rec["replay_windows"] += cfg.night_steps * k if items is not None else 0
+            rec["replay_windows"] += len(items) if items is not None else 0
             rec["nights"][n] = {"train_seconds": info["seconds"], "mean_new_loss": info["mean_new_loss"]}
             if items:
                 rec["nights"][n]["replay"] = draws_by_stratum(items, stratum_of)
             if n == 3:
                 after = eval_set(model, evals, b1)["per_source"]
                 rec["after"] = after
-                rec["forgetting"] = {s: after[s] - before["per_source"][s] for s in after if s != "new"}
+                rec["forgetting"] = {s: after[s] - before[s] for s in after if s != "new"}
+                print(f"  seed {seed} {name:14s} forgetting " + " ".join(f"{s} {v:+.3f}" for s, v in rec["forgetting"].items())
+                      + f"; new {after['new']:.3f}", flush=True)
             states[name] = (copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()))
         step0 += cfg.night_steps
-    out["protected_strata"] = protected_summary(db)
-    out["rules"] = rules.read_text()
+    out["protected_strata"] = protected_summary(dbs["tmr"]) if "tmr" in dbs else {}
     return out
 
 
@@ -380,7 +408,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, help="result JSON (default bench/results/forgetting.json, _quick with --quick)")
     ap.add_argument("--workdir", type=Path, help="keep the shards and catalogs here (default: a temp folder, removed)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
+    ap.add_argument("--seed-list", help="run these seeds (e.g. 2 or 0,1) instead of 0..seeds-1: split a run "
+                                        "across processes, then --merge the results")
+    ap.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
+                    help="combine results of the same config and arms (different seeds) into --out, and print the table")
     args = ap.parse_args(argv)
+    if args.merge:
+        parts = [json.loads(p.read_text()) for p in args.merge]
+        merged = {**parts[0], "seeds": [s for p in parts for s in p["seeds"]],
+                  "total_seconds": sum(p["total_seconds"] for p in parts)}
+        if any(p["config"] != merged["config"] or p["arms"] != merged["arms"] for p in parts):
+            ap.error("--merge: the results differ in config or arms")
+        merged["summary"] = summarise(merged)
+        out = args.out or ROOT / "bench" / "results" / "forgetting.json"
+        out.write_text(json.dumps(merged, indent=2) + "\n")
+        print_table(merged["summary"], len(merged["seeds"]))
+        print(f"\nwrote {out} (seeds {[s['seed'] for s in merged['seeds']]})")
+        return 0
     cfg = QUICK if args.quick else FULL
     cfg = replace(cfg, **{k: v for k, v in (("seeds", args.seeds), ("night1_steps", args.night1_steps),
                                             ("night_steps", args.night_steps)) if v})
@@ -407,7 +451,8 @@ def main(argv: list[str] | None = None) -> int:
                     "python": platform.python_version(), "torch": torch.__version__},
         "seeds": [],
     }
-    for seed in range(cfg.seeds):
+    seeds = [int(x) for x in args.seed_list.split(",")] if args.seed_list else list(range(cfg.seeds))
+    for seed in seeds:
         result["seeds"].append(run_seed(seed, cfg, arms, args.corpus, work))
     result["summary"] = summarise(result)
     result["total_seconds"] = round(time.monotonic() - t0, 1)

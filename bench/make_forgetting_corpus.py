@@ -6,9 +6,9 @@ Usage (from the repository root; ``bench/corpus_inputs.py fetch`` first fetches 
 
 Night 1 covers four sources of the pinned bench inputs (``bench/corpus_inputs.py``): two
 common ones (Austen, the King James Bible) and two rare ones (the Jargon File, The Devil's
-Dictionary, each a few % of the night). Nights 2 and 3 shift hard: they are mostly GCIDE
-dictionary entries plus Shakespeare, sources night 1 never had, so a model that keeps
-training on them alone forgets night 1's sources. Every chunk is used once.
+Dictionary, each a few % of the night). Nights 2 and 3 shift hard: they are Shakespeare's
+plays only, a source night 1 never had, so a model that keeps training on them alone forgets
+night 1's sources. Every chunk is used once.
 
 Written beside the shards (the benchmark reads all of it; the shards are what Glia sees):
 
@@ -50,10 +50,12 @@ LABELS = {"austen": "literature", "kjv": "scripture", "jargon": "glossary", "dev
           "gcide": "dictionary", "shakespeare": "drama"}
 # (source -> training documents, held-out documents) per night. Night 1: two common and two
 # rare sources; nights 2-3: the shift, to sources night 1 never had.
+# GCIDE is left out: its entries look like the rare dictionaries', so training on it would
+# teach them rather than make the model forget them (measured: their loss fell after the shift).
 PLAN: dict[int, dict[str, tuple[int, int]]] = {
-    1: {"austen": (640, 60), "kjv": (640, 60), "jargon": (48, 24), "devil": (20, 20)},
-    2: {"gcide": (560, 30), "shakespeare": (240, 20)},
-    3: {"gcide": (480, 30), "shakespeare": (320, 20)},
+    1: {"austen": (640, 60), "kjv": (640, 60), "jargon": (60, 30), "devil": (30, 30)},
+    2: {"shakespeare": (800, 50)},
+    3: {"shakespeare": (800, 50)},
 }
 DO_NOT_FORGET = {"austen": 20, "kjv": 20}  # night-1 training documents the user lists
 START = datetime(2025, 1, 1, tzinfo=UTC)

@@ -14,6 +14,7 @@ document's rarest stratum ``s``, divided by the pool's largest; ``protected`` as
     p_i  = (eps + s_i) * R_i                 R_i: the retention factor below
     P(i) = f_g p_i^a / sum_{j in g} p_j^a    g: the old or the new documents; f_new = new_fraction
     w_i  = (N P(i))^-b / max_j (N P(j))^-b   N: pool size; max over the whole pool
+                                             (1 for protected documents when protected_is_weight = false)
 
 A document that no term scores (nothing has looked at it yet) gets the pool's highest ``s``,
 as new transitions get the maximum priority in prioritized replay (Schaul et al. 2016), so
@@ -173,6 +174,9 @@ class ReplayParams:
     importance_column: str = ""
     importance_sql: str = ""
     rarity_columns: tuple[str, ...] = ("label",)
+    # False: protected documents keep weight 1 instead of (N P)^-b; as b -> 1 the IS weight
+    # would undo the very upsampling that protects them (see bench/forgetting.py).
+    protected_is_weight: bool = True
     exclude_duplicates: bool = True
     record_state: bool = True
     seed: int = 0
@@ -415,6 +419,9 @@ def build_set(pool: Pool, state: pa.Table, params: ReplayParams, set_id: int, n_
     prob = probabilities(priority, params.alpha, is_new, params.new_fraction)
     beta = params.beta_for(n_prior_sets)
     weight = is_weights(prob, beta)
+    protected = pc.fill_null(table["protected"], False).to_numpy(zero_copy_only=False)
+    if not params.protected_is_weight:
+        weight = np.where(protected & (prob > 0), 1.0, weight)
     rng = np.random.default_rng([int(params.seed), int(run_id)])
     counts = draw_counts(prob, params.size, rng)
 
@@ -428,7 +435,6 @@ def build_set(pool: Pool, state: pa.Table, params: ReplayParams, set_id: int, n_
         "weight": pa.array(weight[drawn]), "count": pa.array(counts[drawn]),
     }, schema=ITEMS_SCHEMA)
 
-    protected = pc.fill_null(table["protected"], False).to_numpy(zero_copy_only=False)
     salient = ((score >= np.quantile(score, params.salient_quantile)) & ~unscored) | protected
     touched = drawn | salient
     if params.record_state and touched.any():
