@@ -86,9 +86,10 @@ CORPUS = ROOT / "examples" / "forgetting"
 NIGHTS = (1, 2, 3)
 RATIOS = (0.05, 0.25)
 BASE_ARMS = ("none", "uniform", "tmr", "union")
-VARIANTS = ("tmr_nois", "tmr_loss", "tmr_noret", "tmr_protw1")
+VARIANTS = ("tmr_nois", "tmr_loss", "tmr_noret", "tmr_protw1", "tmr_isw")
 # The [stages.replay] lines each variant's own catalog adds to the benchmark's rules.
-VARIANT_PARAMS = {"tmr_noret": "retention_floor = 1.0\n", "tmr_protw1": "protected_is_weight = false\n"}
+VARIANT_PARAMS = {"tmr_noret": "retention_floor = 1.0\n", "tmr_protw1": "protected_is_weight = false\n",
+                  "tmr_isw": "protected_is_weight = true\n"}
 RARE_SOURCES = ("jargon", "devil")  # the rare strata the rules protect (share < 5 % of the corpus)
 
 
@@ -458,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     result["total_seconds"] = round(time.monotonic() - t0, 1)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=lambda o: o.item() if hasattr(o, "item") else str(o)) + "\n")
-    print_table(result["summary"], cfg.seeds)
+    print_table(result["summary"], len(result["seeds"]))
     print(f"\nwrote {out} ({result['total_seconds']} s)")
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)

@@ -25,7 +25,7 @@ set records which terms it used.
 Retention. A memory that is not reactivated fades: ``R_i = floor + (1 - floor) 2^(-d_i / h)``
 with ``d_i`` the nights (runs) since the document was last replayed, last tagged salient, or
 first seen, whichever is latest, and ``h`` the half-life in nights. A document is tagged
-salient when its ``s_i`` is in the pool's top ``1 - salient_quantile`` or it is protected.
+salient when its ``s_i`` is strictly above the pool's ``salient_quantile`` or it is protected.
 
 Interleaving. ``new_fraction`` of the draws come from documents first seen tonight, the rest
 from earlier nights (when one side is empty the other takes every draw).
@@ -174,9 +174,9 @@ class ReplayParams:
     importance_column: str = ""
     importance_sql: str = ""
     rarity_columns: tuple[str, ...] = ("label",)
-    # False: protected documents keep weight 1 instead of (N P)^-b; as b -> 1 the IS weight
-    # would undo the very upsampling that protects them (see bench/forgetting.py).
-    protected_is_weight: bool = True
+    # False (default): protected documents keep weight 1 instead of (N P)^-b; as b -> 1 the IS
+    # weight undoes the very upsampling that protects them (measured: bench/forgetting.py, README).
+    protected_is_weight: bool = False
     exclude_duplicates: bool = True
     record_state: bool = True
     seed: int = 0
@@ -435,7 +435,9 @@ def build_set(pool: Pool, state: pa.Table, params: ReplayParams, set_id: int, n_
         "weight": pa.array(weight[drawn]), "count": pa.array(counts[drawn]),
     }, schema=ITEMS_SCHEMA)
 
-    salient = ((score >= np.quantile(score, params.salient_quantile)) & ~unscored) | protected
+    # Strictly above the quantile: with coarse terms (rarity, protected) most scores tie, and ">="
+    # marked every tied document salient, which refreshed its retention every night (decay never ran).
+    salient = ((score > np.quantile(score, params.salient_quantile)) & ~unscored) | protected
     touched = drawn | salient
     if params.record_state and touched.any():
         new_rep = np.where(drawn, run_id, last_rep)

@@ -83,7 +83,7 @@ def test_arms_train_on_equal_tokens(quick: tuple[dict, str]) -> None:
 
 
 def test_protected_documents_can_keep_their_upsampling() -> None:
-    # protected_is_weight = false changes only the protected documents' IS weights (to 1): the
+    # protected_is_weight = false (the default) changes only the protected documents' IS weights (to 1): the
     # probabilities, the draws and everyone else's weights stay as they were.
     import numpy as np
     import pyarrow as pa
@@ -101,7 +101,7 @@ def test_protected_documents_can_keep_their_upsampling() -> None:
         "strata": pa.array([[f"label={s}"] for s in src], pa.list_(pa.string())),
     }, schema=POOL_SCHEMA)
     pool = Pool(table, 2, 0, "label")
-    a = build_set(pool, STATE_SCHEMA.empty_table(), ReplayParams(size=4000, beta=0.8), 1, 0, "api")
+    a = build_set(pool, STATE_SCHEMA.empty_table(), ReplayParams(size=4000, beta=0.8, protected_is_weight=True), 1, 0, "api")
     b = build_set(pool, STATE_SCHEMA.empty_table(), ReplayParams(size=4000, beta=0.8, protected_is_weight=False), 1, 0, "api")
     prot = np.isin(np.asarray(a.pool_ids.to_pylist(), dtype=object), t["id"].filter(pa.array(protected)).to_pylist())
     np.testing.assert_array_equal(a.probability, b.probability)
