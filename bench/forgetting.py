@@ -18,7 +18,7 @@ Per seed:
 
 1. Glia runs its real nights over the corpus (``curation.engine.run_night``: exact and near
    dedup, ``decide`` with protected strata, then the ``replay`` stage; the rules are written
-   into the work folder and recorded in the result). Protected strata: rare sources by share
+   into the work folder and recorded in the result), one catalog per replay configuration. Protected strata: rare sources by share
    (``[stages.decide.protect.rarity]``, share below 5 %) and an explicit ``do_not_forget``
    stratum from the corpus's id file. The replay stage builds tonight's TMR set over the
    earlier nights' documents (``new_fraction = 0``: replay is of old documents only).
@@ -33,9 +33,12 @@ Per seed:
    - ``tmr@r``: the same, the replayed windows taken from the set tonight's ``replay`` stage
      committed, read through ``curation.dataloader.iter_replay`` as a trainer would, each
      replayed loss scaled by its importance-sampling weight;
-   - design variants (``--arms``): ``tmr_nois@r`` (the stage's set, IS weights ignored),
-     ``tmr_loss@r`` (a what-if set whose importance is the arm's own loss on each old document
-     before the night: ``importance_sql``), ``tmr_noret@r`` (a what-if set without retention decay);
+   - design variants (``--arms``), each with its own catalog filled by the replay stage:
+     ``tmr_isw@r`` (IS weights on protected documents too: ``protected_is_weight = true``, the
+     old default), ``tmr_protw1@r`` (``protected_is_weight = false``, explicitly),
+     ``tmr_noret@r`` (no retention decay: ``retention_floor = 1``), ``tmr_loss@r`` (before each
+     night the arm's own model scores every old document and the night's replay stage takes
+     that loss as ``importance_sql``), and ``tmr_nois@r`` (the ``tmr`` set, IS weights ignored);
    - ``union``: the upper bound, ``batch`` windows drawn from the union of every night's
      training documents so far (joint training at the same token budget).
 
