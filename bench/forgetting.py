@@ -38,7 +38,8 @@ Per seed:
      old default), ``tmr_protw1@r`` (``protected_is_weight = false``, explicitly),
      ``tmr_noret@r`` (no retention decay: ``retention_floor = 1``), ``tmr_loss@r`` (before each
      night the arm's own model scores every old document and the night's replay stage takes
-     that loss as ``importance_sql``), and ``tmr_nois@r`` (the ``tmr`` set, IS weights ignored);
+     that loss as ``importance_sql``), ``tmr_prot3@r`` (the protected term weighs 3 instead of 1)
+     and ``tmr_nois@r`` (the ``tmr`` set, IS weights ignored);
    - ``union``: the upper bound, ``batch`` windows drawn from the union of every night's
      training documents so far (joint training at the same token budget).
 
@@ -89,10 +90,10 @@ CORPUS = ROOT / "examples" / "forgetting"
 NIGHTS = (1, 2, 3)
 RATIOS = (0.05, 0.25)
 BASE_ARMS = ("none", "uniform", "tmr", "union")
-VARIANTS = ("tmr_nois", "tmr_loss", "tmr_noret", "tmr_protw1", "tmr_isw")
+VARIANTS = ("tmr_nois", "tmr_loss", "tmr_noret", "tmr_protw1", "tmr_isw", "tmr_prot3")
 # The [stages.replay] lines each variant's own catalog adds to the benchmark's rules.
 VARIANT_PARAMS = {"tmr_noret": "retention_floor = 1.0\n", "tmr_protw1": "protected_is_weight = false\n",
-                  "tmr_isw": "protected_is_weight = true\n"}
+                  "tmr_isw": "protected_is_weight = true\n", "tmr_prot3": "weights = { protected = 3.0 }\n"}
 RARE_SOURCES = ("jargon", "devil")  # the rare strata the rules protect (share < 5 % of the corpus)
 
 
