@@ -109,3 +109,33 @@ def test_protected_documents_can_keep_their_upsampling() -> None:
     assert a.weight[prot].max() < 0.9  # upsampled, so down-weighted by default
     np.testing.assert_array_equal(b.weight[prot], 1.0)
     np.testing.assert_array_equal(a.weight[~prot], b.weight[~prot])
+
+
+def test_tied_scores_do_not_make_every_document_salient() -> None:
+    # With coarse terms most scores tie; a document is salient only strictly above the quantile,
+    # so the undrawn common documents' retention can decay (with ">=" every tie was refreshed).
+    import numpy as np
+    import pyarrow as pa
+
+    from curation.replay import POOL_SCHEMA, STATE_SCHEMA, Pool, ReplayParams, build_set
+
+    t = pq.read_table(CORPUS / "night1", columns=["id", "label"])
+    n = t.num_rows
+    labels = np.asarray(t["label"].to_pylist(), dtype=object)
+    table = pa.table({
+        "doc_id": t["id"], "shard_id": pa.array(["s"] * n), "first_seen_run": pa.array(np.ones(n, np.int64)),
+        "surprise": pa.nulls(n, pa.float64()), "utility": pa.nulls(n, pa.float64()), "novelty": pa.nulls(n, pa.float64()),
+        "importance": pa.nulls(n, pa.float64()), "protected": pa.array(np.isin(labels, ["glossary", "satire"])),
+        "strata": pa.array([[f"label={v}"] for v in labels], pa.list_(pa.string())),
+    }, schema=POOL_SCHEMA)
+    rs = build_set(Pool(table, 2, 0, "label"), STATE_SCHEMA.empty_table(), ReplayParams(size=50, new_fraction=0.0), 1, 0, "api")
+    salient = rs.state_rows.filter(pa.compute.is_valid(rs.state_rows["last_salient_run"]))
+    common = {i for i, lab in zip(t["id"].to_pylist(), labels) if lab in ("literature", "scripture")}
+    assert not common & set(salient["doc_id"].to_pylist()), "tied common documents must not all be salient"
+    assert set(salient["doc_id"].to_pylist()) >= {i for i, lab in zip(t["id"].to_pylist(), labels) if lab == "satire"}
+    # Next night the undrawn common documents have decayed below the ones drawn tonight.
+    rs2 = build_set(Pool(table, 4, 0, "label"), rs.state_rows, ReplayParams(size=50, new_fraction=0.0), 2, 1, "api")
+    ids = rs2.pool_ids.to_pylist()
+    drawn = set(rs.items["doc_id"].to_pylist())
+    ret = dict(zip(ids, rs2.retention))
+    assert max(ret[i] for i in common - drawn) < min(ret[i] for i in drawn)
