@@ -9,7 +9,7 @@ GLIA   := $(VENV)/bin/glia
 STAMP  := $(VENV)/.glia-installed
 DEMO   := build/demo
 
-.PHONY: setup system-deps demo test bench bench-inputs bench-scale clean
+.PHONY: setup system-deps demo test bench bench-inputs bench-scale bench-forgetting clean
 
 setup: $(STAMP)
 
@@ -74,6 +74,11 @@ bench: bench-inputs
 # ~3 for the nights on 2 cores; see README, Scale.
 bench-scale: bench-inputs
 	$(PY) bench/bench_scale.py --nights 10 --docs 100000
+
+# Forgetting under a real shift: no replay vs uniform vs TMR replay at equal tokens, 3 seeds, one
+# torch thread (the corpus is committed in examples/forgetting); see README, Forgetting.
+bench-forgetting: setup
+	OMP_NUM_THREADS=1 $(PY) bench/forgetting.py
 
 clean:
 	rm -rf build .glia

@@ -45,7 +45,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -56,24 +56,11 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 COMMONS = ROOT / "examples" / "commons"
+sys.path.insert(0, str(ROOT / "bench"))
 
-
-@dataclass(frozen=True)
-class Budget:
-    """Training budget. Both arms get exactly the same steps and replay draws."""
-
-    night1_steps: int
-    night_steps: int  # per later night, per arm
-    batch_new: int
-    batch_replay: int
-    ctx: int = 128
-    d_model: int = 128
-    layers: int = 2
-    heads: int = 4
-    lr: float = 2e-3
-    warmup: int = 30
-    eval_windows: int = 3  # per held-out document (its first eval_windows * ctx bytes)
-
+from tinylm import (  # noqa: E402  (the shared tiny LM; see bench/tinylm.py)
+    Budget, eval_set, learner_losses, make_model, train, whatif_plan,
+)
 
 DEFAULT = Budget(night1_steps=300, night_steps=150, batch_new=16, batch_replay=16)
 QUICK = Budget(night1_steps=40, night_steps=20, batch_new=8, batch_replay=8, eval_windows=1)
@@ -114,128 +101,6 @@ def split_corpus(seed: int) -> tuple[dict[int, pa.Table], pa.Table, pa.Table]:
     return train, nights[1].filter(pa.array(dnf)), nights[3].filter(pa.array(new))
 
 
-# -- the tiny LM ------------------------------------------------------------------------------
-
-
-def make_model(b: Budget) -> Any:
-    import torch
-    from torch import nn
-
-    class TinyLM(nn.Module):
-        """A byte-level causal transformer."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.emb = nn.Embedding(256, b.d_model)
-            self.pos = nn.Embedding(b.ctx, b.d_model)
-            layer = nn.TransformerEncoderLayer(b.d_model, b.heads, 4 * b.d_model, dropout=0.0, batch_first=True,
-                                               norm_first=True)
-            self.blocks = nn.TransformerEncoder(layer, b.layers, enable_nested_tensor=False)
-            self.norm = nn.LayerNorm(b.d_model)
-            self.head = nn.Linear(b.d_model, 256)
-            self.register_buffer("mask", torch.triu(torch.full((b.ctx, b.ctx), float("-inf")), 1))
-
-        def forward(self, x: Any) -> Any:
-            t = x.shape[1]
-            h = self.emb(x) + self.pos(torch.arange(t, device=x.device))
-            return self.head(self.norm(self.blocks(h, mask=self.mask[:t, :t], is_causal=True)))
-
-    return TinyLM()
-
-
-def windows(texts: list[str], rng: np.random.Generator, ctx: int) -> np.ndarray:
-    """One random window of ``ctx + 1`` bytes per text (shorter texts are padded with byte 0,
-    which the loss ignores through the length mask below)."""
-    out = np.zeros((len(texts), ctx + 1), np.int64)
-    lengths = np.zeros(len(texts), np.int64)
-    for i, t in enumerate(texts):
-        raw = np.frombuffer(t.encode("utf-8"), np.uint8)
-        start = int(rng.integers(0, max(1, len(raw) - ctx))) if len(raw) > ctx + 1 else 0
-        w = raw[start:start + ctx + 1]
-        out[i, :len(w)] = w
-        lengths[i] = len(w)
-    return np.concatenate([out, lengths[:, None]], axis=1)
-
-
-def window_losses(model: Any, batch: np.ndarray) -> Any:
-    """Mean next-byte loss (nats) of each window, ignoring padding."""
-    import torch
-    from torch.nn import functional as F
-
-    x = torch.from_numpy(batch[:, :-1])
-    lengths = torch.from_numpy(batch[:, -1])
-    logits = model(x[:, :-1])
-    nll = F.cross_entropy(logits.reshape(-1, 256), x[:, 1:].reshape(-1), reduction="none").view(x.shape[0], -1)
-    valid = (torch.arange(nll.shape[1])[None, :] < (lengths[:, None] - 1)).float()
-    return (nll * valid).sum(1) / valid.sum(1).clamp(min=1), valid.sum(1)
-
-
-def eval_set(model: Any, table: pa.Table, b: Budget) -> dict[str, Any]:
-    """Loss on fixed windows (each document's first ``eval_windows`` windows): per source, micro, macro."""
-    import torch
-
-    rows, sources = [], []
-    for text, src in zip(table["text"].to_pylist(), table["source"].to_pylist()):
-        raw = np.frombuffer(text.encode("utf-8"), np.uint8)
-        for k in range(b.eval_windows):
-            w = raw[k * b.ctx:(k + 1) * b.ctx + 1]
-            if len(w) < 2:
-                break
-            row = np.zeros(b.ctx + 2, np.int64)
-            row[:len(w)] = w
-            row[-1] = len(w)
-            rows.append(row)
-            sources.append(src)
-    data = np.stack(rows)
-    model.eval()
-    losses, counts = [], []
-    with torch.no_grad():
-        for i in range(0, len(data), 64):
-            lo, n = window_losses(model, data[i:i + 64])
-            losses.append(lo.numpy())
-            counts.append(n.numpy())
-    model.train()
-    lo, n = np.concatenate(losses), np.concatenate(counts)
-    src = np.asarray(sources, dtype=object)
-    per = {s: float(np.sum(lo[src == s] * n[src == s]) / np.sum(n[src == s])) for s in sorted(set(sources))}
-    return {"micro": float(np.sum(lo * n) / n.sum()), "macro": float(np.mean(list(per.values()))), "per_source": per,
-            "documents": table.num_rows, "windows": len(data)}
-
-
-def train(model: Any, opt: Any, b: Budget, steps: int, new_texts: list[str], replay: list[dict[str, Any]] | None,
-          seed: int, night: int, use_weights: bool, step0: int) -> dict[str, float]:
-    """``steps`` optimizer steps of ``batch_new`` new windows (+ ``batch_replay`` replayed ones, each
-    loss scaled by its IS weight when ``use_weights``). The new windows depend only on
-    ``(seed, night)``, so every arm sees exactly the same new data."""
-    import torch
-
-    rng_new = np.random.default_rng([seed, night, 1])
-    rng_rep = np.random.default_rng([seed, night, 2])
-    t0, total = time.monotonic(), 0.0
-    for step in range(steps):
-        lr = b.lr * min(1.0, (step0 + step + 1) / b.warmup)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        pick = rng_new.integers(0, len(new_texts), b.batch_new)
-        texts = [new_texts[i] for i in pick]
-        weights = [1.0] * len(texts)
-        if replay is not None:
-            items = replay[step * b.batch_replay:(step + 1) * b.batch_replay]
-            texts += [it["text"] for it in items]
-            weights += [it["weight"] if use_weights else 1.0 for it in items]
-        batch = windows(texts[:b.batch_new], rng_new, b.ctx)
-        if len(texts) > b.batch_new:
-            batch = np.concatenate([batch, windows(texts[b.batch_new:], rng_rep, b.ctx)])
-        lo, _ = window_losses(model, batch)
-        loss = (lo * torch.tensor(weights, dtype=lo.dtype)).mean()
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        total += float(lo[:b.batch_new].detach().mean())
-    return {"seconds": round(time.monotonic() - t0, 2), "mean_new_loss": total / max(1, steps)}
-
-
 # -- Glia -------------------------------------------------------------------------------------
 
 
@@ -246,46 +111,6 @@ def write_night(table: pa.Table, root: Path, night: int) -> None:
     half = table.num_rows // 2
     pq.write_table(table.slice(0, half), folder / "part-00000.parquet")
     pq.write_table(table.slice(half), folder / "part-00001.parquet")
-
-
-def whatif_plan(db: Path, params: Any) -> tuple[Any, dict[str, Any]]:
-    """Draws of a replay set built from the catalog as it stands (read-only: nothing is written,
-    retention state included), for the arms that are not the nightly stage's own set."""
-    from curation.dataloader import ReplayPlan
-    from curation.replay import CatalogState, build_set, latest_run
-    from storage.catalog import Catalog
-    from storage.sql import registered
-
-    with Catalog(db, read_only=True) as cat:
-        run_id = latest_run(cat.con)
-        st = CatalogState.read(cat.con, params, run_id)
-        rs = build_set(st.pool, st.state, params, 0, st.n_sets, "api")
-        with registered(cat.con, "_items", rs.items):
-            rows = cat.con.sql('SELECT i.doc_id, i.weight, i."count", d.shard_path, d."row" '
-                               "FROM _items i JOIN documents d USING (doc_id)").to_arrow_table()
-    return ReplayPlan.from_rows(rows, 0), rs.set_row
-
-
-def learner_losses(model: Any, texts: dict[str, str], b: Budget, path: Path) -> Path:
-    """The model's loss on each earlier document (its first window), written as Parquet for the
-    replay build's ``importance_sql``: the trainer tells Glia what it finds hard."""
-    import torch
-
-    ids = sorted(texts)
-    losses = []
-    model.eval()
-    with torch.no_grad():
-        for i in range(0, len(ids), 64):
-            chunk = [texts[d] for d in ids[i:i + 64]]
-            rows = np.zeros((len(chunk), b.ctx + 2), np.int64)
-            for j, t in enumerate(chunk):
-                w = np.frombuffer(t.encode("utf-8"), np.uint8)[:b.ctx + 1]
-                rows[j, :len(w)] = w
-                rows[j, -1] = len(w)
-            losses.append(window_losses(model, rows)[0].numpy())
-    model.train()
-    pq.write_table(pa.table({"doc_id": ids, "loss": np.concatenate(losses)}), path)
-    return path
 
 
 def composition(items: list[dict[str, Any]], source_of: dict[str, str]) -> dict[str, Any]:

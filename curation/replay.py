@@ -14,6 +14,7 @@ document's rarest stratum ``s``, divided by the pool's largest; ``protected`` as
     p_i  = (eps + s_i) * R_i                 R_i: the retention factor below
     P(i) = f_g p_i^a / sum_{j in g} p_j^a    g: the old or the new documents; f_new = new_fraction
     w_i  = (N P(i))^-b / max_j (N P(j))^-b   N: pool size; max over the whole pool
+                                             (1 for protected documents when protected_is_weight = false)
 
 A document that no term scores (nothing has looked at it yet) gets the pool's highest ``s``,
 as new transitions get the maximum priority in prioritized replay (Schaul et al. 2016), so
@@ -24,7 +25,7 @@ set records which terms it used.
 Retention. A memory that is not reactivated fades: ``R_i = floor + (1 - floor) 2^(-d_i / h)``
 with ``d_i`` the nights (runs) since the document was last replayed, last tagged salient, or
 first seen, whichever is latest, and ``h`` the half-life in nights. A document is tagged
-salient when its ``s_i`` is in the pool's top ``1 - salient_quantile`` or it is protected.
+salient when its ``s_i`` is strictly above the pool's ``salient_quantile`` or it is protected.
 
 Interleaving. ``new_fraction`` of the draws come from documents first seen tonight, the rest
 from earlier nights (when one side is empty the other takes every draw).
@@ -177,6 +178,9 @@ class ReplayParams:
     importance_column: str = ""
     importance_sql: str = ""
     rarity_columns: tuple[str, ...] = ("label",)
+    # False (default): protected documents keep weight 1 instead of (N P)^-b; as b -> 1 the IS
+    # weight undoes the very upsampling that protects them (measured: bench/forgetting.py, README).
+    protected_is_weight: bool = False
     exclude_duplicates: bool = True
     record_state: bool = True
     seed: int = 0
@@ -410,6 +414,9 @@ def build_set(pool: Pool, state: pa.Table, params: ReplayParams, set_id: int, n_
     prob = probabilities(priority, params.alpha, is_new, params.new_fraction)
     beta = params.beta_for(n_prior_sets)
     weight = is_weights(prob, beta)
+    protected = pc.fill_null(table["protected"], False).to_numpy(zero_copy_only=False)
+    if not params.protected_is_weight:
+        weight = np.where(protected & (prob > 0), 1.0, weight)
     rng = np.random.default_rng([int(params.seed), int(run_id)])
     counts = draw_counts(prob, params.size, rng)
 
@@ -423,8 +430,9 @@ def build_set(pool: Pool, state: pa.Table, params: ReplayParams, set_id: int, n_
         "weight": pa.array(weight[drawn]), "count": pa.array(counts[drawn]),
     }, schema=ITEMS_SCHEMA)
 
-    protected = pc.fill_null(table["protected"], False).to_numpy(zero_copy_only=False)
-    salient = ((score >= np.quantile(score, params.salient_quantile)) & ~unscored) | protected
+    # Strictly above the quantile: with coarse terms (rarity, protected) most scores tie, and ">="
+    # marked every tied document salient, which refreshed its retention every night (decay never ran).
+    salient = ((score > np.quantile(score, params.salient_quantile)) & ~unscored) | protected
     touched = drawn | salient
     if params.record_state and touched.any():
         new_rep = np.where(drawn, run_id, last_rep)
