@@ -9,7 +9,7 @@ GLIA   := $(VENV)/bin/glia
 STAMP  := $(VENV)/.glia-installed
 DEMO   := build/demo
 
-.PHONY: setup system-deps demo test bench bench-inputs bench-scale bench-forgetting clean
+.PHONY: setup system-deps demo test bench bench-inputs bench-scale bench-quality bench-forgetting clean
 
 setup: $(STAMP)
 
@@ -77,6 +77,10 @@ bench-scale: bench-inputs
 
 # Forgetting under a real shift: no replay vs uniform vs TMR replay at equal tokens, 3 seeds, one
 # torch thread (the corpus is committed in examples/forgetting); see README, Forgetting.
+# Tag quality on held-out data: risk across platforms, near-dup recall of edited copies (~10 min).
+bench-quality: bench-inputs
+	$(PY) bench/bench_quality.py
+
 bench-forgetting: setup
 	OMP_NUM_THREADS=1 $(PY) bench/forgetting.py
 
