@@ -61,13 +61,18 @@ def _fmt(v: float) -> str:
     return str(int(v)) if float(v).is_integer() else f"{v:.4g}"
 
 
+# Metric families that are not a stage's or a tagger's counts: the step timings and the run
+# summary's per-source aggregates (both in run_metrics and `glia sql`, too many for a terminal).
+_NOT_COUNTS = ("seconds", "summary")
+
+
 def metric_rows(metrics: dict[str, float]) -> list[tuple[str, str]]:
-    """One row per recorded ``<name>.<count>`` metric, grouped by stage or tagger name."""
+    """One row per recorded ``<stage or tagger>.<count>`` metric, grouped by its owner."""
     rows: list[tuple[str, str]] = []
     last = None
     for key in sorted(metrics):
         owner, _, what = key.partition(".")
-        if not what:
+        if not what or owner in _NOT_COUNTS:
             continue
         if owner != last:
             rows.append((owner, ""))

@@ -74,6 +74,20 @@ def test_the_tagger_and_stage_examples_run_in_a_night(registered: None, tmp_path
     assert out.metrics["dedup.exact_dups"] >= 0
 
 
+def test_glia_run_prints_a_new_taggers_and_stages_counts(registered: None, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """The run summary lists every <tagger>.* and <stage>.* metric without knowing their names."""
+    rules = tmp_path / "glia.toml"
+    rules.write_text('[run]\ntaggers = ["exact", "minhash", "word_count"]\nstages = ["dedup", "source_share"]\n')
+    assert main(["run", str(NIGHTS[1]), "--db", str(tmp_path / "glia.duckdb"), "--rules", str(rules), "-q"]) == EXIT_OK
+    out = capsys.readouterr().out
+    lines = [" ".join(line.replace("│", " ").split()) for line in out.splitlines()]
+    for owner, count in (("word_count", "short"), ("word_count", "docs 1500"), ("source_share", "sources"),
+                         ("dedup", "near_dups")):
+        assert owner in lines and any(line.startswith(count) for line in lines), (owner, count, out)
+    assert not any(line.startswith("summary") for line in lines)
+
+
 def test_a_bad_parameter_of_the_example_tagger_names_the_key(registered: None, tmp_path: Path) -> None:
     from engine.config import ConfigError, load_config
 
