@@ -23,8 +23,8 @@ dedup taggers, ``core.text``); n-grams are ``n`` consecutive words (default 13, 
 datatrove). An eval item with fewer than ``n`` words has no n-gram and cannot be detected
 (counted as ``short_items`` in the index's metadata; lower ``n`` for short items).
 
-Tags: ``contaminated_by`` (``<set>:<item id>`` of the item sharing the most n-grams, ties to
-the earliest item; null when fewer than ``min_matches`` match), ``contam_ngrams`` (the
+Tags: ``contaminated_by`` (``<set>:<item id>`` of the item sharing the most n-grams with the
+document, ties to the earliest item; null when fewer than ``min_matches`` match), ``contam_ngrams`` (the
 document's n-grams found in that set) and ``contam_share`` (their share of the document's
 n-grams). The rule term ``contaminated`` (``curation.rules``) prunes on ``contaminated_by``.
 """
@@ -51,7 +51,7 @@ import xxhash
 from core.text import shingle_hashes, word_hashes
 from taggers.base import Resources, Tagger
 
-INDEX_FORMAT = "1"  # bump when the index layout or the normalisation changes
+INDEX_FORMAT = "2"  # bump when the index layout or the normalisation changes
 
 
 @dataclass(frozen=True)
@@ -99,8 +99,9 @@ def load_items(es: EvalSet) -> tuple[list[str], list[int], list[str]]:
 
 
 def build_index(name: str, es: EvalSet, n: int, index_dir: Path) -> Path:
-    """The folder of ``name``'s hashed n-gram set (built if absent): ``hashes.npy`` (sorted, unique
-    uint64), ``items.npy`` (int32: the earliest item with that n-gram), ``ids.json``, ``meta.json``."""
+    """The folder of ``name``'s hashed n-gram set (built if absent): ``hashes.npy`` (sorted uint64,
+    one entry per distinct (n-gram, item) pair), ``items.npy`` (int32, the item of each entry),
+    ``ids.json``, ``meta.json``."""
     digest = xxhash.xxh3_64()
     with open(es.path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -116,10 +117,10 @@ def build_index(name: str, es: EvalSet, n: int, index_dir: Path) -> Path:
     long_enough = np.repeat(counts >= n, np.diff(so))  # a short item's one shingle is not an n-gram
     item_of = np.repeat(np.asarray(items, dtype=np.int32), np.diff(so))[long_enough]
     sh = sh[long_enough]
-    order = np.lexsort((item_of, sh))  # by hash, then item: the first of each hash is the earliest item
+    order = np.lexsort((item_of, sh))  # by hash, then item; each (hash, item) pair once
     sh, item_of = sh[order], item_of[order]
     first = np.ones(len(sh), dtype=bool)
-    first[1:] = sh[1:] != sh[:-1]
+    first[1:] = (sh[1:] != sh[:-1]) | (item_of[1:] != item_of[:-1])
     short = len(set(items)) - len(set(np.asarray(items)[counts >= n].tolist())) if items else 0
     index_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=index_dir))
@@ -127,7 +128,7 @@ def build_index(name: str, es: EvalSet, n: int, index_dir: Path) -> Path:
     np.save(tmp / "items.npy", item_of[first])
     (tmp / "ids.json").write_text(json.dumps(ids))
     (tmp / "meta.json").write_text(json.dumps({"set": name, "path": es.path, "n": n, "items": len(ids),
-                                                "ngrams": int(first.sum()), "short_items": short}))
+                                                "ngrams": int(len(np.unique(sh))), "entries": int(first.sum()), "short_items": short}))
     try:
         os.rename(tmp, folder)
     except OSError:  # another process built it first: theirs is the same
@@ -212,12 +213,16 @@ class DecontaminateTagger(Tagger):
         for idx in self._loaded():
             if not len(idx.hashes) or not len(sh):
                 continue
-            pos = np.minimum(np.searchsorted(idx.hashes, sh), len(idx.hashes) - 1)
-            hit = idx.hashes[pos] == sh
+            left = np.searchsorted(idx.hashes, sh, "left")
+            cnt = np.searchsorted(idx.hashes, sh, "right") - left  # eval items holding each n-gram
+            hit = cnt > 0
             if not hit.any():
                 continue
-            docs, items = doc_of[hit], np.asarray(idx.items[pos[hit]], dtype=np.int64)
-            matched = np.bincount(docs, minlength=n_docs)
+            matched = np.bincount(doc_of[hit], minlength=n_docs)
+            # Every (document n-gram, eval item) pair: an n-gram shared by several items counts for each.
+            c = cnt[hit]
+            entry = np.repeat(left[hit], c) + (np.arange(c.sum()) - np.repeat(np.cumsum(c) - c, c))
+            docs, items = np.repeat(doc_of[hit], c), np.asarray(idx.items[entry], dtype=np.int64)
             # The item with most shared n-grams per document (ties: the earliest item).
             pair, cnt = np.unique(docs * (len(idx.ids) + 1) + items, return_counts=True)
             pd, pi = pair // (len(idx.ids) + 1), pair % (len(idx.ids) + 1)
