@@ -91,7 +91,9 @@ def _accept(kind: str, text: str, m: re.Match[str]) -> bool:
         return (13 <= len(digits) <= 19 and not ("-" in s and " " in s) and bool(_CARD_PREFIX.match(digits))
                 and luhn_ok(digits))
     if kind == "ipv6":
-        if "::" not in s and s.count(":") != 7:
+        # Scope operators (``a::b``, ``Foo::Bar``) and clock times are not addresses: an address
+        # has a decimal digit, and either ``::`` or all eight groups.
+        if ("::" not in s and s.count(":") != 7) or not any(c.isdigit() for c in s):
             return False
         try:
             ipaddress.IPv6Address(s)
