@@ -31,15 +31,16 @@ KINDS: tuple[str, ...] = ("email", "iban", "credit_card", "ipv6", "ipv4", "phone
 
 DEFAULT_PLACEHOLDER = "<{kind}>"  # ``{kind}`` is replaced by the kind's name, e.g. "<email>"
 
-# Step 1: RE2 candidate patterns (a superset of what step 2 accepts).
-_CANDIDATE = "|".join([
-    r"[A-Za-z0-9._%+-]@[A-Za-z0-9-]+\.[A-Za-z]",  # email
-    r"\b[A-Z]{2}\d{2} ?[A-Z0-9]{4}",  # IBAN
-    r"\d[ -]?\d[ -]?\d[ -]?\d[ -]?\d[ -]?\d[ -]?\d[ -]?\d[ -]?\d",  # 9+ digits in one group: card, phone
-    r"\d{2,4}\)?[ .-]\d{3,4}[ .-]?\d{3,4}",  # phone with separators
-    r"[0-9A-Fa-f]{0,4}:[0-9A-Fa-f]{0,4}:[0-9A-Fa-f]{0,4}",  # IPv6
-    r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}",  # IPv4
-])
+# Step 1: RE2 candidate patterns per kind (each a superset of what step 2 accepts).
+_CANDIDATES: dict[str, str] = {
+    "email": r"[A-Za-z0-9._%+-]@[A-Za-z0-9-]+\.[A-Za-z]",
+    "iban": r"[A-Z]{2}\d{2} ?[A-Z0-9]{4} ?[A-Z0-9]{4}",
+    "credit_card": r"\d(?:[ -]?\d){12}",
+    "ipv6": r"[0-9A-Fa-f]{0,4}:[0-9A-Fa-f]{0,4}:[0-9A-Fa-f]{0,4}",
+    "ipv4": r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}",
+    "phone": r"\d{2,4}\)?[ .-]\d{3,4}[ .-]?\d{3,4}",
+}
+_CANDIDATE = "|".join(_CANDIDATES.values())
 
 # Step 2: Python patterns.
 _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
@@ -57,6 +58,7 @@ _PATTERNS: dict[str, re.Pattern[str]] = {
 # Words just before a match that make it something else (``version 1.2.3.4``, ``ISBN 0-306-40615-2``).
 _NOT_BEFORE = re.compile(r"(?:\b(?:v|ver|version|isbn(?:-1[03])?|issn|doi|release|build)\s*[:#.]?\s*)$", re.I)
 _CARD_PREFIX = re.compile(r"^(?:4|5[1-5]|2[2-7]|3[47]|3[068]|35|6011|65|62)")
+_CANDIDATE_RE = {k: re.compile(v) for k, v in _CANDIDATES.items()}
 _DATE_LIKE = re.compile(r"^(?:\d{4}[ .-]\d{2}[ .-]\d{2}|\d{2}[ .-]\d{2}[ .-]\d{4})$")
 
 
@@ -110,7 +112,7 @@ def find(text: str, kinds: Sequence[str] = KINDS) -> list[tuple[str, int, int]]:
     """Every accepted PII span of ``text`` as ``(kind, start, end)``, sorted by start, without overlaps."""
     taken: list[tuple[str, int, int]] = []
     for kind in KINDS:
-        if kind not in kinds:
+        if kind not in kinds or not _CANDIDATE_RE[kind].search(text):
             continue
         for m in _PATTERNS[kind].finditer(text):
             if any(m.start() < e and s < m.end() for _, s, e in taken):
@@ -129,15 +131,34 @@ def candidates(text: pa.Array | pa.ChunkedArray) -> np.ndarray:
 
 
 def find_all(text: pa.Array | pa.ChunkedArray, kinds: Sequence[str] = KINDS) -> list[list[tuple[str, int, int]]]:
-    """:func:`find` for every document of an Arrow string array (Python only on candidates)."""
+    """:func:`find` for every document of an Arrow string array: one RE2 test per kind over the
+    batch, then Python only on each candidate document, for the kinds it is a candidate for."""
     if isinstance(text, pa.ChunkedArray):
         text = text.combine_chunks()
     out: list[list[tuple[str, int, int]]] = [[] for _ in range(len(text))]
+    # One combined pass over the batch, then one pass per kind over the (few) candidates only.
     idx = np.flatnonzero(candidates(text))
-    if len(idx):
-        for i, s in zip(idx.tolist(), text.take(pa.array(idx)).to_pylist()):
-            out[i] = find(s, kinds) if s else []
+    if not len(idx):
+        return out
+    cand = text.take(pa.array(idx))
+    masks = {k: pc.fill_null(pc.match_substring_regex(cand, _CANDIDATES[k]), False).to_numpy(zero_copy_only=False)
+             for k in KINDS if k in kinds}
+    for j, (i, s) in enumerate(zip(idx.tolist(), cand.to_pylist())):
+        out[i] = _find_kinds(s, [k for k in masks if masks[k][j]]) if s else []
     return out
+
+
+def _find_kinds(text: str, kinds: Sequence[str]) -> list[tuple[str, int, int]]:
+    """:func:`find` for kinds already known to have a candidate in ``text`` (no second test)."""
+    taken: list[tuple[str, int, int]] = []
+    for kind in kinds:
+        for m in _PATTERNS[kind].finditer(text):
+            if any(m.start() < e and s < m.end() for _, s, e in taken):
+                continue
+            if _accept(kind, text, m):
+                taken.append((kind, m.start(), m.end()))
+    taken.sort(key=lambda t: t[1])
+    return taken
 
 
 def placeholder_fn(placeholder: str) -> Callable[[str], str]:

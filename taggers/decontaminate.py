@@ -142,6 +142,20 @@ class _Index:
     hashes: np.ndarray
     items: np.ndarray
     ids: list[str]
+    # A one-hash Bloom filter in memory (Dolma-style): a flag per value of a hash's top ``bits``
+    # bits, ~16 slots per n-gram. Nearly every document n-gram is absent, and one gather rules it
+    # out; only the few that pass pay for the binary search in the (memory-mapped) sorted array.
+    present: np.ndarray
+    shift: np.uint64
+
+
+def _prefilter(hashes: np.ndarray) -> tuple[np.ndarray, np.uint64]:
+    bits = int(min(max(np.ceil(np.log2(max(len(hashes), 1) * 16)), 16), 32))
+    shift = np.uint64(64 - bits)
+    present = np.zeros(1 << bits, dtype=bool)
+    for start in range(0, len(hashes), 1 << 24):  # in slices: the mapped array is never read whole
+        present[np.asarray(hashes[start:start + (1 << 24)]) >> shift] = True
+    return present, shift
 
 
 _LOADED: dict[str, _Index] = {}
@@ -152,9 +166,9 @@ def _load(name: str, folder: Path) -> _Index:
     key = str(folder.resolve())
     with _LOCK:
         if key not in _LOADED:
-            _LOADED[key] = _Index(name, np.load(folder / "hashes.npy", mmap_mode="r"),
-                                  np.load(folder / "items.npy", mmap_mode="r"),
-                                  json.loads((folder / "ids.json").read_text()))
+            hashes = np.load(folder / "hashes.npy", mmap_mode="r")
+            _LOADED[key] = _Index(name, hashes, np.load(folder / "items.npy", mmap_mode="r"),
+                                  json.loads((folder / "ids.json").read_text()), *_prefilter(hashes))
         return _LOADED[key]
 
 
@@ -213,16 +227,19 @@ class DecontaminateTagger(Tagger):
         for idx in self._loaded():
             if not len(idx.hashes) or not len(sh):
                 continue
-            left = np.searchsorted(idx.hashes, sh, "left")
-            cnt = np.searchsorted(idx.hashes, sh, "right") - left  # eval items holding each n-gram
+            maybe = np.flatnonzero(idx.present[sh >> idx.shift])
+            q = sh[maybe]
+            left = np.searchsorted(idx.hashes, q, "left")
+            cnt = np.searchsorted(idx.hashes, q, "right") - left  # eval items holding each n-gram
             hit = cnt > 0
             if not hit.any():
                 continue
-            matched = np.bincount(doc_of[hit], minlength=n_docs)
+            hit_doc = doc_of[maybe[hit]]
+            matched = np.bincount(hit_doc, minlength=n_docs)
             # Every (document n-gram, eval item) pair: an n-gram shared by several items counts for each.
             c = cnt[hit]
             entry = np.repeat(left[hit], c) + (np.arange(c.sum()) - np.repeat(np.cumsum(c) - c, c))
-            docs, items = np.repeat(doc_of[hit], c), np.asarray(idx.items[entry], dtype=np.int64)
+            docs, items = np.repeat(hit_doc, c), np.asarray(idx.items[entry], dtype=np.int64)
             # The item with most shared n-grams per document (ties: the earliest item).
             pair, cnt = np.unique(docs * (len(idx.ids) + 1) + items, return_counts=True)
             pd, pi = pair // (len(idx.ids) + 1), pair % (len(idx.ids) + 1)
