@@ -96,7 +96,7 @@ DEFAULT_TERMS: dict[str, dict[str, Any]] = {
     "stale": {"output": "staleness", "column": "stale", "op": "==", "threshold": True, "reason": "stale", "weight": 0.25},
     "surprise": {"output": "surprise", "column": "surprise", "op": ">=", "threshold": "q0.2", "reason": "low_surprise"},
     "contaminated": {"output": "decontaminate", "column": "contaminated_by", "op": "not_null",
-                     "reason": "contaminated:{value}", "weight": 1.0},
+                     "reason": "contaminated:{value}", "weight": 2.0},  # first to go when a cap binds
     "pii": {"output": "pii", "column": "pii_count", "op": ">", "threshold": 0, "reason": "pii", "weight": 0.25},
 }
 DEFAULT_KEEP = ("novelty", "utility")

@@ -1,6 +1,7 @@
 """An eval set and an extra shard for the demo of eval-set decontamination and PII tagging.
 
-    .venv/bin/python examples/decon_pii.py build/demo/extra
+    .venv/bin/python examples/decon_pii.py build/demo/extra --eval examples/eval/fortunes.parquet
+    .venv/bin/python examples/decon_pii.py build/eval   # (re)build the eval set itself: build/eval/eval/fortunes.parquet
 
 The eval set is real text that ships in a package: English fortunes (Debian ``fortunes``,
 unpacked with ``apt-get download`` by ``examples.sources.fetch_deb``), one item per fortune of
@@ -10,6 +11,7 @@ the example corpus's columns) holds Debian copyright texts of this machine with
 * an eval item planted verbatim in the middle of one document (``contaminated:fortunes:<id>``),
 * one planted lightly edited (case, punctuation and line breaks changed: still contaminated),
 * a near miss: an eval item with every 10th word changed (no 13 words in a row left: not),
+* more copyright texts unchanged (``extra-clean``, ``extra-clean-<n>``),
 * PII planted in real text (an email, a phone number, an IPv4 address, a Luhn-valid card
   number, a mod-97-valid IBAN) and look-alikes that must not be tagged (a version number,
   a date, an ISBN, a card number failing Luhn).
@@ -74,28 +76,39 @@ def plant(host: str, insert: str) -> str:
     return "\n\n".join([*paras[:mid], insert, *paras[mid:]])
 
 
-def build(out: Path, n_eval: int = 200) -> tuple[Path, Path]:
-    """Write ``<out>/eval/fortunes.parquet`` and ``<out>/shards/night4/part-00000.parquet``; return both."""
-    items = fortunes()[:n_eval]
-    eval_path = out / "eval" / "fortunes.parquet"
-    eval_path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table({"id": [i for i, _ in items], "text": [t for _, t in items]}), eval_path)
-    hosts = [d.text for d in debian_copyright()[:6]]
+def build(out: Path, n_eval: int = 200, eval_path: Path | None = None, n_docs: int = 15) -> tuple[Path, Path]:
+    """Write ``<out>/shards/night4/part-00000.parquet`` planted from the eval set ``eval_path``
+    (default: ``<out>/eval/fortunes.parquet``, written first from the first ``n_eval`` fortunes),
+    ``n_docs`` documents in all (enough that the decide stage's night cap, 20 %, lets both
+    contaminated ones go); return both paths. ``make demo`` passes the committed ``examples/eval/fortunes.parquet``."""
+    if eval_path is None:
+        items = fortunes()[:n_eval]
+        eval_path = out / "eval" / "fortunes.parquet"
+        eval_path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table({"id": [i for i, _ in items], "text": [t for _, t in items]}), eval_path)
+    table = pq.read_table(eval_path)
+    items = list(zip(table["id"].to_pylist(), table["text"].to_pylist()))
+    hosts = [d.text for d in debian_copyright()[:n_docs]]
     texts = [plant(hosts[0], items[3][1]), plant(hosts[1], light_edit(items[7][1])),
              plant(hosts[2], near_miss(items[11][1])), plant(hosts[3], PII_TEXT), plant(hosts[4], LOOKALIKES),
-             hosts[5]]
-    ids = ["extra-contaminated", "extra-edited", "extra-near-miss", "extra-pii", "extra-lookalikes", "extra-clean"]
+             *hosts[5:]]
+    ids = ["extra-contaminated", "extra-edited", "extra-near-miss", "extra-pii", "extra-lookalikes", "extra-clean",
+           *[f"extra-clean-{i}" for i in range(1, len(hosts) - 5)]]
     ts = datetime(2024, 6, 1, tzinfo=timezone.utc)
     shard = out / "shards" / "night4" / "part-00000.parquet"
     shard.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table({"id": ids, "text": texts, "source": ["debian"] * len(ids),
+    pq.write_table(pa.table({"id": ids, "text": texts, "source": ["debian-copyright"] * len(ids),
                              "timestamp": pa.array([ts] * len(ids), pa.timestamp("us", tz="UTC")),
-                             "label": ["legal"] * len(ids)}), shard)
+                             "label": ["license"] * len(ids)}), shard)
     return eval_path, shard
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: examples/decon_pii.py OUT_DIR")
-    e, s = build(Path(sys.argv[1]))
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("out", type=Path, help="folder for the shard (and the eval set unless --eval is given)")
+    ap.add_argument("--eval", type=Path, help="an existing eval set to plant from (id, text columns)")
+    args = ap.parse_args()
+    e, s = build(args.out, eval_path=args.eval)
     print(f"eval set {e}\nextra shard {s}")
