@@ -132,4 +132,10 @@ def test_exports_and_the_dataloader_redact_and_the_shards_stay_untouched(tmp_pat
     raw = {d["doc_id"]: d["text"] for d in iter_replay(plan)}
     assert "jane.roe@example.org" in raw["extra-pii"] and "jane.roe@example.org" not in redacted["extra-pii"]
     assert redacted["extra-clean"].count("#") > raw["extra-clean"].count("#")  # its real emails too
+    replay = tmp_path / "replay.parquet"
+    assert main(["replay", "build", "--db", str(db), "--size", "200", "--seed", "1"]) == EXIT_OK
+    assert main(["replay", "export", "--db", str(db), "--out", str(replay), "--redact-pii", "[{kind}]"]) == EXIT_OK
+    r = pq.read_table(replay)
+    assert r.num_rows > 0 and all(find(t) == [] for t in r["text"].to_pylist())
+    assert any("[email]" in t for t in r["text"].to_pylist())
     assert hashlib.sha256(shard.read_bytes()).hexdigest() == before
