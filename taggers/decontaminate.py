@@ -98,7 +98,7 @@ def load_items(es: EvalSet) -> tuple[list[str], list[int], list[str]]:
     return parts, list(range(len(parts))), [str(i + 1) for i in range(len(parts))]
 
 
-def build_index(name: str, es: EvalSet, n: int, index_dir: Path) -> Path:
+def build_index(name: str, es: EvalSet, n: int, index_dir: Path, max_items: int = 16) -> Path:
     """The folder of ``name``'s hashed n-gram set (built if absent): ``hashes.npy`` (sorted uint64,
     one entry per distinct (n-gram, item) pair), ``items.npy`` (int32, the item of each entry),
     ``ids.json``, ``meta.json``."""
@@ -106,7 +106,7 @@ def build_index(name: str, es: EvalSet, n: int, index_dir: Path) -> Path:
     with open(es.path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
-    digest.update(json.dumps([INDEX_FORMAT, n, list(es.fields), es.id_field, es.split]).encode())
+    digest.update(json.dumps([INDEX_FORMAT, n, list(es.fields), es.id_field, es.split, max_items]).encode())
     folder = index_dir / f"{name}-{digest.hexdigest()}"
     if (folder / "meta.json").is_file():
         return folder
@@ -121,6 +121,14 @@ def build_index(name: str, es: EvalSet, n: int, index_dir: Path) -> Path:
     sh, item_of = sh[order], item_of[order]
     first = np.ones(len(sh), dtype=bool)
     first[1:] = (sh[1:] != sh[:-1]) | (item_of[1:] != item_of[:-1])
+    sh, item_of = sh[first], item_of[first]
+    # Boilerplate shared by many items (a licence paragraph in hundreds of them) would make every
+    # document that holds it pay for hundreds of pairs: keep the earliest max_items per n-gram.
+    new_hash = np.ones(len(sh), dtype=bool)
+    new_hash[1:] = sh[1:] != sh[:-1]
+    starts = np.flatnonzero(new_hash)
+    rank = np.arange(len(sh)) - np.repeat(starts, np.diff(np.append(starts, len(sh))))
+    first = rank < max_items
     short = len(set(items)) - len(set(np.asarray(items)[counts >= n].tolist())) if items else 0
     index_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=index_dir))
@@ -185,10 +193,13 @@ class DecontaminateTagger(Tagger):
         n: int = 13  # words per n-gram (GPT-3, datatrove)
         min_matches: int = 1  # n-grams a document must share with one set to be tagged contaminated_by
         index_dir: str = ".glia/decontaminate"  # where the hashed n-gram sets are kept
+        max_items_per_ngram: int = 16  # an n-gram in more eval items counts for its earliest this many
 
         def __post_init__(self) -> None:
             if self.n < 1:
                 raise ValueError(f"n must be >= 1, got {self.n!r}")
+            if self.max_items_per_ngram < 1:
+                raise ValueError(f"max_items_per_ngram must be >= 1, got {self.max_items_per_ngram!r}")
             if self.min_matches < 1:
                 raise ValueError(f"min_matches must be >= 1, got {self.min_matches!r}")
             bad = [s for s in self.sets if not s.replace("_", "").replace("-", "").isalnum()]
@@ -202,13 +213,15 @@ class DecontaminateTagger(Tagger):
     def __init__(self, **params: Any) -> None:
         self.configure(params)
         self._indexes: list[_Index] | None = None
-        self._keys = {s: build_index(s, es, self.params.n, Path(self.params.index_dir)).name
+        self._keys = {s: build_index(s, es, self.params.n, Path(self.params.index_dir),
+                                     self.params.max_items_per_ngram).name
                       for s, es in sorted(self.params.sets.items())}
 
     def _loaded(self) -> list[_Index]:
         if self._indexes is None:
             index_dir = Path(self.params.index_dir)
-            self._indexes = [_load(s, build_index(s, self.params.sets[s], self.params.n, index_dir))
+            self._indexes = [_load(s, build_index(s, self.params.sets[s], self.params.n, index_dir,
+                                                  self.params.max_items_per_ngram))
                              for s in sorted(self.params.sets)]
         return self._indexes
 
