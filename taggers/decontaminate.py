@@ -48,6 +48,7 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 import xxhash
 
+from core.params import ConfigError
 from core.text import shingle_hashes, word_hashes
 from taggers.base import Resources, Tagger
 
@@ -213,9 +214,13 @@ class DecontaminateTagger(Tagger):
     def __init__(self, **params: Any) -> None:
         self.configure(params)
         self._indexes: list[_Index] | None = None
-        self._keys = {s: build_index(s, es, self.params.n, Path(self.params.index_dir),
-                                     self.params.max_items_per_ngram).name
-                      for s, es in sorted(self.params.sets.items())}
+        self._keys = {}
+        for s, es in sorted(self.params.sets.items()):
+            try:
+                self._keys[s] = build_index(s, es, self.params.n, Path(self.params.index_dir),
+                                            self.params.max_items_per_ngram).name
+            except (OSError, ValueError, pa.ArrowException) as exc:  # a bad file fails at config load, named
+                raise ConfigError(f"[taggers.decontaminate.sets.{s}]: cannot read eval set {es.path!r}: {exc}") from exc
 
     def _loaded(self) -> list[_Index]:
         if self._indexes is None:

@@ -95,6 +95,17 @@ def test_bad_parameters_name_the_key(table: dict, message: str) -> None:
         DecontaminateTagger(**table)
 
 
+def test_a_corrupt_or_wrong_eval_file_fails_at_config_load_naming_the_set(tmp_path: Path) -> None:
+    bad = tmp_path / "eval.parquet"
+    bad.write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(ConfigError, match=r"sets\.mmlu.*eval\.parquet"):
+        DecontaminateTagger(sets={"mmlu": {"path": str(bad)}}, index_dir=str(tmp_path / "idx"))
+    pq.write_table(pa.table({"question": ["q"]}), bad)
+    with pytest.raises(ConfigError, match="no column.*text.*question"):
+        DecontaminateTagger(sets={"mmlu": {"path": str(bad)}}, index_dir=str(tmp_path / "idx"))
+    assert not list((tmp_path / "idx").glob("mmlu-*"))  # nothing half-built is left to be reused
+
+
 def test_a_night_prunes_contamination_and_keeps_the_eval_documents_out_of_the_manifest(tmp_path: Path) -> None:
     from cli.main import EXIT_OK, main
 
