@@ -261,7 +261,13 @@ def tag_shard(ctx: RunContext, spec: ReadSpec, tagger: Tagger, inputs: Sequence[
             "shard": shard.path, "shard_id": shard.shard_id, "excluded": len(spec.excluded_rows),
             "inputs": sorted(f"{f.tagger}@{f.version}" for f in inputs)}
     if out.exists() and read_metadata(out) == meta:
-        return TagFile(tagger.name, tagger.version, shard.shard_id, str(out), pq.ParquetFile(out).metadata.num_rows)
+        # Reused after a crash: its counts are recomputed from the file (sums over batches equal
+        # the sum over the whole), so the rerun's run_metrics match an uninterrupted run's.
+        started = time.perf_counter()
+        done = pq.read_table(out)
+        counts = {k: float(v) for k, v in tagger.stats(done).items()} if done.num_rows else {}
+        counts.update(docs=float(done.num_rows), seconds=time.perf_counter() - started)
+        return TagFile(tagger.name, tagger.version, shard.shard_id, str(out), done.num_rows, tuple(sorted(counts.items())))
     batch_size = min(spec.batch_size, tagger.resources.batch_size)
     sized = replace(spec, batch_size=batch_size)
     schema = tagger.schema()
