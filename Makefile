@@ -39,6 +39,13 @@ demo: setup
 	@for night in night1 night2 night3; do \
 	  echo "== $$night"; $(GLIA) run examples/commons/$$night --db $(DEMO)/glia.duckdb --rules examples/glia.toml || exit 1; done
 	@echo "== night3 again (nothing new)"; $(GLIA) run examples/commons/night3 --db $(DEMO)/glia.duckdb --rules examples/glia.toml
+	@echo "== night4: an extra shard with a planted eval item and PII (examples/decon_pii.py; the committed corpus is unchanged)"
+	@$(PY) examples/decon_pii.py $(DEMO)/extra --eval examples/eval/fortunes.parquet
+	@$(GLIA) run $(DEMO)/extra/shards/night4 --db $(DEMO)/glia.duckdb --rules examples/glia.toml || exit 1
+	@echo "== eval-set contamination and PII (v_documents, v_prune_queue)"
+	@$(GLIA) sql "SELECT doc_id, contaminated_by, contam_ngrams, round(contam_share, 4) AS share, pii_count, pii_email, pii_phone, pii_ipv4, pii_credit_card, pii_iban FROM v_documents WHERE doc_id LIKE 'extra-%' OR contaminated_by IS NOT NULL ORDER BY doc_id" --db $(DEMO)/glia.duckdb
+	@$(GLIA) sql "SELECT doc_id, status, reasons FROM v_prune_queue WHERE array_to_string(reasons, ' ') LIKE '%contaminated:%'" --db $(DEMO)/glia.duckdb
+	@$(GLIA) manifest export --out $(DEMO)/manifest-redacted.parquet --redact-pii --db $(DEMO)/glia.duckdb
 	@echo "== cross-night duplicates (v_duplicates)"
 	@$(GLIA) sql "SELECT doc_id, kind, survivor_id, round(jaccard, 3) AS jaccard, matched_id, cluster_size, first_seen_run, survivor_first_seen_run FROM v_duplicates WHERE first_seen_run > survivor_first_seen_run LIMIT 8" --db $(DEMO)/glia.duckdb
 	@echo "== model tags (v_documents)"

@@ -18,6 +18,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     export = sub.add_parser("export", help="write v_manifest (doc_id, shard_path, row, ...) to a Parquet file")
     export.add_argument("--out", type=Path, required=True)
     export.add_argument("--db", type=Path, default=Path("glia.duckdb"))
+    export.add_argument("--redact-pii", nargs="?", const="<{kind}>", default=None, metavar="PLACEHOLDER",
+                        help="add each document's text with PII replaced (default placeholder '<{kind}>')")
+    export.add_argument("--text-column", default="text", help="the shards' text column (with --redact-pii)")
+    export.add_argument("--exclude-stratum", action="append", default=[], metavar="NAME",
+                        help="leave out the documents of a protected stratum (e.g. eval_set); repeatable")
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
@@ -25,7 +30,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     from storage.prune_queue import export_manifest
 
     try:
-        n = export_manifest(args.db, args.out)
+        n = export_manifest(args.db, args.out, args.redact_pii, args.text_column, args.exclude_stratum)
     except DatabaseBusyError as exc:
         console.print(f"glia: {exc}", style="red", markup=False)
         return EXIT_BUSY

@@ -29,6 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--db", type=Path, default=Path("glia.duckdb"))
     e.add_argument("--set-id", type=int)
     e.add_argument("--out", type=Path, required=True, help="Parquet file to write")
+    e.add_argument("--redact-pii", nargs="?", const="<{kind}>", default=None, metavar="PLACEHOLDER",
+                   help="add each document's text with PII replaced (default placeholder '<{kind}>')")
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
@@ -42,7 +44,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
 
     try:
         if args.replay_cmd == "export":
-            sid, n = export_set(args.db, args.out, args.set_id)
+            sid, n = export_set(args.db, args.out, args.set_id, args.redact_pii)
             console.print(f"replay set {sid}: {n} documents written to {args.out}")
             return EXIT_OK
         table = dict(load_config(args.rules).stage_params.get("replay", {})) if args.rules else {}

@@ -44,6 +44,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from core.pii import placeholder_fn, redact_array
 from storage.shards import StorageOptions, open_parquet
 
 DRAWS_SCHEMA = pa.schema([
@@ -225,12 +226,17 @@ class ShardTextReader:
 
 
 def iter_replay(plan: ReplayPlan, seed: int = 0, epoch: int = 0, part: int = 0, n_parts: int = 1,
-                chunk_size: int = 256, reader: ShardTextReader | None = None) -> Iterator[dict[str, Any]]:
+                chunk_size: int = 256, reader: ShardTextReader | None = None,
+                redact_pii: str | None = None) -> Iterator[dict[str, Any]]:
     """Yield one part of an epoch's draws as ``{"doc_id", "text", "weight", "draw", "set_id"}``.
 
     With ``n_parts = 1`` (default) every draw of the set comes exactly once, in the order fixed
-    by ``(seed, epoch)``. Texts are read a chunk at a time, grouped by shard.
+    by ``(seed, epoch)``. Texts are read a chunk at a time, grouped by shard. ``redact_pii``: a
+    placeholder (``"<{kind}>"``) that replaces PII in the yielded text (``core.pii``; the shards
+    are not changed).
     """
+    if redact_pii is not None:
+        placeholder_fn(redact_pii)  # a bad placeholder fails here, not in the first batch
     reader = reader or ShardTextReader(plan.text_column, plan.id_column, storage_options=plan.storage_options)
     positions = plan.part(seed, epoch, part, n_parts, chunk_size)
     d = plan.draws
@@ -239,6 +245,8 @@ def iter_replay(plan: ReplayPlan, seed: int = 0, epoch: int = 0, part: int = 0, 
         chunk = d.take(pos)
         texts = reader.read(chunk["shard_path"].combine_chunks(), chunk["row"].to_numpy(),
                             chunk["doc_id"].combine_chunks())
+        if redact_pii is not None:
+            texts = redact_array(pa.array(texts, pa.string()), redact_pii).to_pylist()
         for doc_id, text, weight, draw in zip(chunk["doc_id"].to_pylist(), texts, chunk["weight"].to_pylist(),
                                               chunk["draw"].to_pylist()):
             yield {"doc_id": doc_id, "text": text, "weight": weight, "draw": draw, "set_id": plan.set_id}
@@ -289,8 +297,9 @@ class ReplayIterableDataset(_IterableDataset):  # type: ignore[misc,valid-type]
     """
 
     def __init__(self, plan: ReplayPlan, seed: int = 0, chunk_size: int = 256,
-                 rank: int | None = None, world_size: int | None = None) -> None:
+                 rank: int | None = None, world_size: int | None = None, redact_pii: str | None = None) -> None:
         self.plan, self.seed, self.chunk_size = plan, seed, chunk_size
+        self.redact_pii = redact_pii  # a placeholder such as "<{kind}>": PII replaced in the text
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
 
@@ -301,7 +310,8 @@ class ReplayIterableDataset(_IterableDataset):  # type: ignore[misc,valid-type]
         info = _worker_info()
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
         rank, world = _rank_world(self.rank, self.world_size)
-        return iter_replay(self.plan, self.seed, self.epoch, rank * nw + wid, world * nw, self.chunk_size)
+        return iter_replay(self.plan, self.seed, self.epoch, rank * nw + wid, world * nw, self.chunk_size,
+                           redact_pii=self.redact_pii)
 
 
 class ReplayDataset(_Dataset):  # type: ignore[misc,valid-type]

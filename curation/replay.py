@@ -668,15 +668,22 @@ def replay_set_row(con: duckdb.DuckDBPyConnection, db_path: Path | str, set_id: 
     return meta.to_pylist()[0]
 
 
-def export_set(db_path: Path | str, out: Path | str, set_id: int | None = None) -> tuple[int, int]:
+def export_set(db_path: Path | str, out: Path | str, set_id: int | None = None,
+               redact_pii: str | None = None) -> tuple[int, int]:
     """Write one set (default: the latest) from ``v_replay`` to Parquet, with the set's row as
-    file metadata (``glia.replay_set``). Opens the database read-only. Returns ``(set_id, rows)``."""
+    file metadata (``glia.replay_set``). Opens the database read-only. Returns ``(set_id, rows)``.
+    ``redact_pii``: a placeholder (``"<{kind}>"``); the export then also holds each document's
+    ``text`` from its shard (the set's recorded text column) with PII replaced (``storage.redact``)."""
     from storage.catalog import Catalog
 
     with Catalog(db_path, read_only=True) as cat:
         meta = replay_set_row(cat.con, db_path, set_id, f" yet: run `glia replay build --db {db_path}` first")
         sid = meta["set_id"]
         rows = cat.con.sql("SELECT * FROM v_replay WHERE set_id = ? ORDER BY doc_id", params=[sid]).to_arrow_table()
+    if redact_pii is not None:
+        from storage.redact import with_redacted_text
+
+        rows = with_redacted_text(rows, meta.get("text_column") or "text", redact_pii)
     row = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in meta.items()}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

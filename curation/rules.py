@@ -77,6 +77,8 @@ ENABLE_HINTS = {
     "staleness": "the `staleness` tagger",
     "exact_dup": "the `dedup` stage (taggers `exact` and `minhash`)",
     "near_dup": "the `dedup` stage (taggers `exact` and `minhash`)",
+    "decontaminate": "the `decontaminate` tagger (with [taggers.decontaminate.sets.<name>])",
+    "pii": "the `pii` tagger",
 }
 
 # Built-in terms; a rules file may override any key of these or add new terms.
@@ -93,6 +95,9 @@ DEFAULT_TERMS: dict[str, dict[str, Any]] = {
                 "weight": 0.5},
     "stale": {"output": "staleness", "column": "stale", "op": "==", "threshold": True, "reason": "stale", "weight": 0.25},
     "surprise": {"output": "surprise", "column": "surprise", "op": ">=", "threshold": "q0.2", "reason": "low_surprise"},
+    "contaminated": {"output": "decontaminate", "column": "contaminated_by", "op": "not_null",
+                     "reason": "contaminated:{value}", "weight": 2.0},  # first to go when a cap binds
+    "pii": {"output": "pii", "column": "pii_count", "op": ">", "threshold": 0, "reason": "pii", "weight": 0.25},
 }
 DEFAULT_KEEP = ("novelty", "utility")
 DEFAULT_PRUNE = ("exact_dup", "near_dup", "risk")

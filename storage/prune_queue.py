@@ -83,16 +83,38 @@ STATUS_SQL = """
     GROUP BY status ORDER BY status"""
 
 
-def export_manifest(db_path: Path | str, out: Path | str) -> int:
+def export_manifest(db_path: Path | str, out: Path | str, redact_pii: str | None = None, text_column: str = "text",
+                    exclude_strata: Sequence[str] = ()) -> int:
     """Write ``v_manifest`` (the documents trainers should read: shard path and row of every
-    active document not pruned-applied) to a Parquet file, atomically. Returns the row count."""
+    active document not pruned-applied) to a Parquet file, atomically. Returns the row count.
+
+    ``redact_pii``: a placeholder (``"<{kind}>"``); the export then also holds each document's
+    ``text`` (read from ``text_column`` of its shard) with PII replaced (``storage.redact``).
+    ``exclude_strata``: protected strata whose documents are left out (e.g. ``eval_set``: an
+    evaluation set kept in the corpus must not reach training)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
+    where = ""
     with Catalog(db_path, read_only=True) as cat:
         _require(cat.con, db_path, "v_manifest", "v_manifest")
-        n = int(cat.con.execute("SELECT count(*) FROM v_manifest").fetchall()[0][0])
-        cat.con.execute(f"COPY (SELECT * FROM v_manifest) TO {literal(str(tmp))} (FORMAT parquet, COMPRESSION zstd)")
+        if exclude_strata:
+            names = ", ".join(literal(s) for s in exclude_strata)
+            where = f" WHERE doc_id NOT IN (SELECT doc_id FROM v_protected WHERE stratum IN ({names}))"
+        if redact_pii is None:
+            n = int(cat.con.execute(f"SELECT count(*) FROM v_manifest{where}").fetchall()[0][0])
+            cat.con.execute(f"COPY (SELECT * FROM v_manifest{where}) TO {literal(str(tmp))} "
+                            "(FORMAT parquet, COMPRESSION zstd)")
+        else:
+            rows = cat.con.sql(f"SELECT * FROM v_manifest{where}").to_arrow_table()
+    if redact_pii is not None:
+        import pyarrow.parquet as pq
+
+        from storage.redact import with_redacted_text
+
+        rows = with_redacted_text(rows, text_column, redact_pii)
+        pq.write_table(rows, tmp, compression="zstd")
+        n = rows.num_rows
     os.replace(tmp, out)
     return n
 

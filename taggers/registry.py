@@ -21,6 +21,8 @@ _BUILTIN: dict[str, TaggerFactory | str] = {
     "risk": "taggers.risk:RiskTagger",
     "quality": "taggers.quality:QualityTagger",
     "staleness": "taggers.staleness:StalenessTagger",
+    "decontaminate": "taggers.decontaminate:DecontaminateTagger",
+    "pii": "taggers.pii:PIITagger",
 }
 
 

@@ -344,8 +344,10 @@ class Lab:
 # decisions, queue, protected strata, replay sets) must come back identical too.
 FULL_RULES = """[run]
 batch_size = 24
-taggers = ["exact", "minhash", "embedding", "lm", "risk", "quality", "staleness"]
+taggers = ["exact", "minhash", "embedding", "lm", "risk", "quality", "staleness", "decontaminate", "pii"]
 stages = ["dedup", "novelty", "surprise", "decide", "replay"]
+[taggers.decontaminate.sets.fortunes]
+path = "%s"
 [taggers.embedding]
 model = "static"
 [taggers.lm]
@@ -356,7 +358,7 @@ batch_size = 4
 size = 64
 [stages.decide.protect.clusters]
 k = 4
-"""
+""" % (REPO / "examples" / "eval" / "fortunes.parquet")
 
 
 def make_lab(tmp_path_factory: pytest.TempPathFactory, rules_text: str, name: str) -> Iterator[Lab]:
@@ -489,8 +491,9 @@ def test_crash_on_a_night(lab: Lab, night: int, slot: str) -> None:
 
 
 # In the LM tagger mid-shard; after the novelty stage wrote tonight's bank snapshot (not yet
-# committed); in the middle of the commit. `GLIA_FAULTS_RULES` runs every slot above with any rules.
-FULL_KILLS = ["tag.batch.lm@1", "stage.after.novelty@1", "commit.mid@1"]
+# committed); in the middle of the commit; in the decontaminate tagger mid-shard (its n-gram index
+# was built at config load). `GLIA_FAULTS_RULES` runs every slot above with any rules.
+FULL_KILLS = ["tag.batch.lm@1", "stage.after.novelty@1", "commit.mid@1", "tag.batch.decontaminate@1"]
 
 
 @pytest.mark.parametrize("kill", FULL_KILLS)

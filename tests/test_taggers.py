@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import re
 import unicodedata
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -93,17 +94,21 @@ def isolated_registry(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_builtin_taggers_are_registered() -> None:
-    assert registry.available() == ["embedding", "exact", "lm", "minhash", "quality", "risk", "staleness"]
+    assert registry.available() == ["decontaminate", "embedding", "exact", "lm", "minhash", "pii", "quality", "risk",
+                                    "staleness"]
 
 
 # The interface contract on every tagger cheap enough to run twice on 200 documents here; the
 # model taggers (embedding, lm) check the same contract in their own test files on fewer rows.
-CHEAP = ["exact", "minhash", "quality", "risk", "staleness"]
+CHEAP = ["exact", "minhash", "quality", "risk", "staleness", "pii", "decontaminate"]
+# decontaminate with the demo's eval set (Debian fortunes), so that its tags are not all empty.
+CHEAP_PARAMS = {"decontaminate": {"sets": {"fortunes": {"path": str(Path(__file__).resolve().parents[1] / "examples"
+                                                              / "eval" / "fortunes.parquet")}}}}
 
 
 @pytest.mark.parametrize("name", CHEAP)
 def test_tagger_returns_one_keyed_row_per_document_matching_its_schema(name: str) -> None:
-    (tagger,) = registry.build([name])
+    (tagger,) = registry.build([name], CHEAP_PARAMS)
     batch = real_batch()
     out = tagger.tag(batch)
     assert out.schema.equals(tagger.schema()), (out.schema, tagger.schema())
@@ -117,7 +122,7 @@ def test_tagger_returns_one_keyed_row_per_document_matching_its_schema(name: str
 
 @pytest.mark.parametrize("name", CHEAP)
 def test_tagger_output_does_not_depend_on_row_order_or_batching(name: str) -> None:
-    (tagger,) = registry.build([name])
+    (tagger,) = registry.build([name], CHEAP_PARAMS)
     batch = real_batch()
     reference = by_id(tagger.tag(batch))
     perm = np.random.default_rng(7).permutation(batch.num_rows)
