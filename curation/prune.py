@@ -120,7 +120,19 @@ CREATE OR REPLACE VIEW v_manifest AS
 """
 
 # The schema of these tables (see storage.migrations.StageMigration); add a migration to change it.
-MIGRATIONS: tuple[tuple[int, str, str], ...] = ((1, "decisions, prune_queue, prune_events, protected, coverage; v_prune_queue, v_protected, v_manifest", DDL),)
+MIGRATIONS: tuple[tuple[int, str, str], ...] = (
+    (1, "decisions, prune_queue, prune_events, protected, coverage; v_prune_queue, v_protected, v_manifest", DDL),
+    # Evaluation text must not reach a trainer: documents protected as the eval_set stratum stay
+    # in the catalog (never pruned) but leave the manifest of what to train on.
+    (2, "v_manifest leaves out documents protected as eval_set", """
+CREATE OR REPLACE VIEW v_manifest AS
+    SELECT d.doc_id, d.shard_path, d."row", d.shard_id, d.source, d.label, d."timestamp"
+    FROM documents d
+    WHERE d.doc_id NOT IN (SELECT doc_id FROM prune_queue WHERE status = 'applied')
+      AND d.doc_id NOT IN (SELECT doc_id FROM protected WHERE stratum = 'eval_set')
+    ORDER BY d.shard_path, d."row";
+"""),
+)
 
 QUEUE_SCHEMA = pa.schema([
     ("doc_id", pa.string()), ("run_id", pa.int32()), ("reasons", pa.list_(pa.string())), ("priority", pa.float32()),

@@ -178,6 +178,8 @@ class ReplayParams:
     importance_column: str = ""
     importance_sql: str = ""
     rarity_columns: tuple[str, ...] = ("label",)
+    # Strata never replayed: evaluation text (the eval_set stratum) must not reach the trainer.
+    exclude_strata: tuple[str, ...] = ("eval_set",)
     # False (default): protected documents keep weight 1 instead of (N P)^-b; as b -> 1 the IS
     # weight undoes the very upsampling that protects them (measured: bench/forgetting.py, README).
     protected_is_weight: bool = False
@@ -379,6 +381,19 @@ def term_values(t: pa.Table) -> dict[str, np.ndarray]:
     return out
 
 
+def without_strata(table: pa.Table, strata: Sequence[str]) -> pa.Table:
+    """``table`` less the documents whose ``strata`` list holds any of ``strata``."""
+    if not strata or "strata" not in table.column_names or table.num_rows == 0:
+        return table
+    lists = table["strata"].combine_chunks()
+    flat = pc.list_flatten(lists).cast(pa.string())
+    hit = pc.fill_null(pc.is_in(flat, value_set=pa.array(list(strata), pa.string())), False)
+    bad = np.asarray(pc.list_parent_indices(lists))[np.asarray(hit)]
+    keep = np.ones(table.num_rows, bool)
+    keep[bad] = False
+    return table.filter(pa.array(keep))
+
+
 def build_set(pool: Pool, state: pa.Table, params: ReplayParams, set_id: int, n_prior_sets: int,
               origin: str, text_column: str = "text", id_column: str = "id") -> ReplaySet:
     """Draw one replay set from ``pool`` (deterministic in ``params.seed`` and the run id).
@@ -386,7 +401,7 @@ def build_set(pool: Pool, state: pa.Table, params: ReplayParams, set_id: int, n_
     ``state`` holds the stored ``replay_state`` rows (:data:`STATE_SCHEMA`); documents absent
     from it were never replayed. Raises ``ValueError`` when the pool is empty.
     """
-    table = pool.table.sort_by("doc_id")
+    table = without_strata(pool.table, params.exclude_strata).sort_by("doc_id")
     n = table.num_rows
     if n == 0:
         raise ValueError(f"nothing to replay for run {pool.run_id}: the pool is empty "

@@ -134,8 +134,14 @@ def test_the_queue_advances_queued_quarantined_applied_over_nights(nights: Night
     assert set(events) == {(1, None, "queued", n1[(1, "queued")]), (2, None, "queued", n2[(2, "queued")]),
                            (2, "queued", "quarantined", n1[(1, "queued")]), (3, None, "queued", n3[(3, "queued")]),
                            (3, "queued", "quarantined", n2[(2, "queued")]), (3, "quarantined", "applied", n1[(1, "queued")])}
-    # Only applied documents leave the manifest.
-    assert [nights.manifest[n] for n in (1, 2, 3)] == [1500, 2300, 3100 - n1[(1, "queued")]]
+    # Applied documents leave the manifest, and so does evaluation text (the eval_set stratum).
+    n_eval = [query(nights.db, "SELECT count(DISTINCT doc_id) FROM protected WHERE stratum = 'eval_set' AND run_id <= ?",
+                    [n])[0][0] for n in (1, 2, 3)]
+    assert all(n_eval)
+    assert [nights.manifest[n] for n in (1, 2, 3)] == [1500 - n_eval[0], 2300 - n_eval[1],
+                                                       3100 - n1[(1, "queued")] - n_eval[2]]
+    assert not query(nights.db, "SELECT * FROM v_manifest WHERE doc_id IN "
+                                "(SELECT doc_id FROM protected WHERE stratum = 'eval_set')")
 
 
 def test_manifest_export_points_at_the_documents_in_the_untouched_shards(nights: Nights, tmp_path: Path) -> None:
@@ -167,7 +173,8 @@ def test_undo_restores_exactly_what_was_queued(nights: Nights, tmp_path: Path) -
     after = {d: (run, s) for d, run, s in query(db, QUEUE)}
     assert {d for d, v in after.items() if v != queue[d]} == set(res.restored)
     assert all(after[d][1] == "restored" for d in res.restored)
-    assert query(db, "SELECT count(*) FROM v_manifest")[0][0] == 3100  # the applied ones are back
+    n_eval = query(db, "SELECT count(DISTINCT doc_id) FROM protected WHERE stratum = 'eval_set'")[0][0]
+    assert query(db, "SELECT count(*) FROM v_manifest")[0][0] == 3100 - n_eval  # the applied ones are back
 
     assert main(["undo", "--doc", run2[0], "--doc", run2[1], "--db", str(db)]) == EXIT_OK
     after2 = {d: (run, s) for d, run, s in query(db, QUEUE)}

@@ -249,3 +249,17 @@ def test_build_and_export_outside_the_flow(replay_db: Path, tmp_path: Path) -> N
         text = dict(con.execute("SELECT doc_id, shard_path FROM documents").fetchall())
     items = list(iter_replay(ReplayPlan.from_db(replay_db, set_id=2), seed=1))
     assert len(items) == 600 and all(i["text"] and i["doc_id"] in text for i in items)
+
+
+def test_evaluation_text_is_never_replayed() -> None:
+    """Documents in the eval_set stratum (ReplayParams.exclude_strata) leave the pool, whatever
+    their other strata; the rest keep their order and columns."""
+    from curation.replay import without_strata
+
+    table = pa.table({"doc_id": ["a", "b", "c", "d"],
+                      "strata": pa.array([["label=x", "eval_set"], None, ["rare_source:jargon"], ["eval_set"]],
+                                         pa.list_(pa.string()))})
+    assert ReplayParams().exclude_strata == ("eval_set",)
+    assert without_strata(table, ReplayParams().exclude_strata)["doc_id"].to_pylist() == ["b", "c"]
+    assert without_strata(table, ())["doc_id"].to_pylist() == ["a", "b", "c", "d"]
+    assert ReplayParams.from_mapping({"exclude_strata": []}).exclude_strata == ()
