@@ -75,6 +75,7 @@ ENABLE_HINTS = {
     "risk": "the `risk` tagger",
     "quality": "the `quality` tagger",
     "staleness": "the `staleness` tagger",
+    "lang": "the `lang` tagger with `[taggers.lang] expected = [...]`",
     "exact_dup": "the `dedup` stage (taggers `exact` and `minhash`)",
     "near_dup": "the `dedup` stage (taggers `exact` and `minhash`)",
 }
@@ -93,6 +94,8 @@ DEFAULT_TERMS: dict[str, dict[str, Any]] = {
                 "weight": 0.5},
     "stale": {"output": "staleness", "column": "stale", "op": "==", "threshold": True, "reason": "stale", "weight": 0.25},
     "surprise": {"output": "surprise", "column": "surprise", "op": ">=", "threshold": "q0.2", "reason": "low_surprise"},
+    "lang_not_in": {"output": "lang", "column": "lang_unexpected", "op": "==", "threshold": True,
+                    "reason": "lang_not_in_expected", "weight": 0.5},
 }
 DEFAULT_KEEP = ("novelty", "utility")
 DEFAULT_PRUNE = ("exact_dup", "near_dup", "risk")

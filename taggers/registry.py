@@ -21,6 +21,7 @@ _BUILTIN: dict[str, TaggerFactory | str] = {
     "risk": "taggers.risk:RiskTagger",
     "quality": "taggers.quality:QualityTagger",
     "staleness": "taggers.staleness:StalenessTagger",
+    "lang": "taggers.lang:LangTagger",
 }
 
 
