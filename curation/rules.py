@@ -75,6 +75,7 @@ ENABLE_HINTS = {
     "risk": "the `risk` tagger",
     "quality": "the `quality` tagger",
     "staleness": "the `staleness` tagger",
+    "semantic_dup": "the `embedding` tagger and the `semantic_dedup` stage",
     "lang": "the `lang` tagger with `[taggers.lang] expected = [...]`",
     "exact_dup": "the `dedup` stage (taggers `exact` and `minhash`)",
     "near_dup": "the `dedup` stage (taggers `exact` and `minhash`)",
@@ -94,6 +95,8 @@ DEFAULT_TERMS: dict[str, dict[str, Any]] = {
                 "weight": 0.5},
     "stale": {"output": "staleness", "column": "stale", "op": "==", "threshold": True, "reason": "stale", "weight": 0.25},
     "surprise": {"output": "surprise", "column": "surprise", "op": ">=", "threshold": "q0.2", "reason": "low_surprise"},
+    "semantic_dup": {"output": "semantic_dup", "column": "semantic_dup_of", "op": "not_null",
+                     "reason": "semantic_dup_of:{value}", "weight": 0.5},
     "lang_not_in": {"output": "lang", "column": "lang_unexpected", "op": "==", "threshold": True,
                     "reason": "lang_not_in_expected", "weight": 0.5},
 }

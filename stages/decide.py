@@ -38,7 +38,7 @@ from storage.catalog import TableWrite
 from storage.sql import identifier, parquet_scan
 
 DECISION = "decision"
-READS_FROM = ("dedup", "novelty", "surprise")  # stages whose outputs the default terms read
+READS_FROM = ("dedup", "novelty", "surprise", "semantic_dedup")  # stages whose outputs the terms read
 _RULE_KEYS = ("keep_if_any", "prune_if_any", "terms", "missing", "cap", "requeue_restored")
 
 

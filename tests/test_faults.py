@@ -344,16 +344,20 @@ class Lab:
 # decisions, queue, protected strata, replay sets) must come back identical too.
 FULL_RULES = """[run]
 batch_size = 24
-taggers = ["exact", "minhash", "embedding", "lm", "risk", "quality", "staleness"]
-stages = ["dedup", "novelty", "surprise", "decide", "replay"]
+taggers = ["exact", "minhash", "embedding", "lm", "risk", "quality", "staleness", "lang"]
+stages = ["dedup", "novelty", "semantic_dedup", "surprise", "decide", "replay"]
 [taggers.embedding]
 model = "static"
+[taggers.lang]
+expected = ["en"]
 [taggers.lm]
 max_docs_per_night = 4
 max_tokens = 32
 batch_size = 4
 [stages.replay]
 size = 64
+[stages.decide]
+prune_if_any = ["exact_dup", "near_dup", "risk", "semantic_dup", "lang_not_in"]
 [stages.decide.protect.clusters]
 k = 4
 """
