@@ -40,13 +40,19 @@ def main(argv: list[str] | None = None) -> int:
     t = pa.concat_tables([pq.read_table(f, columns=["id", "text"]) for f in
                           sorted(glob.glob(str(ROOT / "examples/commons/night*/*.parquet")))])
     ids = np.array(t["id"].to_pylist())
-    tagger = EmbeddingTagger(model=a.model, device="cpu")
-    vecs = []
-    for off in range(0, t.num_rows, 256):
-        b = t.slice(off, 256)
-        out = tagger.tag(pa.table({"doc_id": b["id"], "text": b["text"]}))
-        vecs.append(np.asarray(out["_embedding"].combine_chunks().flatten().to_numpy(zero_copy_only=False)).reshape(b.num_rows, -1))
-    v = normalize(np.concatenate(vecs))
+    cache = ROOT / "build" / f"semantic_eps_{a.model}.npy"  # embeddings, reused by a second run (other --eps)
+    if cache.exists() and np.load(cache).shape[0] == t.num_rows:
+        v = np.load(cache)
+    else:
+        tagger = EmbeddingTagger(model=a.model, device="cpu")
+        vecs = []
+        for off in range(0, t.num_rows, 256):
+            b = t.slice(off, 256)
+            out = tagger.tag(pa.table({"doc_id": b["id"], "text": b["text"]}))
+            vecs.append(np.asarray(out["_embedding"].combine_chunks().flatten().to_numpy(zero_copy_only=False)).reshape(b.num_rows, -1))
+        v = normalize(np.concatenate(vecs))
+        cache.parent.mkdir(exist_ok=True)
+        np.save(cache, v)
     sim = v @ v.T
     iu = np.triu_indices(len(ids), 1)
     s = sim[iu]
@@ -71,14 +77,18 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(0)
     pick = [others[i] for i in sorted(rng.choice(len(others), min(a.sample, len(others)), replace=False))] if others else []
     text = dict(zip(ids, t["text"].to_pylist()))
-    out = ROOT / "build" / f"semantic_pairs_{a.model}.csv"
+    out = ROOT / "build" / f"semantic_pairs_{a.model}_eps{a.eps:g}.csv"
     out.parent.mkdir(exist_ok=True)
     with open(out, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["similarity", "a", "b", "text_a", "text_b"])
         for sv, x, y in pick:
             w.writerow([f"{sv:.4f}", x, y, text[x][:400], text[y][:400]])
-    print(f"{len(others)} unplanted pairs at eps {a.eps}; {len(pick)} sampled -> {out}")
+    by_source: dict[str, int] = {}
+    for _, x, y in others:
+        key = "+".join(sorted({x.rsplit("-", 1)[0], y.rsplit("-", 1)[0]}))
+        by_source[key] = by_source.get(key, 0) + 1
+    print(f"{len(others)} unplanted pairs at eps {a.eps} by source {by_source}; {len(pick)} sampled -> {out}")
     return 0
 
 

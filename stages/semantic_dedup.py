@@ -55,7 +55,7 @@ class SemanticDedupStage(NightStage):
 
         eps: float = 0.05
         k: int = 32
-        exact_max: int = 20_000
+        exact_max: int = 10_000
         nprobe: int = 16
         seed: int = 0
         use_bank: bool = True

@@ -494,7 +494,7 @@ def test_crash_on_a_night(lab: Lab, night: int, slot: str) -> None:
 
 # In the LM tagger mid-shard; after the novelty stage wrote tonight's bank snapshot (not yet
 # committed); in the middle of the commit. `GLIA_FAULTS_RULES` runs every slot above with any rules.
-FULL_KILLS = ["tag.batch.lm@1", "stage.after.novelty@1", "commit.mid@1"]
+FULL_KILLS = ["tag.batch.lm@1", "stage.after.novelty@1", "commit.mid@1", "tag.batch.lang@1", "stage.after.semantic_dedup@1"]
 
 
 @pytest.mark.parametrize("kill", FULL_KILLS)

@@ -22,13 +22,10 @@ EPS = SemanticDedupStage.Params().eps
 
 
 def _rewrite(text: str) -> str:
-    """A copy a MinHash pass can miss: sentences in another order, punctuation and case changed,
-    every fifth word dropped."""
-    sentences = [s.strip() for s in re.split(r"(?<=[.!?;])\s+", text) if s.strip()]
-    if len(sentences) > 1:
-        sentences = sentences[1:] + sentences[:1]
-    words = re.sub(r"[,;:!?\"']", "", " ".join(sentences)).lower().split()
-    return " ".join(w for i, w in enumerate(words) if i % 5 != 4)
+    """A lightly edited copy: every twentieth word dropped (MinHash at Jaccard 0.75 misses most
+    of these: each drop breaks five 5-grams)."""
+    words = text.split()
+    return " ".join(w for i, w in enumerate(words) if i % 20 != 19)
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +71,7 @@ def _rules(tmp_path: Path, model: str = "minilm") -> Path:
 def test_rewritten_copies_are_found_tonight_and_from_the_bank(austen: list[tuple[str, str]], tmp_path: Path) -> None:
     originals, copies_tonight, copies_later = austen[:30], austen[:10], austen[10:20]
     shards = tmp_path / "shards"
-    _shard(shards, "a.parquet", originals + [(f"zz-copy-{i}", _rewrite(x)) for i, x in copies_tonight])
+    _shard(shards, "a.parquet", originals + [(f"zz-copy-{n}", _rewrite(x)) for n, (_, x) in enumerate(copies_tonight)])
     db, rules = tmp_path / "glia.duckdb", _rules(tmp_path)
     assert run_night(shards, db, rules).status == "completed"
     rows = dict(query(db, "SELECT doc_id, semantic_dup_of FROM v_documents"))
@@ -87,7 +84,7 @@ def test_rewritten_copies_are_found_tonight_and_from_the_bank(austen: list[tuple
 
     # A later night: copies of night-1 documents are duplicates of the bank's (earlier nights win,
     # whatever their ids), and the similarity reaches the threshold.
-    _shard(shards, "b.parquet", [(f"aa-later-{i}", _rewrite(x)) for i, x in copies_later])
+    _shard(shards, "b.parquet", [(f"aa-later-{n}", _rewrite(x)) for n, (_, x) in enumerate(copies_later)])
     assert run_night(shards, db, rules).status == "completed"
     later = query(db, "SELECT doc_id, semantic_dup_of, semantic_similarity FROM v_documents WHERE doc_id LIKE 'aa-later-%' "
                       "ORDER BY doc_id")
