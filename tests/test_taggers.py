@@ -93,7 +93,7 @@ def isolated_registry(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_builtin_taggers_are_registered() -> None:
-    assert registry.available() == ["embedding", "exact", "lm", "minhash", "quality", "risk", "staleness"]
+    assert registry.available() == ["embedding", "exact", "lang", "lm", "minhash", "quality", "risk", "staleness"]
 
 
 # The interface contract on every tagger cheap enough to run twice on 200 documents here; the
