@@ -5,7 +5,6 @@ order independence, and the approximate (IVF) search against the exact one."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
