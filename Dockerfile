@@ -86,7 +86,7 @@ COPY pyproject.toml constraints.txt ./
 # The core dependencies plus the extras a production image runs: the model taggers, the quality
 # filters, the dashboard and Dask (faiss-cpu or faiss-gpu comes with torch in the base stage above), and `s3`:
 # production corpora usually live in an object store.
-ARG GLIA_EXTRAS="models quality dashboard dask s3"
+ARG GLIA_EXTRAS="models quality lang dashboard dask s3"
 RUN python -c "import os, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; x = p['optional-dependencies']; print('\n'.join(p['dependencies'] + [d for e in os.environ['GLIA_EXTRAS'].split() for d in x[e]]))" \
         > /tmp/requirements.txt \
  && pip install --no-cache-dir -c constraints.txt -r /tmp/requirements.txt \

@@ -50,6 +50,8 @@ demo: setup
 	@$(GLIA) sql "SELECT doc_id, kind, survivor_id, round(jaccard, 3) AS jaccard, matched_id, cluster_size, first_seen_run, survivor_first_seen_run FROM v_duplicates WHERE first_seen_run > survivor_first_seen_run LIMIT 8" --db $(DEMO)/glia.duckdb
 	@echo "== model tags (v_documents)"
 	@$(GLIA) sql "SELECT doc_id, round(novelty, 3) AS novelty, round(surprise, 2) AS surprise, round(utility, 2) AS utility, round(risk, 3) AS risk, quality_pass, action FROM v_documents WHERE surprise IS NOT NULL ORDER BY surprise DESC LIMIT 5" --db $(DEMO)/glia.duckdb
+	@echo "== semantic duplicates and languages (v_documents)"
+	@$(GLIA) sql "SELECT doc_id, semantic_dup_of, round(semantic_similarity, 3) AS cosine, lang, round(lang_score, 2) AS lang_score FROM v_documents WHERE semantic_dup_of IS NOT NULL ORDER BY doc_id LIMIT 5" --db $(DEMO)/glia.duckdb
 	@echo "== prune queue, protected, replay (v_prune_queue, v_protected, v_replay)"
 	@$(GLIA) sql "SELECT status, count(*) AS docs FROM v_prune_queue GROUP BY ALL ORDER BY ALL" --db $(DEMO)/glia.duckdb
 	@$(GLIA) sql "SELECT stratum, count(*) AS docs FROM v_protected GROUP BY ALL ORDER BY docs DESC LIMIT 5" --db $(DEMO)/glia.duckdb

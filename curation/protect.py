@@ -44,6 +44,11 @@ def _count(raw: Mapping[str, Any], key: str, default: int, where: str, low: int 
     return v
 
 
+# Tag columns a rarity stratum may use besides the documents' own source and label:
+# column -> the tagger output that writes it (``lang``: a minority language is protected).
+TAG_RARITY: dict[str, str] = {"lang": "lang"}
+
+
 @dataclass(frozen=True)
 class Rarity:
     """Metadata columns whose rare values are protected."""
@@ -56,8 +61,9 @@ class Rarity:
     def from_config(cls, raw: Mapping[str, Any], where: str) -> Rarity:
         check_keys(raw, ("columns", "share_below", "max_share"), where)
         cols = raw.get("columns", list(cls.columns))
-        if not isinstance(cols, (list, tuple)) or not all(c in ("source", "label") for c in cols):
-            raise RuleError(f"{where}.columns: expected a list drawn from \"source\", \"label\", got {cols!r}")
+        allowed = ("source", "label", *TAG_RARITY)
+        if not isinstance(cols, (list, tuple)) or not all(c in allowed for c in cols):
+            raise RuleError(f"{where}.columns: expected a list drawn from {', '.join(map(repr, allowed))}, got {cols!r}")
         thr = Threshold.parse(raw.get("share_below", "q0.25"), f"{where}.share_below")
         if thr.quantile is None and not isinstance(thr.value, float):
             raise RuleError(f"{where}.share_below: expected a share (number) or \"qP\"")

@@ -75,6 +75,8 @@ ENABLE_HINTS = {
     "risk": "the `risk` tagger",
     "quality": "the `quality` tagger",
     "staleness": "the `staleness` tagger",
+    "semantic_dup": "the `embedding` tagger and the `semantic_dedup` stage",
+    "lang": "the `lang` tagger with `[taggers.lang] expected = [...]`",
     "exact_dup": "the `dedup` stage (taggers `exact` and `minhash`)",
     "near_dup": "the `dedup` stage (taggers `exact` and `minhash`)",
     "decontaminate": "the `decontaminate` tagger (with [taggers.decontaminate.sets.<name>])",
@@ -98,6 +100,10 @@ DEFAULT_TERMS: dict[str, dict[str, Any]] = {
     "contaminated": {"output": "decontaminate", "column": "contaminated_by", "op": "not_null",
                      "reason": "contaminated:{value}", "weight": 2.0},  # first to go when a cap binds
     "pii": {"output": "pii", "column": "pii_count", "op": ">", "threshold": 0, "reason": "pii", "weight": 0.25},
+    "semantic_dup": {"output": "semantic_dup", "column": "semantic_dup_of", "op": "not_null",
+                     "reason": "semantic_dup_of:{value}", "weight": 0.5},
+    "lang_not_in": {"output": "lang", "column": "lang_unexpected", "op": "==", "threshold": True,
+                    "reason": "lang_not_in_expected", "weight": 0.5},
 }
 DEFAULT_KEEP = ("novelty", "utility")
 DEFAULT_PRUNE = ("exact_dup", "near_dup", "risk")

@@ -149,6 +149,7 @@ _BUILTIN: dict[str, str | type[NightStage]] = {
     "novelty": "stages.novelty:NoveltyStage",
     "replay": "stages.replay:ReplayStage",
     "decide": "stages.decide:DecideStage",
+    "semantic_dedup": "stages.semantic_dedup:SemanticDedupStage",
 }
 
 

@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 
 from curation import prune as pr
 from curation.protect import (
+    TAG_RARITY,
     ClusterModel, Protect, cluster_strata, embedding_matrix, empty_strata, explicit_id_strata, explicit_where_strata,
     fit_clusters, rarity_strata, sample_mask, sample_predicate, strata_lists,
 )
@@ -37,7 +38,7 @@ from storage.catalog import TableWrite
 from storage.sql import identifier, parquet_scan
 
 DECISION = "decision"
-READS_FROM = ("dedup", "novelty", "surprise")  # stages whose outputs the default terms read
+READS_FROM = ("dedup", "novelty", "surprise", "semantic_dedup")  # stages whose outputs the terms read
 _RULE_KEYS = ("keep_if_any", "prune_if_any", "terms", "missing", "cap", "requeue_restored")
 
 
@@ -50,6 +51,7 @@ class DecideState:
     population: pa.Table  # shard_id, source, label, n: active documents by metadata
     embedding_files: list[tuple[str, str, int]] = field(default_factory=list)  # (shard_id, path, rows)
     queue_where: pa.Table = field(default_factory=empty_strata)  # user SQL strata hits among queued docs
+    tag_population: dict[str, pa.Table] = field(default_factory=dict)  # rarity tag column -> shard_id, <col>, n
 
 
 class DecideStage(NightStage):
@@ -122,7 +124,14 @@ class DecideStage(NightStage):
             where = explicit_where_strata(
                 con, "v_documents", self.protect.predicates,
                 doc_filter="doc_id IN (SELECT doc_id FROM prune_queue WHERE status IN ('queued', 'quarantined', 'applied'))")
-        return DecideState(queue, np.asarray(runs["run_id"], np.int64), population, files, where)
+        tag_pop = {}
+        view_cols = {r[0] for r in con.sql("SELECT column_name FROM information_schema.columns "
+                                           "WHERE table_name = 'v_documents'").fetchall()}
+        for col in self.protect.rarity.columns:
+            if col in TAG_RARITY and col in view_cols:  # earlier nights' values of a rarity tag column
+                tag_pop[col] = con.sql(f"SELECT shard_id, CAST({identifier(col)} AS VARCHAR) AS {identifier(col)}, "
+                                       "count(*) AS n FROM v_documents GROUP BY ALL").to_arrow_table()
+        return DecideState(queue, np.asarray(runs["run_id"], np.int64), population, files, where, tag_pop)
 
     # -- tonight ----------------------------------------------------------------------------
 
@@ -136,6 +145,11 @@ class DecideStage(NightStage):
             col = _read_column(inputs, term.output, term.column, ids)
             if col is not None and term.column not in tags.column_names:
                 tags = tags.append_column(term.column, col)
+        for col in self.protect.rarity.columns:
+            if col in TAG_RARITY and col not in tags.column_names:
+                val = _read_column(inputs, TAG_RARITY[col], col, ids)
+                if val is not None:
+                    tags = tags.append_column(col, val.cast(pa.string()))
 
         queue = state.queue
         active = pc.is_in(queue["status"], value_set=pa.array(pr.ACTIVE))
@@ -146,7 +160,7 @@ class DecideStage(NightStage):
         recheck = queue.filter(pc.and_(active, not_tonight))
         recheck_pending = queue.filter(pc.and_(pending, not_tonight))
 
-        population = _population(state.population, inputs.history_active, tags)
+        population = _population(state.population, inputs.history_active, tags, state.tag_population)
         notes: list[str] = []
         # One pass over the id lists (an id file is read once a night) for tonight and the queue.
         by_id = explicit_id_strata(pa.concat_arrays([ids, recheck["doc_id"].combine_chunks().cast(pa.string())]),
@@ -276,12 +290,15 @@ def _value_counts(t: pa.Table, col: str) -> dict[str, int]:
     return {k: int(n) for k, n in zip(g[col].to_pylist(), g["count_all"].to_pylist()) if k is not None}
 
 
-def _population(pop: pa.Table, history_active: list[str], tags: pa.Table) -> dict[str, dict[str, int]]:
-    """Documents per source and per label over the corpus tonight: earlier documents of shards
-    still active (not replaced tonight) plus tonight's."""
-    hist = pop.filter(pc.is_in(pop["shard_id"], value_set=pa.array(history_active, pa.string())))
+def _population(pop: pa.Table, history_active: list[str], tags: pa.Table,
+                tag_pop: Mapping[str, pa.Table] | None = None) -> dict[str, dict[str, int]]:
+    """Documents per source and per label (and per rarity tag column, e.g. ``lang``) over the
+    corpus tonight: earlier documents of shards still active (not replaced tonight) plus tonight's."""
+    active = pa.array(history_active, pa.string())
     out: dict[str, dict[str, int]] = {}
-    for col in ("source", "label"):
+    for col in ("source", "label", *(c for c in (tag_pop or {}) if c in tags.column_names)):
+        table = pop if col in ("source", "label") else tag_pop[col]
+        hist = table.filter(pc.is_in(table["shard_id"], value_set=active))
         counts = _value_counts(tags, col)
         if hist.num_rows:
             g = hist.group_by(col).aggregate([("n", "sum")])

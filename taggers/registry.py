@@ -23,6 +23,7 @@ _BUILTIN: dict[str, TaggerFactory | str] = {
     "staleness": "taggers.staleness:StalenessTagger",
     "decontaminate": "taggers.decontaminate:DecontaminateTagger",
     "pii": "taggers.pii:PIITagger",
+    "lang": "taggers.lang:LangTagger",
 }
 
 

@@ -344,18 +344,22 @@ class Lab:
 # decisions, queue, protected strata, replay sets) must come back identical too.
 FULL_RULES = """[run]
 batch_size = 24
-taggers = ["exact", "minhash", "embedding", "lm", "risk", "quality", "staleness", "decontaminate", "pii"]
-stages = ["dedup", "novelty", "surprise", "decide", "replay"]
+taggers = ["exact", "minhash", "embedding", "lm", "risk", "quality", "staleness", "decontaminate", "pii", "lang"]
+stages = ["dedup", "novelty", "semantic_dedup", "surprise", "decide", "replay"]
 [taggers.decontaminate.sets.fortunes]
 path = "%s"
 [taggers.embedding]
 model = "static"
+[taggers.lang]
+expected = ["en"]
 [taggers.lm]
 max_docs_per_night = 4
 max_tokens = 32
 batch_size = 4
 [stages.replay]
 size = 64
+[stages.decide]
+prune_if_any = ["exact_dup", "near_dup", "risk", "semantic_dup", "lang_not_in"]
 [stages.decide.protect.clusters]
 k = 4
 """ % (REPO / "examples" / "eval" / "fortunes.parquet")
@@ -492,8 +496,10 @@ def test_crash_on_a_night(lab: Lab, night: int, slot: str) -> None:
 
 # In the LM tagger mid-shard; after the novelty stage wrote tonight's bank snapshot (not yet
 # committed); in the middle of the commit; in the decontaminate tagger mid-shard (its n-gram index
-# was built at config load). `GLIA_FAULTS_RULES` runs every slot above with any rules.
-FULL_KILLS = ["tag.batch.lm@1", "stage.after.novelty@1", "commit.mid@1", "tag.batch.decontaminate@1"]
+# was built at config load); after the semantic_dedup stage. `GLIA_FAULTS_RULES` runs every slot above
+# with any rules.
+FULL_KILLS = ["tag.batch.lm@1", "stage.after.novelty@1", "commit.mid@1", "tag.batch.decontaminate@1",
+              "stage.after.semantic_dedup@1"]
 
 
 @pytest.mark.parametrize("kill", FULL_KILLS)

@@ -94,8 +94,8 @@ def isolated_registry(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_builtin_taggers_are_registered() -> None:
-    assert registry.available() == ["decontaminate", "embedding", "exact", "lm", "minhash", "pii", "quality", "risk",
-                                    "staleness"]
+    assert registry.available() == ["decontaminate", "embedding", "exact", "lang", "lm", "minhash", "pii", "quality",
+                                    "risk", "staleness"]
 
 
 # The interface contract on every tagger cheap enough to run twice on 200 documents here; the
