@@ -159,6 +159,17 @@ def _check_taggers(cfg: GliaConfig, path: Path) -> None:
         except ModuleNotFoundError as exc:
             raise ConfigError(f"{path} [run].taggers: {missing_extra(f'tagger {name!r}', exc)}") from None
         _check_requires(f"tagger {name!r}", tagger.requires, f"{path} [run].taggers")
+        _check_clash(cfg, f"tagger {name!r}", tagger.schema().names[1:], path)
+
+
+def _check_clash(cfg: GliaConfig, what: str, columns: list[str], path: Path) -> None:
+    """A tag column named like a metadata column would be renamed silently in ``v_documents``
+    (DuckDB's join makes it ``<name>_1``): refuse it, naming both."""
+    metadata = {"doc_id", "row", "shard_id", "shard_path", *cfg.columns.optional()}
+    clash = sorted(set(columns) & metadata)
+    if clash:
+        raise ConfigError(f"{path}: {what} writes {', '.join(map(repr, clash))}, which is also a metadata column "
+                          "([columns]); drop it from [columns] (or map another shard column to that name) or leave the tagger out")
 
 
 def _check_stages(cfg: GliaConfig, path: Path) -> None:

@@ -581,3 +581,11 @@ def test_near_dup_parameters_live_under_stages_dedup(tmp_path: Path, caplog: pyt
     rules.write_text("[stages.dedup]\nbandz = 20\n")
     with pytest.raises(ConfigError, match=r"\[stages.dedup\]: unknown key\(s\) bandz"):
         load_config(rules)
+
+
+def test_a_tag_column_may_not_shadow_a_metadata_column(tmp_path: Path) -> None:
+    """DuckDB would rename the tag to lang_1 in v_documents without a word: refused at load."""
+    rules = tmp_path / "glia.toml"
+    rules.write_text('[columns]\nextra = ["lang"]\n[run]\ntaggers = ["exact", "minhash", "lang"]\n')
+    with pytest.raises(ConfigError, match=r"tagger 'lang' writes 'lang', which is also a metadata column"):
+        load_config(rules)
