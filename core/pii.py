@@ -110,17 +110,7 @@ def _accept(kind: str, text: str, m: re.Match[str]) -> bool:
 
 def find(text: str, kinds: Sequence[str] = KINDS) -> list[tuple[str, int, int]]:
     """Every accepted PII span of ``text`` as ``(kind, start, end)``, sorted by start, without overlaps."""
-    taken: list[tuple[str, int, int]] = []
-    for kind in KINDS:
-        if kind not in kinds or not _CANDIDATE_RE[kind].search(text):
-            continue
-        for m in _PATTERNS[kind].finditer(text):
-            if any(m.start() < e and s < m.end() for _, s, e in taken):
-                continue
-            if _accept(kind, text, m):
-                taken.append((kind, m.start(), m.end()))
-    taken.sort(key=lambda t: t[1])
-    return taken
+    return _find_kinds(text, [k for k in KINDS if k in kinds and _CANDIDATE_RE[k].search(text)])
 
 
 def candidates(text: pa.Array | pa.ChunkedArray) -> np.ndarray:
