@@ -29,6 +29,7 @@ import logging
 import importlib.util
 import json
 import tomllib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -150,16 +151,22 @@ def _check_taggers(cfg: GliaConfig, path: Path) -> None:
             where = "[run].taggers" if name in cfg.run.taggers else f"[taggers.{name}]"
             raise ConfigError(f"{path} {where}: unknown tagger {name!r}; registered taggers: {', '.join(known)}")
     for name in cfg.run.taggers:
-        try:
-            tagger = registry.build([name], {name: cfg.params_for(name)})[0]
-        except ConfigError as exc:  # already names [taggers.<name>] and the key
-            raise ConfigError(f"{path} {exc}") from None
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"{path} [taggers.{name}]: {exc}") from None
-        except ModuleNotFoundError as exc:
-            raise ConfigError(f"{path} [run].taggers: {missing_extra(f'tagger {name!r}', exc)}") from None
+        tagger = _built(path, "tagger", name, lambda: registry.build([name], {name: cfg.params_for(name)})[0])
         _check_requires(f"tagger {name!r}", tagger.requires, f"{path} [run].taggers")
         _check_clash(cfg, f"tagger {name!r}", tagger.schema().names[1:], path)
+
+
+def _built(path: Path, kind: str, name: str, build: Callable[[], Any]) -> Any:
+    """``build()`` a tagger or stage (``kind``) for the config check, every failure a ConfigError
+    naming the file and the key: its parameters, or the extra a missing module comes from."""
+    try:
+        return build()
+    except ConfigError as exc:  # already names [<kind>s.<name>] and the key
+        raise ConfigError(f"{path} {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{path} [{kind}s.{name}]: {exc}") from None
+    except ModuleNotFoundError as exc:
+        raise ConfigError(f"{path} [run].{kind}s: {missing_extra(f'{kind} {name!r}', exc)}") from None
 
 
 def _check_clash(cfg: GliaConfig, what: str, columns: list[str], path: Path) -> None:
@@ -181,14 +188,7 @@ def _check_stages(cfg: GliaConfig, path: Path) -> None:
             where = "[run].stages" if name in cfg.run.stages else f"[stages.{name}]"
             raise ConfigError(f"{path} {where}: unknown stage {name!r}; registered stages: {', '.join(known)}")
     for name in cfg.run.stages:
-        try:
-            stage = stages.stage_class(name)(**cfg.stage_params_for(name))
-        except ConfigError as exc:  # already names [stages.<name>] and the key
-            raise ConfigError(f"{path} {exc}") from None
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"{path} [stages.{name}]: {exc}") from None
-        except ModuleNotFoundError as exc:
-            raise ConfigError(f"{path} [run].stages: {missing_extra(f'stage {name!r}', exc)}") from None
+        stage = _built(path, "stage", name, lambda: stages.stage_class(name)(**cfg.stage_params_for(name)))
         _check_requires(f"stage {name!r}", stage.requires, f"{path} [run].stages")
     try:
         stages.build(cfg.run.stages, {n: cfg.stage_params_for(n) for n in cfg.run.stages}, cfg.run.taggers)
