@@ -49,6 +49,22 @@ def test_the_default_is_the_packaged_lstm(tagger) -> None:
         RiskTagger(lstm_model="perspective")
 
 
+def test_the_built_in_prune_term_prunes_what_the_default_flags(tagger, fixture) -> None:
+    """The rule's ``risk`` term and the default tagger's flag share one threshold, so a flagged
+    document is a prune candidate (before, 0.8 was set for the n-gram head and the LSTM's scores
+    almost never passed it)."""
+    from curation.rules import Rules, decide
+
+    assert Rules.from_config({}).terms["risk"].threshold.value == tagger.threshold == risk_lstm.DEFAULT_THRESHOLD
+    texts, labels = fixture
+    risk = tagger.scores(pa.array(texts, pa.string()))
+    tags = pa.table({"doc_id": [f"d{i}" for i in range(len(texts))], "source": ["fixture"] * len(texts),
+                     "risk": pa.array(risk, pa.float32())})
+    pruned = np.array(["risk>0.5" in r for r in decide(tags, Rules.from_config({})).table["prune_reasons"].to_pylist()])
+    np.testing.assert_array_equal(pruned, risk > tagger.threshold)
+    assert pruned[labels == 1].sum() > 0 and pruned[labels == 0].sum() == 0
+
+
 def test_default_separates_posts_of_another_platform(tagger, fixture) -> None:
     texts, labels = fixture
     assert len(texts) == 40 and labels.sum() == 20
