@@ -30,7 +30,7 @@ for reference the held-out literary paragraphs of the example corpus's nights 2-
 trained on night 1's, and the flag thresholds below were chosen on these, never on the sets above).
 
 Per option and set: ROC-AUC, and TPR/FPR at the option's flag threshold and at the example
-rules' prune threshold (``risk > 0.8``); per prose source, the share flagged at both.
+built-in rule's prune threshold (``risk > 0.5``, ``PRUNE_THRESHOLD``); per prose source, the share flagged at both.
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ import argparse
 import codecs
 import json
 import re
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -59,7 +58,10 @@ from models import risk_head as risk_model  # noqa: E402
 ETHOS = ROOT.parent / "shared" / "data" / "ethos" / "Ethos_Dataset_Binary.csv"
 CACHE = ROOT / "build" / "risk_bench"
 RESULTS = ROOT / "bench" / "results"
-PRUNE_THRESHOLD = 0.8  # examples/glia.toml: [stages.decide.terms.risk] prunes risk > 0.8
+from curation.rules import DEFAULT_TERMS  # noqa: E402
+
+# The built-in rule's prune term ([stages.decide.terms.risk]): risk > this queues a document.
+PRUNE_THRESHOLD = float(DEFAULT_TERMS["risk"]["threshold"])
 # Debian 12 versions of the inputs only this benchmark reads (epochs as apt spells them).
 DEBS = {
     "fortunes": "1:1.99.1-7.3",
@@ -73,25 +75,8 @@ DEBS = {
 
 
 def fetch(package: str) -> Path:
-    """``package`` at its pinned version, unpacked under ``build/sources`` (``examples/sources.py``'s
-    cache; done here because ``fetch_deb`` cannot name a version with an epoch)."""
-    version = DEBS[package]
-    debs = sources.cache_dir() / "debs"
-    debs.mkdir(exist_ok=True)
-    pattern = f"{package}_{version.replace(':', '%3a')}_*.deb"
-    if not sorted(debs.glob(pattern)):
-        spec = f"{package}={version}"
-        if subprocess.run(["apt-get", "download", spec], cwd=debs, capture_output=True).returncode != 0:
-            subprocess.run(["apt-get", "update"], capture_output=True)
-            subprocess.run(["apt-get", "download", spec], cwd=debs, capture_output=True, check=True)
-    deb = sorted(debs.glob(pattern))[-1]
-    root = sources.cache_dir() / "root" / deb.stem
-    if not root.is_dir():
-        staging = root.with_name("." + root.name + ".tmp")
-        subprocess.run(["rm", "-rf", str(staging)], check=True)
-        subprocess.run(["dpkg", "-x", str(deb), str(staging)], check=True)
-        staging.rename(root)
-    return root
+    """``package`` at this benchmark's pinned version, unpacked under ``build/sources``."""
+    return sources.fetch_deb(package, DEBS[package])
 
 
 # -- the sets -------------------------------------------------------------------------------------
@@ -270,7 +255,11 @@ def options() -> dict[str, tuple[Scorer, float, str]]:
         "lstm tox-block, toxic": (lstm_a, 0.5, wiki),
         "lstm tox-block, toxic, whole doc": (_lstm("tox_block"), 0.5, wiki),
         "lstm tox-block, raw mean of 6": (chunked(_lstm_doc("tox_block", "mean_raw"), 500), 0.5, wiki),
+        # identity_hate alone: the output whose label matches a hate-speech set; not the default,
+        # which must also catch toxicity that is not hate (it is lower on the tweets).
+        "lstm tox-block, identity_hate": (chunked(_lstm_doc("tox_block", "identity_hate"), 500), 0.5, wiki),
         "lstm toxic-comment-clf, toxic": (lstm_b, 0.5, wiki),
+        "lstm toxic-comment-clf, identity_hate": (chunked(_lstm_doc("toxic_classifier", "identity_hate"), 500), 0.5, wiki),
         "lstm toxic-comment-clf, mean of 6": (chunked(_lstm_doc("toxic_classifier", "mean"), 500), 0.5, wiki),
         "mean 2 lstm, toxic": (mean_of(lstm_a, lstm_b), 0.5, wiki),
         "mean 2 lstm + profanity": (mean_of(lstm_a, lstm_b, prof), 0.5, "Wikipedia + Twitter"),
@@ -292,7 +281,7 @@ def _rates(y: np.ndarray, s: np.ndarray, thr: float, strict: bool = False) -> di
 
 
 def report(quick: bool = False, only: list[str] | None = None, minilm: bool = False) -> dict:
-    """Every option's ROC-AUC, TPR/FPR at its flag threshold and at ``risk > 0.8``, and its
+    """Every option's ROC-AUC, TPR/FPR at its flag threshold and at the built-in prune term, and its
     flag rate on clean prose. Each labelled set is a seeded sample of at most 2,000 items (400 with
     ``quick``), each prose source 600 documents (150). The MiniLM rows run only with ``minilm``
     (MiniLM embeds ~40-150 texts/s on 2 shared cores; their embeddings are cached in build/)."""
@@ -358,8 +347,8 @@ def report(quick: bool = False, only: list[str] | None = None, minilm: bool = Fa
 
 
 def print_table(res: dict) -> None:
-    """Four blocks: ROC-AUC; TPR/FPR and prose flag rates at the flag threshold, at ``risk > 0.8``
-    and at the commons-matched threshold."""
+    """Four blocks: ROC-AUC; TPR/FPR and prose flag rates at the flag threshold, at the built-in prune
+    term and at the commons-matched threshold."""
     sets = list(res["sets"])
     print(f"sets (n, positives): {', '.join(k + ' ' + str(v['n']) + '/' + str(v['positives']) for k, v in res['sets'].items())}")
     print(f"clean prose documents per source: {res['prose']}")

@@ -82,8 +82,9 @@ def cache_dir() -> Path:
     return path
 
 
-def fetch_deb(package: str) -> Path:
-    """Download ``package`` at its pinned version with ``apt-get download`` and unpack it; return its root.
+def fetch_deb(package: str, version: str | None = None) -> Path:
+    """Download ``package`` at its pinned version (or ``version``, which may carry an epoch such as
+    ``1:1.99.1-7.3``) with ``apt-get download`` and unpack it; return its root.
 
     The unpacked tree is cached per version. It is unpacked into a staging
     directory and renamed into place, so an interrupted unpack never looks
@@ -92,10 +93,11 @@ def fetch_deb(package: str) -> Path:
     a pin, or any package under ``GLIA_UNPINNED_DEBS=1``, is taken at the
     version apt offers.
     """
-    version = None if os.environ.get("GLIA_UNPINNED_DEBS") == "1" else DEBIAN_PINS.get(package)
+    if version is None:
+        version = None if os.environ.get("GLIA_UNPINNED_DEBS") == "1" else DEBIAN_PINS.get(package)
     spec = f"{package}={version}" if version else package
-    # dpkg's file names spell an epoch's colon as %3a; none of the pins has one.
-    pattern = f"{package}_{version}_*.deb" if version else f"{package}_*.deb"
+    # dpkg's file names spell an epoch's colon as %3a.
+    pattern = f"{package}_{version.replace(':', '%3a')}_*.deb" if version else f"{package}_*.deb"
     debs = cache_dir() / "debs"
     debs.mkdir(exist_ok=True)
     if not sorted(debs.glob(pattern)) and _apt_download(spec, debs) != 0:
