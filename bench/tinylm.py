@@ -34,6 +34,25 @@ class Budget:
     lr: float = 2e-3
     warmup: int = 30
     eval_windows: int = 3  # per held-out document (its first eval_windows * ctx bytes)
+    # "constant": linear warm-up over the first ``warmup`` steps of the whole run, then ``lr``.
+    # "cosine": each phase (a night) warms up over its own first ``warmup`` steps and decays to
+    # ``min_lr_ratio * lr`` by its end: the re-warm and re-decay that Ibrahim et al. (2024)
+    # recommend for continual pre-training, which also lets night 1 settle at a stable loss.
+    schedule: str = "constant"
+    min_lr_ratio: float = 0.1
+
+
+def learning_rate(b: Budget, step: int, phase: tuple[int, int]) -> float:
+    """The learning rate at global ``step`` of a phase ``(first step, steps)`` under ``b.schedule``."""
+    import math
+
+    if b.schedule == "constant":
+        return b.lr * min(1.0, (step + 1) / b.warmup)
+    if b.schedule != "cosine":
+        raise ValueError(f"schedule must be 'constant' or 'cosine', got {b.schedule!r}")
+    s = step - phase[0]
+    decay = b.min_lr_ratio + (1 - b.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, phase[1]))))
+    return b.lr * min(1.0, (s + 1) / b.warmup) * decay
 
 
 def make_model(b: Budget) -> Any:
@@ -123,10 +142,13 @@ def eval_set(model: Any, table: pa.Table, b: Budget, group: str = "source") -> d
 
 
 def train(model: Any, opt: Any, b: Budget, steps: int, new_texts: list[str], replay: list[dict[str, Any]] | None,
-          seed: int, night: int, use_weights: bool, step0: int) -> dict[str, float]:
+          seed: int, night: int, use_weights: bool, step0: int,
+          phase: tuple[int, int] | None = None) -> dict[str, float]:
     """``steps`` optimizer steps of ``batch_new`` new windows (+ ``batch_replay`` replayed ones, each
-    loss scaled by its IS weight when ``use_weights``). The new windows depend only on
-    ``(seed, night)``, so every arm with the same ``batch_new`` sees exactly the same new data.
+    loss scaled by its IS weight when ``use_weights``), from global step ``step0`` of the phase
+    ``(first step, steps)`` (default: these steps) that the learning-rate schedule follows. The new
+    windows depend only on ``(seed, night)``, so every arm with the same ``batch_new`` sees
+    exactly the same new data.
     Returns the seconds, the mean loss of the new windows and ``tokens``: the predicted bytes
     trained on (padding excluded), which is how the benchmarks check equal budgets."""
     import torch
@@ -134,8 +156,9 @@ def train(model: Any, opt: Any, b: Budget, steps: int, new_texts: list[str], rep
     rng_new = np.random.default_rng([seed, night, 1])
     rng_rep = np.random.default_rng([seed, night, 2])
     t0, total, tokens = time.monotonic(), 0.0, 0
+    phase = phase or (step0, steps)
     for step in range(steps):
-        lr = b.lr * min(1.0, (step0 + step + 1) / b.warmup)
+        lr = learning_rate(b, step0 + step, phase)
         for g in opt.param_groups:
             g["lr"] = lr
         pick = rng_new.integers(0, len(new_texts), b.batch_new)

@@ -19,7 +19,8 @@ document's rarest stratum ``s``, divided by the pool's largest; ``protected`` as
 A document that no term scores (nothing has looked at it yet) gets the pool's highest ``s``,
 as new transitions get the maximum priority in prioritized replay (Schaul et al. 2016), so
 an unscored document is never starved. ``b`` anneals linearly from ``beta`` to ``beta_final``
-over ``beta_anneal_sets`` sets. A term whose column does not exist contributes nothing; the
+over ``beta_anneal_sets`` sets; by default ``b = 0``, so every weight is 1 (the forgetting
+benchmark's finding: the correction undoes the prioritisation that protects old memories). A term whose column does not exist contributes nothing; the
 set records which terms it used.
 
 Retention. A memory that is not reactivated fades: ``R_i = floor + (1 - floor) 2^(-d_i / h)``
@@ -166,8 +167,13 @@ class ReplayParams:
 
     size: int = 1024
     alpha: float = 0.6
-    beta: float = 0.4
-    beta_final: float = 1.0
+    # Importance-sampling exponent b, annealed linearly to ``beta_final`` (None: no annealing).
+    # 0 (default) makes every weight 1: in bench/forgetting.py the IS correction, which pulls the
+    # prioritised draws' gradient back towards uniform replay, cost forgetting on every night-1
+    # stratum at equal budget (README, *Forgetting*). Schaul et al.'s 0.4 -> 1 gives an unbiased
+    # loss over the pool instead, for a trainer that wants that.
+    beta: float = 0.0
+    beta_final: float | None = None
     beta_anneal_sets: int = 30
     eps: float = 0.01
     new_fraction: float = 0.5
@@ -197,7 +203,7 @@ class ReplayParams:
             raise ValueError(f"replay size must be >= 1 draw, got {self.size}")
         if not 0.0 <= self.alpha:
             raise ValueError(f"replay alpha must be >= 0 (0 = uniform), got {self.alpha}")
-        if not (0.0 <= self.beta <= 1.0 and 0.0 <= self.beta_final <= 1.0):
+        if not (0.0 <= self.beta <= 1.0 and (self.beta_final is None or 0.0 <= self.beta_final <= 1.0)):
             raise ValueError("replay beta and beta_final must lie in [0, 1]")
         if not 0.0 <= self.new_fraction <= 1.0:
             raise ValueError(f"replay new_fraction must lie in [0, 1], got {self.new_fraction}")
@@ -220,6 +226,8 @@ class ReplayParams:
 
     def beta_for(self, n_prior_sets: int) -> float:
         """``b`` for a set built after ``n_prior_sets`` others: linear from beta to beta_final."""
+        if self.beta_final is None:
+            return self.beta
         frac = min(1.0, n_prior_sets / self.beta_anneal_sets)
         return self.beta + (self.beta_final - self.beta) * frac
 

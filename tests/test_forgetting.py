@@ -139,3 +139,29 @@ def test_tied_scores_do_not_make_every_document_salient() -> None:
     drawn = set(rs.items["doc_id"].to_pylist())
     ret = dict(zip(ids, rs2.retention))
     assert max(ret[i] for i in common - drawn) < min(ret[i] for i in drawn)
+
+
+def test_each_night_rewarms_and_decays_its_learning_rate() -> None:
+    # Night 1 settles at a low learning rate (a stable loss before the shift); each later night
+    # warms up again and decays by its own end (Ibrahim et al. 2024). "constant" is ablate.py's schedule.
+    sys.path.insert(0, str(REPO / "bench"))
+    from tinylm import Budget, learning_rate
+
+    b = Budget(night1_steps=100, night_steps=20, batch_new=4, batch_replay=0, lr=1e-2, warmup=10, schedule="cosine",
+               min_lr_ratio=0.1)
+    night1 = [learning_rate(b, s, (0, 100)) for s in range(100)]
+    assert night1[0] == pytest.approx(1e-3) and max(night1) == pytest.approx(1e-2, rel=0.05)
+    assert night1[-1] == pytest.approx(1e-3, rel=0.01) and night1[-1] < night1[50] < night1[10]
+    night2 = [learning_rate(b, s, (100, 20)) for s in range(100, 120)]
+    assert night2[0] == pytest.approx(1e-3) and max(night2) > 5 * night1[-1] and night2[-1] == pytest.approx(1e-3, rel=0.1)
+    flat = Budget(**{**b.__dict__, "schedule": "constant"})
+    assert [learning_rate(flat, s, (100, 20)) for s in (0, 9, 10, 500)] == [1e-3, 1e-2, 1e-2, 1e-2]
+    with pytest.raises(ValueError, match="schedule must be"):
+        learning_rate(Budget(**{**b.__dict__, "schedule": "linear"}), 0, (0, 1))
+
+
+def test_night1_curve_is_recorded(quick: tuple[dict, str]) -> None:
+    result, _ = quick
+    night1 = result["seeds"][0]["night1"]
+    assert [p["step"] for p in night1["curve"]][-1] == result["config"]["night1_steps"]
+    assert set(night1["last_segment_change"]) == {s for s in night1["strata"] if s != "new"}

@@ -263,3 +263,28 @@ def test_evaluation_text_is_never_replayed() -> None:
     assert without_strata(table, ReplayParams().exclude_strata)["doc_id"].to_pylist() == ["b", "c"]
     assert without_strata(table, ())["doc_id"].to_pylist() == ["a", "b", "c", "d"]
     assert ReplayParams.from_mapping({"exclude_strata": []}).exclude_strata == ()
+
+
+def test_the_readme_recipe_mixes_new_shards_with_the_replay_set(replay_db: Path, tmp_path: Path) -> None:
+    # The README's trainer recipe, run as written: only the database, the shard folder and the
+    # model (a bag-of-bytes loss with one parameter) are filled in.
+    import re
+
+    import torch
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = text.index("**Mixing tonight's new shards with the replay set at ratio r**")
+    code = re.search(r"```python\n(.*?)```", text[start:], re.S).group(1)
+    assert 'ReplayPlan.from_db("glia.duckdb")' in code and 'ds.dataset("shards/tonight")' in code
+    code = code.replace('"glia.duckdb"', repr(str(replay_db))).replace('"shards/tonight"', repr(str(NIGHTS[2])))
+    scale = torch.nn.Parameter(torch.ones(()))
+    seen: list[int] = []
+
+    def per_doc_loss(texts: list[str]) -> torch.Tensor:
+        seen.append(len(texts))
+        return scale * torch.tensor([len(t) / 1000.0 for t in texts])
+
+    opt = torch.optim.SGD([scale], lr=1e-3)
+    exec(compile(code, "README.md recipe", "exec"), {"per_doc_loss": per_doc_loss, "opt": opt})
+    assert seen and set(seen) == {40}  # every step: 30 new documents and 10 replayed ones
+    assert scale.item() < 1.0  # the optimiser stepped
