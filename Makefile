@@ -84,12 +84,13 @@ bench: bench-inputs
 bench-scale: bench-inputs
 	$(PY) bench/bench_scale.py --nights 10 --docs 100000
 
-# Forgetting under a real shift: no replay vs uniform vs TMR replay at equal tokens, 3 seeds, one
-# torch thread (the corpus is committed in examples/forgetting); see README, Forgetting.
 # Tag quality on held-out data: risk across platforms, near-dup recall of edited copies (~10 min).
 bench-quality: bench-inputs
 	$(PY) bench/bench_quality.py
 
+# Forgetting under a real shift: no replay vs uniform vs TMR replay at equal tokens, 4 seeds, two
+# processes of one torch thread each (the corpus is committed in examples/forgetting; ~8 min on
+# 2 cores); see README, Forgetting.
 bench-forgetting: setup
 	OMP_NUM_THREADS=1 $(PY) bench/forgetting.py
 
