@@ -263,8 +263,8 @@ def run_seed(seed: int, cfg: Config, arms: list[str], corpus: Path, work: Path,
     evals = strata_table(nights, held, dnf)
     n1_src = dict(zip(nights[1]["id"].to_pylist(), nights[1]["source"].to_pylist()))
     dnf_set = set(dnf)
-    dnf_ids = [i for i in nights[1]["id"].to_pylist() if i in dnf_set]
-    dnf_texts = [t for i, t in zip(nights[1]["id"].to_pylist(), nights[1]["text"].to_pylist()) if i in dnf_set]
+    n1_text = dict(zip(nights[1]["id"].to_pylist(), nights[1]["text"].to_pylist()))
+    dnf_ids = [i for i in n1_text if i in dnf_set]
     stratum_of = {i: ("do_not_forget" if i in dnf_set else f"rare_source:{s}" if s in RARE_SOURCES else "rest")
                   for i, s in n1_src.items()}
     for n in (2, 3):
@@ -312,8 +312,8 @@ def run_seed(seed: int, cfg: Config, arms: list[str], corpus: Path, work: Path,
         before = out["night1"]["strata"]
     else:
         # In NIGHT1_POINTS segments, evaluating after each, so the result shows that night 1's held-out
-        # loss had flattened before the shift (a stable loss): ``stability`` is the change of the
-        # held-out loss over night 1's last segment, next to what the shift later costs.
+        # loss had flattened before the shift (a stable loss): ``last_segment_change`` is the change
+        # of the held-out losses over night 1's last segment, next to what the shift later costs.
         curve, seconds, tokens, done = [], 0.0, 0, 0
         for q in range(NIGHT1_POINTS):
             steps = cfg.night1_steps * (q + 1) // NIGHT1_POINTS - done
@@ -333,7 +333,7 @@ def run_seed(seed: int, cfg: Config, arms: list[str], corpus: Path, work: Path,
     n1 = out["night1"]
     print(f"seed {seed} night 1: {n1['seconds']:.0f} s, {cfg.night1_steps} steps; held-out rest by segment "
           f"{[round(c['heldout']['rest'], 3) for c in n1['curve']]}; last segment's change "
-          f"{json.dumps({k: round(v, 4) for k, v in out['night1']['last_segment_change'].items()})}; "
+          f"{json.dumps({k: round(v, 4) for k, v in n1['last_segment_change'].items()})}; "
           f"strata {json.dumps({k: round(v, 3) for k, v in before.items()})}", flush=True)
     states = {a: (copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())) for a in names}
     for a in names:
@@ -367,7 +367,7 @@ def run_seed(seed: int, cfg: Config, arms: list[str], corpus: Path, work: Path,
                 info = train(model, opt, cfg.budget(0, n), cfg.night_steps, union_texts, None, seed, 10 + n, False, step0)
             elif kind == "only_dnf":
                 k_rng = np.random.default_rng([seed, n, 3])
-                items = [{"doc_id": dnf_ids[i], "text": dnf_texts[i], "weight": 1.0}
+                items = [{"doc_id": dnf_ids[i], "text": n1_text[dnf_ids[i]], "weight": 1.0}
                          for i in k_rng.integers(0, len(dnf_ids), cfg.night_steps * k)]
                 info = train(model, opt, cfg.budget(k, n), cfg.night_steps, new_texts, items, seed, n, False, step0)
             elif kind == "none":

@@ -53,13 +53,12 @@ sys.path.insert(0, str(ROOT / "examples"))
 
 import sources  # noqa: E402
 
+from curation.rules import DEFAULT_TERMS  # noqa: E402
 from models import risk_head as risk_model  # noqa: E402
 
 ETHOS = ROOT.parent / "shared" / "data" / "ethos" / "Ethos_Dataset_Binary.csv"
 CACHE = ROOT / "build" / "risk_bench"
 RESULTS = ROOT / "bench" / "results"
-from curation.rules import DEFAULT_TERMS  # noqa: E402
-
 # The built-in rule's prune term ([stages.decide.terms.risk]): risk > this queues a document.
 PRUNE_THRESHOLD = float(DEFAULT_TERMS["risk"]["threshold"])
 # Debian 12 versions of the inputs only this benchmark reads (epochs as apt spells them).
