@@ -60,7 +60,6 @@ demo: setup
 
 test: setup system-deps
 	$(PY) -m ruff check .
-	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
 
 # The benchmark corpora are cut from pinned inputs only (bench/corpus_inputs.py): PyPI packages

@@ -155,8 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("GLIA_HOME", str(work / "glia-home"))
     import torch
 
-    from curation.dataloader import ReplayPlan, iter_replay
-    from flows.nightly import nightly_hygiene
+    from glia.curation.dataloader import ReplayPlan, iter_replay
+    from glia.flows.nightly import nightly_hygiene
 
     torch.manual_seed(args.seed)
     t_start = time.monotonic()
@@ -202,8 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     states = {arm: (copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())) for arm in arms}
     result["arms"] = {arm: {} for arm in arms}
 
-    from curation.replay import TERMS, ReplayParams
-    from storage.catalog import Catalog
+    from glia.curation.replay import TERMS, ReplayParams
+    from glia.storage.catalog import Catalog
 
     for n in (2, 3):
         result["glia_seconds"][f"night{n}"] = round(night_run(n), 2)

@@ -32,11 +32,11 @@ sys.path.insert(0, str(ROOT))
 
 from datatrove.data import Document  # noqa: E402
 
-from taggers.base import NightInfo, Tagger  # noqa: E402
-from taggers.exact import ExactHashTagger  # noqa: E402
-from taggers.minhash import MinHashTagger  # noqa: E402
-from taggers.quality import FAMILIES, QualityTagger, RegexWordTokenizer  # noqa: E402
-from taggers.staleness import StalenessTagger  # noqa: E402
+from glia.taggers.base import NightInfo, Tagger  # noqa: E402
+from glia.taggers.exact import ExactHashTagger  # noqa: E402
+from glia.taggers.minhash import MinHashTagger  # noqa: E402
+from glia.taggers.quality import FAMILIES, QualityTagger, RegexWordTokenizer  # noqa: E402
+from glia.taggers.staleness import StalenessTagger  # noqa: E402
 
 
 def corpus() -> pa.Table:

@@ -30,9 +30,9 @@ sys.path.insert(0, str(ROOT))
 
 from bench.bench_cheap_taggers import best_seconds, corpus, tag_all  # noqa: E402
 from examples.decon_pii import fortunes, plant  # noqa: E402
-from taggers.decontaminate import DecontaminateTagger  # noqa: E402
-from taggers.exact import ExactHashTagger  # noqa: E402
-from taggers.pii import PIITagger  # noqa: E402
+from glia.taggers.decontaminate import DecontaminateTagger  # noqa: E402
+from glia.taggers.exact import ExactHashTagger  # noqa: E402
+from glia.taggers.pii import PIITagger  # noqa: E402
 
 
 def main() -> None:

@@ -50,8 +50,8 @@ import planting  # noqa: E402
 
 from night_path import glia_night  # noqa: E402
 
-from engine.config import GliaConfig  # noqa: E402
-from storage.catalog import Catalog  # noqa: E402
+from glia.engine.config import GliaConfig  # noqa: E402
+from glia.storage.catalog import Catalog  # noqa: E402
 
 
 def history_copy(src: Path, dst: Path) -> Path:

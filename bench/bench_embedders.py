@@ -38,8 +38,8 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT)]
 
-from storage.bank import Bank  # noqa: E402
-from taggers.embedding import EmbeddingTagger  # noqa: E402
+from glia.storage.bank import Bank  # noqa: E402
+from glia.taggers.embedding import EmbeddingTagger  # noqa: E402
 
 COMMONS = ROOT / "examples" / "commons"
 MODELS = ("minilm", "static")

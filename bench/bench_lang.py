@@ -61,7 +61,7 @@ def _gcld3() -> Callable[[list[str]], list[str]]:
 
 def _glia() -> Callable[[list[str]], list[str]]:
     import pyarrow as pa
-    from taggers.lang import LangTagger
+    from glia.taggers.lang import LangTagger
     tagger = LangTagger()
     return lambda texts: tagger.tag(pa.table({"doc_id": [str(i) for i in range(len(texts))], "text": texts}))["lang"].to_pylist()
 
@@ -73,7 +73,7 @@ CANDIDATES: dict[str, tuple[str, Callable[[], Callable[[list[str]], list[str]]]]
     "langid": ("langid", _langid),
     "pycld2": ("pycld2", _pycld2),
     "gcld3": ("gcld3", _gcld3),
-    "glia lang tagger (default)": ("taggers.lang", _glia),
+    "glia lang tagger (default)": ("glia.taggers.lang", _glia),
 }
 
 

@@ -92,7 +92,7 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from models.lm import load_scoring_model
+    from glia.models.lm import load_scoring_model
 
     load_before = os.getloadavg()
     sm, load_s = timed(load_scoring_model, "smollm2", None, args.device)

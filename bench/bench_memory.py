@@ -55,7 +55,7 @@ def _peak_mb() -> float:
 
 def child(spec: dict) -> dict:
     """Run one night (in this fresh process) and report the peak RSS after each step."""
-    from engine.config import GliaConfig, RunOptions
+    from glia.engine.config import GliaConfig, RunOptions
     from night_path import glia_night
 
     steps = {"imports": _peak_mb()}

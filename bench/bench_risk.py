@@ -38,8 +38,8 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from models import risk_head as rm  # noqa: E402
-from taggers.risk import RiskTagger  # noqa: E402
+from glia.models import risk_head as rm  # noqa: E402
+from glia.taggers.risk import RiskTagger  # noqa: E402
 
 
 def rates(scores: np.ndarray, toxic: np.ndarray, threshold: float) -> dict[str, float]:

@@ -184,8 +184,8 @@ def history_probe(db: Path, work: Path, limit: int = 32, repeat: int = 3) -> lis
     import pyarrow.parquet as pq
 
     sys.path.insert(0, str(ROOT))
-    from storage.catalog import Catalog
-    from storage.history import History
+    from glia.storage.catalog import Catalog
+    from glia.storage.history import History
 
     with Catalog(db, read_only=True) as cat:
         segments = cat.segments()

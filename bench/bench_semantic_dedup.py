@@ -33,9 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 20_000, 50_000, 200_000])
     p.add_argument("--eps", type=float, default=None)
     a = p.parse_args(argv)
-    from curation.semantic_dedup import normalize, resolve
-    from stages.semantic_dedup import SemanticDedupStage
-    from taggers.embedding import EmbeddingTagger
+    from glia.curation.semantic_dedup import normalize, resolve
+    from glia.stages.semantic_dedup import SemanticDedupStage
+    from glia.taggers.embedding import EmbeddingTagger
 
     params = SemanticDedupStage.Params()
     eps = a.eps if a.eps is not None else params.eps

@@ -200,7 +200,7 @@ def arm_names(arms: list[str]) -> list[str]:
 
 def protected_summary(db: Path) -> dict[str, int]:
     """Documents per protected stratum in the catalog (what the decide stage protected)."""
-    from storage.catalog import Catalog
+    from glia.storage.catalog import Catalog
 
     with Catalog(db, read_only=True) as cat:
         cols = set(cat.con.sql("SELECT * FROM v_documents LIMIT 0").columns)
@@ -253,10 +253,10 @@ def run_seed(seed: int, cfg: Config, arms: list[str], corpus: Path, work: Path,
     """Glia's nights and every arm's training for one seed; losses per stratum before and after."""
     import torch
 
-    from engine.config import load_config
-    from curation.dataloader import ReplayPlan, iter_replay
-    from engine.night import run_night
-    from curation.replay import TERMS, ReplayParams
+    from glia.engine.config import load_config
+    from glia.curation.dataloader import ReplayPlan, iter_replay
+    from glia.engine.night import run_night
+    from glia.curation.replay import TERMS, ReplayParams
 
     torch.manual_seed(seed)
     nights, held, dnf = load_corpus(corpus)

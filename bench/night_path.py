@@ -7,10 +7,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from core import progress
-from engine.config import GliaConfig
-from engine.night import ThreadExecutor, run_night
-from engine.pipeline import stages_for
+from glia.core import progress
+from glia.engine.config import GliaConfig
+from glia.engine.night import ThreadExecutor, run_night
+from glia.engine.pipeline import stages_for
 
 
 class _Steps:

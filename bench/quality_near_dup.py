@@ -61,9 +61,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "examples")]
 import planting  # noqa: E402
 import sources  # noqa: E402
 
-from engine.config import GliaConfig, NearDup  # noqa: E402
-from engine.night import ThreadExecutor, run_night  # noqa: E402
-from storage.catalog import Catalog  # noqa: E402
+from glia.engine.config import GliaConfig, NearDup  # noqa: E402
+from glia.engine.night import ThreadExecutor, run_night  # noqa: E402
+from glia.storage.catalog import Catalog  # noqa: E402
 
 SEED = 12
 NIGHTS = 3

@@ -53,8 +53,8 @@ sys.path.insert(0, str(ROOT / "examples"))
 
 import sources  # noqa: E402
 
-from curation.rules import DEFAULT_TERMS  # noqa: E402
-from models import risk_head as risk_model  # noqa: E402
+from glia.curation.rules import DEFAULT_TERMS  # noqa: E402
+from glia.models import risk_head as risk_model  # noqa: E402
 
 ETHOS = ROOT.parent / "shared" / "data" / "ethos" / "Ethos_Dataset_Binary.csv"
 CACHE = ROOT / "build" / "risk_bench"
@@ -165,14 +165,14 @@ def _profanity(texts: list[str]) -> np.ndarray:
 
 def _lstm(name: str) -> Scorer:
     def score(texts: list[str]) -> np.ndarray:
-        from models import risk_lstm
+        from glia.models import risk_lstm
 
         return risk_lstm.load(name).predict(texts, "toxic")
     return score
 
 
 def _minilm_embed(texts: list[str]) -> np.ndarray:
-    from taggers.embedding import load_encoder, resolve_model
+    from glia.taggers.embedding import load_encoder, resolve_model
 
     path, kind = resolve_model("minilm")
     vecs, _ = load_encoder(path, kind, "cpu").embed(texts, 128, 64)
@@ -223,7 +223,7 @@ def mean_of(*scorers: Scorer) -> Scorer:
 
 def _lstm_doc(name: str, output: str) -> Scorer:
     def score(texts: list[str]) -> np.ndarray:
-        from models import risk_lstm
+        from glia.models import risk_lstm
 
         return risk_lstm.load(name).predict(texts, output)
     return score
@@ -231,7 +231,7 @@ def _lstm_doc(name: str, output: str) -> Scorer:
 
 def _tagger(**kwargs) -> Scorer:
     """The shipped ``risk`` tagger itself (``RiskTagger(**kwargs).scores``): what a night computes."""
-    from taggers.risk import RiskTagger
+    from glia.taggers.risk import RiskTagger
 
     tagger = RiskTagger(**kwargs)
     return lambda texts: tagger.scores(pa.array(texts, pa.string()))
@@ -240,7 +240,7 @@ def _tagger(**kwargs) -> Scorer:
 # name -> (scorer on documents, flag threshold, trained on). Every LSTM row but "whole doc" is
 # scored per chunk of at most 500 characters (the LSTM reads the last 100 words it is given).
 def options() -> dict[str, tuple[Scorer, float, str]]:
-    from models import risk_lstm
+    from glia.models import risk_lstm
 
     wiki = "Wikipedia talk pages (Jigsaw)"
     lstm_a, lstm_b = chunked(_lstm("tox_block"), 500), chunked(_lstm("toxic_classifier"), 500)

@@ -34,8 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eps", type=float, default=0.05)
     p.add_argument("--sample", type=int, default=40)
     a = p.parse_args(argv)
-    from taggers.embedding import EmbeddingTagger
-    from curation.semantic_dedup import normalize
+    from glia.taggers.embedding import EmbeddingTagger
+    from glia.curation.semantic_dedup import normalize
 
     t = pa.concat_tables([pq.read_table(f, columns=["id", "text"]) for f in
                           sorted(glob.glob(str(ROOT / "examples/commons/night*/*.parquet")))])

@@ -185,10 +185,10 @@ def train(model: Any, opt: Any, b: Budget, steps: int, new_texts: list[str], rep
 def whatif_plan(db: Path, params: Any) -> tuple[Any, dict[str, Any]]:
     """Draws of a replay set built from the catalog as it stands (read-only: nothing is written,
     retention state included), for the arms that are not the nightly stage's own set."""
-    from curation.dataloader import ReplayPlan
-    from curation.replay import CatalogState, build_set, latest_run
-    from storage.catalog import Catalog
-    from storage.sql import registered
+    from glia.curation.dataloader import ReplayPlan
+    from glia.curation.replay import CatalogState, build_set, latest_run
+    from glia.storage.catalog import Catalog
+    from glia.storage.sql import registered
 
     with Catalog(db, read_only=True) as cat:
         run_id = latest_run(cat.con)

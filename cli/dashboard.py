@@ -9,7 +9,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from cli.exit_codes import EXIT_OK
+from glia.cli.exit_codes import EXIT_OK
 
 NAME = "dashboard"
 HELP = "the read-only Streamlit dashboard over the catalog"
@@ -29,7 +29,7 @@ def dashboard_command(db: Path, host: str = "127.0.0.1", port: int = 8501, allow
     from importlib.util import find_spec
 
     # Located, not imported: the dashboard runs as its own Streamlit program.
-    app = Path(find_spec("dashboards.app").origin).resolve()
+    app = Path(find_spec("glia.dashboards.app").origin).resolve()
     return [sys.executable, "-m", "streamlit", "run", str(app), "--server.address", host, "--server.port", str(port),
             "--server.headless", "true", "--browser.gatherUsageStats", "false", "--", "--db", str(Path(db).resolve()),
             *(["--allow-files"] if allow_files else [])]

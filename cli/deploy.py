@@ -7,15 +7,15 @@ from pathlib import Path
 
 from rich.console import Console
 
-from cli.exit_codes import EXIT_ERROR, EXIT_OK
-from cli.schedule import add_schedule_arguments, schedule_of
+from glia.cli.exit_codes import EXIT_ERROR, EXIT_OK
+from glia.cli.schedule import add_schedule_arguments, schedule_of
 
 NAME = "deploy"
 HELP = "register the nightly deployment (prefect.yaml) for a process work pool"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from flows.serve import WORK_POOL
+    from glia.flows.serve import WORK_POOL
 
     add_schedule_arguments(p)
     p.add_argument("--pool", default=WORK_POOL, help=f"process work pool (default {WORK_POOL})")
@@ -24,8 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
-    from engine.config import ConfigError
-    from flows.serve import deploy
+    from glia.engine.config import ConfigError
+    from glia.flows.serve import deploy
 
     try:
         schedule = schedule_of(args)

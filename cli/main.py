@@ -28,7 +28,7 @@ from types import ModuleType
 
 from rich.console import Console
 
-from cli.exit_codes import EXIT_BUSY, EXIT_ERROR, EXIT_OK, EXIT_STRICT
+from glia.cli.exit_codes import EXIT_BUSY, EXIT_ERROR, EXIT_OK, EXIT_STRICT
 
 __all__ = ["COMMANDS", "EXIT_BUSY", "EXIT_ERROR", "EXIT_OK", "EXIT_STRICT", "build_parser", "main"]
 
@@ -39,7 +39,7 @@ COMMANDS = ("run", "status", "sql", "replay", "serve", "deploy", "dashboard", "u
 
 def command_module(name: str) -> ModuleType:
     """The module implementing ``glia NAME`` (``cli/<name>.py``)."""
-    return importlib.import_module(f"cli.{name}")
+    return importlib.import_module(f"glia.cli.{name}")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from cli.exit_codes import EXIT_BUSY, EXIT_ERROR, EXIT_OK
+from glia.cli.exit_codes import EXIT_BUSY, EXIT_ERROR, EXIT_OK
 
 NAME = "manifest"
 HELP = "the clean manifest (v_manifest)"
@@ -26,8 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
-    from storage.catalog import DatabaseBusyError
-    from storage.prune_queue import export_manifest
+    from glia.storage.catalog import DatabaseBusyError
+    from glia.storage.prune_queue import export_manifest
 
     try:
         n = export_manifest(args.db, args.out, args.redact_pii, args.text_column, args.exclude_stratum)

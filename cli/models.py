@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from cli.exit_codes import EXIT_ERROR, EXIT_OK
+from glia.cli.exit_codes import EXIT_ERROR, EXIT_OK
 
 NAME = "models"
 HELP = "build model artefacts ahead of a run"
@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, console: Console) -> int:
     """Build the risk tagger's default head now and report its held-out numbers."""
-    from models import risk_head
+    from glia.models import risk_head
 
     try:
         head, folder, trained = risk_head.ensure(args.out, force=args.force)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from cli.exit_codes import EXIT_BUSY, EXIT_ERROR, EXIT_OK
+from glia.cli.exit_codes import EXIT_BUSY, EXIT_ERROR, EXIT_OK
 
 NAME = "prune"
 HELP = "the prune queue"
@@ -22,8 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, console: Console) -> int:
     import duckdb
 
-    from storage.catalog import DatabaseBusyError
-    from storage.prune_queue import status_table
+    from glia.storage.catalog import DatabaseBusyError
+    from glia.storage.prune_queue import status_table
 
     try:
         duckdb.from_arrow(status_table(args.db)).show(max_width=200)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from cli.exit_codes import EXIT_BUSY, EXIT_ERROR, EXIT_OK
+from glia.cli.exit_codes import EXIT_BUSY, EXIT_ERROR, EXIT_OK
 
 NAME = "reindex"
 HELP = "rebuild the near-dup history under the configured [stages.dedup] scheme"
@@ -24,10 +24,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, console: Console) -> int:
     """0 ok, 1 error, 2 database busy."""
-    from engine.config import ConfigError, load_config
-    from engine.reindex import describe, reindex
-    from storage.catalog import DatabaseBusyError
-    from storage.lock import RunInProgressError
+    from glia.engine.config import ConfigError, load_config
+    from glia.engine.reindex import describe, reindex
+    from glia.storage.catalog import DatabaseBusyError
+    from glia.storage.lock import RunInProgressError
 
     try:
         res = reindex(args.db, load_config(args.rules), args.state_dir)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from cli.exit_codes import EXIT_BUSY, EXIT_ERROR, EXIT_OK
+from glia.cli.exit_codes import EXIT_BUSY, EXIT_ERROR, EXIT_OK
 
 NAME = "replay"
 HELP = "TMR replay sets: build one from the catalog, export one to Parquet"
@@ -37,10 +37,10 @@ def run(args: argparse.Namespace, console: Console) -> int:
     """``glia replay ...``: 0 done, 1 error, 2 database busy."""
     import duckdb
 
-    from curation.replay import ReplayParams, build_from_catalog, export_set
-    from engine.config import ConfigError, load_config
-    from storage.catalog import DatabaseBusyError
-    from storage.lock import RunInProgressError
+    from glia.curation.replay import ReplayParams, build_from_catalog, export_set
+    from glia.engine.config import ConfigError, load_config
+    from glia.storage.catalog import DatabaseBusyError
+    from glia.storage.lock import RunInProgressError
 
     try:
         if args.replay_cmd == "export":

@@ -11,10 +11,10 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from cli.exit_codes import EXIT_BUSY, EXIT_ERROR, EXIT_OK, EXIT_STRICT
+from glia.cli.exit_codes import EXIT_BUSY, EXIT_ERROR, EXIT_OK, EXIT_STRICT
 
 if TYPE_CHECKING:
-    from engine.pipeline import NightOutcome
+    from glia.engine.pipeline import NightOutcome
 
 NAME = "run"
 HELP = "tag and deduplicate new or changed shards"
@@ -86,8 +86,8 @@ def _night(args: argparse.Namespace) -> NightOutcome:
     Prefect adds something (``[run].orchestrator``, ``--orchestrator``: flows.runners.uses_prefect)."""
     from dataclasses import replace
 
-    from engine.config import load_config
-    from flows import runners  # light: Prefect itself is imported only if the flow runs
+    from glia.engine.config import load_config
+    from glia.flows import runners  # light: Prefect itself is imported only if the flow runs
 
     rules = str(args.rules) if args.rules else None
     cfg = load_config(rules)
@@ -96,21 +96,21 @@ def _night(args: argparse.Namespace) -> NightOutcome:
         options = replace(options, orchestrator=args.orchestrator)
     state_dir = str(args.state_dir) if args.state_dir else None
     if runners.uses_prefect(options):
-        from flows.nightly import nightly_hygiene
+        from glia.flows.nightly import nightly_hygiene
 
         flow = nightly_hygiene.with_options(task_runner=runners.task_runner_for(options))
         return flow(shards_root=args.shards, db_path=str(args.db), rules_path=rules, state_dir=state_dir)
-    from engine.night import ThreadExecutor, run_night
+    from glia.engine.night import ThreadExecutor, run_night
 
     with ThreadExecutor(options.workers) as executor:
         return run_night(args.shards, args.db, cfg, state_dir, executor)
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
-    from core import progress as prog
-    from engine.config import ConfigError
-    from storage.catalog import DatabaseBusyError
-    from storage.lock import RunInProgressError
+    from glia.core import progress as prog
+    from glia.engine.config import ConfigError
+    from glia.storage.catalog import DatabaseBusyError
+    from glia.storage.lock import RunInProgressError
 
     bar = Progress(TextColumn("{task.description:>10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    console=console, disable=args.quiet or not console.is_terminal, transient=False)

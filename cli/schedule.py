@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from flows.serve import Schedule
+    from glia.flows.serve import Schedule
 
 
 def add_schedule_arguments(p: argparse.ArgumentParser) -> None:
-    from flows.serve import DEFAULT_CRON, DEPLOYMENT
+    from glia.flows.serve import DEFAULT_CRON, DEPLOYMENT
 
     p.add_argument("shards", help="folder or fsspec URL of Parquet shards")
     p.add_argument("--db", type=Path, default=Path("glia.duckdb"), help="catalog database (default ./glia.duckdb)")
@@ -24,7 +24,7 @@ def add_schedule_arguments(p: argparse.ArgumentParser) -> None:
 
 def schedule_of(args: argparse.Namespace) -> Schedule:
     """The schedule the arguments describe (raises ``ConfigError`` for a bad cron or timezone)."""
-    from flows.serve import Schedule
+    from glia.flows.serve import Schedule
 
     return Schedule(shards_root=args.shards, db_path=str(args.db), rules_path=str(args.rules) if args.rules else None,
                     state_dir=str(args.state_dir) if args.state_dir else None, cron=args.cron, timezone=args.timezone)

@@ -6,8 +6,8 @@ import argparse
 
 from rich.console import Console
 
-from cli.exit_codes import EXIT_ERROR, EXIT_OK
-from cli.schedule import add_schedule_arguments, schedule_of
+from glia.cli.exit_codes import EXIT_ERROR, EXIT_OK
+from glia.cli.schedule import add_schedule_arguments, schedule_of
 
 NAME = "serve"
 HELP = "run the nightly flow on a schedule from this machine (flow.serve)"
@@ -19,8 +19,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
-    from engine.config import ConfigError
-    from flows.serve import serve
+    from glia.engine.config import ConfigError
+    from glia.flows.serve import serve
 
     try:
         schedule = schedule_of(args)

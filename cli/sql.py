@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from cli.exit_codes import EXIT_BUSY, EXIT_ERROR, EXIT_OK
+from glia.cli.exit_codes import EXIT_BUSY, EXIT_ERROR, EXIT_OK
 
 NAME = "sql"
 HELP = "run read-only SQL against the catalog"
@@ -37,7 +37,7 @@ def show(db: Path, query: str, console: Console, width: int = 200, max_rows: int
     """Print the result of ``query`` over the catalog at ``db``; returns the exit code."""
     import duckdb
 
-    from storage.catalog import Catalog, DatabaseBusyError, InspectionRefusedError
+    from glia.storage.catalog import Catalog, DatabaseBusyError, InspectionRefusedError
 
     try:
         with Catalog.open_inspection(db, allow_files=allow_files) as cat:

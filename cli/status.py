@@ -6,7 +6,7 @@ import argparse
 
 from rich.console import Console
 
-from cli import sql
+from glia.cli import sql
 
 NAME = "status"
 HELP = "run history"

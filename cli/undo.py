@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from cli.exit_codes import EXIT_BUSY, EXIT_ERROR, EXIT_OK
+from glia.cli.exit_codes import EXIT_BUSY, EXIT_ERROR, EXIT_OK
 
 NAME = "undo"
 HELP = "restore pruned documents: by the run that queued them, by id, or by reason"
@@ -22,9 +22,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
-    from storage.catalog import DatabaseBusyError
-    from storage.lock import RunInProgressError
-    from storage.prune_queue import NothingToUndoError, undo
+    from glia.storage.catalog import DatabaseBusyError
+    from glia.storage.lock import RunInProgressError
+    from glia.storage.prune_queue import NothingToUndoError, undo
 
     try:
         res = undo(args.db, run_id=args.run_id, doc_ids=args.doc, reason=args.reason)

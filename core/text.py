@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from core.xxh3 import PRIME64_1, xxh3_64, xxh64_avalanche
+from glia.core.xxh3 import PRIME64_1, xxh3_64, xxh64_avalanche
 
 _U64 = np.uint64
 # xxhash64's PRIME64_1: an odd, well-mixed multiplier.

@@ -1,3 +1,2 @@
-"""Glia: nightly data hygiene for training corpora. The domain: config, shards, dedup, runs."""
-
-__version__ = "0.1.0"
+"""The domain, as pure functions over Arrow tables: dedup resolution, the rule, protected strata,
+the prune lifecycle, replay sampling, the trainer's dataloader."""

@@ -44,8 +44,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from core.pii import placeholder_fn, redact_array
-from storage.shards import StorageOptions, open_parquet
+from glia.core.pii import placeholder_fn, redact_array
+from glia.storage.shards import StorageOptions, open_parquet
 
 DRAWS_SCHEMA = pa.schema([
     ("draw", pa.int64()),
@@ -97,8 +97,8 @@ class ReplayPlan:
                 storage_options: StorageOptions | None = None) -> ReplayPlan:
         """Read a set (default: the latest) from the catalog, opened read-only and closed at once.
         ``storage_options`` default to the ``[run].storage_options`` recorded with the set's run."""
-        from curation.replay import replay_set_row
-        from storage.catalog import Catalog
+        from glia.curation.replay import replay_set_row
+        from glia.storage.catalog import Catalog
 
         with Catalog(db_path, read_only=True) as cat:
             meta = replay_set_row(cat.con, db_path, set_id, ": enable the replay stage or run `glia replay build`")

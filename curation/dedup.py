@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from storage.history import History
+from glia.storage.history import History
 
 _U64 = np.uint64
 

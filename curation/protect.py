@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation.rules import RuleError, Threshold, check_keys, fraction
+from glia.curation.rules import RuleError, Threshold, check_keys, fraction
 
 STRATA_SCHEMA = pa.schema([("doc_id", pa.string()), ("stratum", pa.string()), ("reason", pa.string())])
 

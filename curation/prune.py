@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation.rules import RuleError, check_keys
+from glia.curation.rules import RuleError, check_keys
 
 QUEUED, QUARANTINED, APPLIED, RESTORED = "queued", "quarantined", "applied", "restored"
 ACTIVE = (QUEUED, QUARANTINED, APPLIED)  # statuses that count as pruned (planned or done)

@@ -56,10 +56,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from core.params import build_params
-from curation.rules import average_ranks
-from storage.catalog import TableWrite, query_rolled_back
-from storage.sql import identifier, registered, relation_columns, relations
+from glia.core.params import build_params
+from glia.curation.rules import average_ranks
+from glia.storage.catalog import TableWrite, query_rolled_back
+from glia.storage.sql import identifier, registered, relation_columns, relations
 
 # Priority terms, in the order they are reported. ``rarity`` and ``protected`` come from the
 # ``decide`` stage (``strata``, ``protected``), rarity falls back to metadata columns.
@@ -658,8 +658,8 @@ def build_from_catalog(db_path: Path | str, params: ReplayParams, origin: str = 
     its items and the retention state in one transaction. Returns the ``replay_sets`` row.
     Raises ``RunInProgressError`` / ``DatabaseBusyError`` when another process holds the database.
     """
-    from storage.catalog import Catalog
-    from storage.lock import RunLock
+    from glia.storage.catalog import Catalog
+    from glia.storage.lock import RunLock
 
     db = Path(db_path)
     if not db.exists():
@@ -697,14 +697,14 @@ def export_set(db_path: Path | str, out: Path | str, set_id: int | None = None,
     file metadata (``glia.replay_set``). Opens the database read-only. Returns ``(set_id, rows)``.
     ``redact_pii``: a placeholder (``"<{kind}>"``); the export then also holds each document's
     ``text`` from its shard (the set's recorded text column) with PII replaced (``storage.redact``)."""
-    from storage.catalog import Catalog
+    from glia.storage.catalog import Catalog
 
     with Catalog(db_path, read_only=True) as cat:
         meta = replay_set_row(cat.con, db_path, set_id, f" yet: run `glia replay build --db {db_path}` first")
         sid = meta["set_id"]
         rows = cat.con.sql("SELECT * FROM v_replay WHERE set_id = ? ORDER BY doc_id", params=[sid]).to_arrow_table()
     if redact_pii is not None:
-        from storage.redact import with_redacted_text
+        from glia.storage.redact import with_redacted_text
 
         rows = with_redacted_text(rows, meta.get("text_column") or "text", redact_pii)
     row = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in meta.items()}

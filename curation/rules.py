@@ -49,7 +49,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from core.params import ConfigError
+from glia.core.params import ConfigError
 
 ORDER_OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
 EQ_OPS = {"==": operator.eq, "!=": operator.ne}

@@ -33,11 +33,11 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 import pyarrow as pa
 
-from storage.sql import identifier, parquet_scan, registered
-from storage.views import DOCUMENTS, ViewSource
+from glia.storage.sql import identifier, parquet_scan, registered
+from glia.storage.views import DOCUMENTS, ViewSource
 
 if TYPE_CHECKING:
-    from storage.catalog import RunRecord
+    from glia.storage.catalog import RunRecord
 
 PREFIX = "summary."
 # A string tag with at most this many distinct values tonight is counted per value.

@@ -22,9 +22,9 @@ import streamlit as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `streamlit run` puts only this folder on the path
 
-from curation.summary import table, to_markdown  # noqa: E402
-from dashboards import data  # noqa: E402
-from dashboards.data import Db, DatabaseBusy  # noqa: E402
+from glia.curation.summary import table, to_markdown  # noqa: E402
+from glia.dashboards import data  # noqa: E402
+from glia.dashboards.data import Db, DatabaseBusy  # noqa: E402
 
 NOT_CONFIGURED = "Not configured: {what} appears when the `{stage}` stage runs (`[run].stages` in the rules file)."
 

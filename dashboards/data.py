@@ -26,10 +26,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from curation.dataloader import ShardTextReader
-from curation.summary import RunSummary, read_summary
-from storage.catalog import Catalog, DatabaseBusyError
-from storage.sql import identifier, relation_columns, relations
+from glia.curation.dataloader import ShardTextReader
+from glia.curation.summary import RunSummary, read_summary
+from glia.storage.catalog import Catalog, DatabaseBusyError
+from glia.storage.sql import identifier, relation_columns, relations
 
 
 class DatabaseBusy(RuntimeError):

@@ -34,9 +34,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from core.extras import install_hint, missing_extra
-from core.params import ConfigError, build_params
-from curation.dedup import NearDup
+from glia.core.extras import install_hint, missing_extra
+from glia.core.params import ConfigError, build_params
+from glia.curation.dedup import NearDup
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ class GliaConfig:
 
 def _check_taggers(cfg: GliaConfig, path: Path) -> None:
     """Fail on unknown tagger names or parameters now, naming the key, not mid-run."""
-    from taggers import registry  # here, not at import: the registry imports every tagger
+    from glia.taggers import registry  # here, not at import: the registry imports every tagger
 
     known = registry.available()
     for name in list(cfg.run.taggers) + list(cfg.tagger_params):
@@ -180,7 +180,7 @@ def _check_clash(cfg: GliaConfig, what: str, columns: list[str], path: Path) -> 
 
 
 def _check_stages(cfg: GliaConfig, path: Path) -> None:
-    from stages import base as stages
+    from glia.stages import base as stages
 
     known = stages.available()
     for name in list(cfg.run.stages) + list(cfg.stage_params):
@@ -260,7 +260,7 @@ def load_config(path: Path | str | None) -> GliaConfig:
     check_storage_options(cfg.run.storage_options, f"{path} [run].storage_options")
     if "stages" not in data.get("run", {}):
         # The default stages run when the taggers they need do; listed stages must be runnable.
-        from stages import base as stages
+        from glia.stages import base as stages
 
         runnable = tuple(s for s in cfg.run.stages if set(stages.stage_class(s).needs) <= set(cfg.run.taggers))
         cfg = replace(cfg, run=replace(cfg.run, stages=runnable))

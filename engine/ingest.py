@@ -15,9 +15,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from engine.config import Columns, RunOptions
-from storage.shards import ShardFile, StorageOptions, is_storage_error, open_parquet
-from storage.catalog import SKIPPED_SCHEMA
+from glia.engine.config import Columns, RunOptions
+from glia.storage.shards import ShardFile, StorageOptions, is_storage_error, open_parquet
+from glia.storage.catalog import SKIPPED_SCHEMA
 
 
 class ShardRejected(ValueError):

@@ -23,21 +23,21 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from core import faults
-from core import progress
-from stages import base as stages_mod
-from engine.config import GliaConfig
-from engine.ingest import ReadSpec, ShardRejected
-from engine.reindex import config_for_history
-from storage.shards import is_storage_error
-from engine.pipeline import (
+from glia.core import faults
+from glia.core import progress
+from glia.stages import base as stages_mod
+from glia.engine.config import GliaConfig
+from glia.engine.ingest import ReadSpec, ShardRejected
+from glia.engine.reindex import config_for_history
+from glia.storage.shards import is_storage_error
+from glia.engine.pipeline import (
     IngestResult, NightOutcome, RunContext, build_record, collect_garbage, default_state_dir, ingest_shard,
     load_stage_states, night_info, now, prepare, run_stages, stage_inputs, stages_for, tag_shard, taggers_for,
     view_sources,
 )
-from storage.catalog import Catalog, RunRecord, TagFile
-from storage.lock import RunLock
-from taggers.base import Tagger
+from glia.storage.catalog import Catalog, RunRecord, TagFile
+from glia.storage.lock import RunLock
+from glia.taggers.base import Tagger
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
@@ -280,7 +280,7 @@ def run_night(shards_root: str | Path, db_path: str | Path, cfg: GliaConfig, sta
 def summary_metrics(record: RunRecord) -> dict[str, float]:
     """:func:`curation.summary.tonight_metrics` for the run about to be committed; on failure
     a warning and no summary rows, so bookkeeping never fails a night."""
-    from curation.summary import tonight_metrics
+    from glia.curation.summary import tonight_metrics
 
     try:
         return tonight_metrics(record)

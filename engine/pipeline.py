@@ -23,21 +23,21 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from collections.abc import Sequence
 
-import curation
-from engine.config import GliaConfig
-from stages import base as stages_mod
-from core import faults
-from core.context import RunContext
-from engine.ingest import ReadSpec, ShardRejected, TIMESTAMP, empty_skips, read_documents, scan_ids
-from storage.shards import ShardFile, ShardPlan, discover, plan
-from storage.catalog import Catalog, RunRecord, ShardRow, TagFile
-from storage.history import History
-from storage.parquet_io import read_metadata, write_atomic
-from storage.sql import registered
-from storage.views import DOCUMENTS, DOCUMENTS_VERSION, ViewSource
-from taggers import registry
-from stages.base import NightStage, StageInputs, StageResult
-from taggers.base import NightInfo, Tagger
+from glia.core.version import __version__
+from glia.engine.config import GliaConfig
+from glia.stages import base as stages_mod
+from glia.core import faults
+from glia.core.context import RunContext
+from glia.engine.ingest import ReadSpec, ShardRejected, TIMESTAMP, empty_skips, read_documents, scan_ids
+from glia.storage.shards import ShardFile, ShardPlan, discover, plan
+from glia.storage.catalog import Catalog, RunRecord, ShardRow, TagFile
+from glia.storage.history import History
+from glia.storage.parquet_io import read_metadata, write_atomic
+from glia.storage.sql import registered
+from glia.storage.views import DOCUMENTS, DOCUMENTS_VERSION, ViewSource
+from glia.taggers import registry
+from glia.stages.base import NightStage, StageInputs, StageResult
+from glia.taggers.base import NightInfo, Tagger
 
 def documents_schema() -> pa.Schema:
     """The per-shard ``documents`` index: id, row and the canonical metadata (null if absent).
@@ -50,7 +50,7 @@ def documents_schema() -> pa.Schema:
 
 def code_version() -> str:
     """Package version plus the git commit when running from a checkout."""
-    version = curation.__version__
+    version = __version__
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent,

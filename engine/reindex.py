@@ -38,8 +38,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curation.dedup import NearDup
-from engine.config import GliaConfig
+from glia.curation.dedup import NearDup
+from glia.engine.config import GliaConfig
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def stored_scheme(con: duckdb.DuckDBPyConnection) -> dict[str, object] | None:
         "SELECT count(*) FROM information_schema.tables WHERE table_name = 'index_segments'").fetchone()[0]
     if not has_table:
         return None
-    from storage.catalog import Catalog
+    from glia.storage.catalog import Catalog
 
     schemes = []
     for seg in Catalog.segments_of(con):
@@ -84,7 +84,7 @@ def config_for_history(cfg: GliaConfig, con: duckdb.DuckDBPyConnection) -> tuple
     with the previous defaults and ``cfg`` asks for the current defaults; otherwise
     :class:`SchemeMismatch`.
     """
-    from stages.dedup import dedup_params
+    from glia.stages.dedup import dedup_params
 
     stored = stored_scheme(con)
     if stored is None or stored == dedup_params(cfg):
@@ -132,15 +132,15 @@ def reindex(db_path: Path | str, cfg: GliaConfig, state_dir: Path | str | None =
     import time
     from concurrent.futures import ThreadPoolExecutor
 
-    from curation.dedup import Tonight, resolve
-    from stages.dedup import dedup_params
-    from engine.ingest import ReadSpec
-    from engine.pipeline import RunContext, collect_garbage, default_state_dir, now, tag_shard, view_sources
-    from storage.shards import ShardFile
-    from storage.catalog import Catalog, RunRecord, Segment, TableWrite, TagFile
-    from storage.history import History, write_segments
-    from storage.lock import RunLock
-    from taggers import registry
+    from glia.curation.dedup import Tonight, resolve
+    from glia.stages.dedup import dedup_params
+    from glia.engine.ingest import ReadSpec
+    from glia.engine.pipeline import RunContext, collect_garbage, default_state_dir, now, tag_shard, view_sources
+    from glia.storage.shards import ShardFile
+    from glia.storage.catalog import Catalog, RunRecord, Segment, TableWrite, TagFile
+    from glia.storage.history import History, write_segments
+    from glia.storage.lock import RunLock
+    from glia.taggers import registry
 
     t0 = time.monotonic()
     db = Path(db_path).resolve()

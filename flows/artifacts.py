@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from curation.summary import read_summary, to_markdown
-from storage.catalog import Catalog
+from glia.curation.summary import read_summary, to_markdown
+from glia.storage.catalog import Catalog
 
 ARTIFACT_KEY = "glia-run-summary"
 log = logging.getLogger(__name__)

@@ -14,9 +14,9 @@ import os
 
 from prefect import flow
 
-from engine.pipeline import NightOutcome
-from flows import nightly
-from flows.runners import task_runner_from
+from glia.engine.pipeline import NightOutcome
+from glia.flows import nightly
+from glia.flows.runners import task_runner_from
 
 RUNNER = task_runner_from(os.environ.get("GLIA_RULES") or None)
 

@@ -59,7 +59,7 @@ def configured_api_url(environ: Mapping[str, str] | None = None) -> str | None:
 
 def tie_embedded_server_to_process() -> None:
     """Make Prefect's embedded server (a uvicorn child process) exit when this process does,
-    even when this process is killed: its command is started through :mod:`flows.deathsig`.
+    even when this process is killed: its command is started through :mod:`glia.flows.deathsig`.
 
     Only the ``subprocess`` name inside Prefect's server module is wrapped, so no other child
     process is affected.
@@ -79,11 +79,7 @@ def tie_embedded_server_to_process() -> None:
     class _Popen(subprocess.Popen):  # type: ignore[type-arg]
         def __init__(self, args, *rest, **kw):  # noqa: ANN001 - Popen's own signature
             if isinstance(args, list) and args[1:3] == ["-m", "uvicorn"]:
-                args = [args[0], "-m", "flows.deathsig", str(os.getpid()), *args]
-                root = str(Path(__file__).resolve().parents[1])
-                env = dict(kw.get("env") or os.environ)
-                env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-                kw["env"] = env
+                args = [args[0], "-m", "glia.flows.deathsig", str(os.getpid()), *args]
             super().__init__(args, *rest, **kw)
 
     server.subprocess = types.SimpleNamespace(**{**vars(subprocess), "Popen": _Popen, "_glia_tied": True})

@@ -12,7 +12,7 @@ engine's, so this flow and ``glia run`` without Prefect give the same catalog.
 
 from __future__ import annotations
 
-from flows import env
+from glia.flows import env
 
 env.apply()
 
@@ -28,14 +28,14 @@ from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
 env.tie_embedded_server_to_process()
 
-from engine import night as engine  # noqa: E402
-from stages import base as stages_mod  # noqa: E402
-from engine.config import load_config  # noqa: E402
-from engine.ingest import ReadSpec  # noqa: E402
-from engine.pipeline import IngestResult, NightOutcome, RunContext  # noqa: E402
-from flows import artifacts, runners  # noqa: E402
-from storage.catalog import RunRecord, TagFile  # noqa: E402
-from taggers.base import Tagger  # noqa: E402
+from glia.engine import night as engine  # noqa: E402
+from glia.stages import base as stages_mod  # noqa: E402
+from glia.engine.config import load_config  # noqa: E402
+from glia.engine.ingest import ReadSpec  # noqa: E402
+from glia.engine.pipeline import IngestResult, NightOutcome, RunContext  # noqa: E402
+from glia.flows import artifacts, runners  # noqa: E402
+from glia.storage.catalog import RunRecord, TagFile  # noqa: E402
+from glia.taggers.base import Tagger  # noqa: E402
 
 
 def _transient(task: Any, task_run: Any, state: Any) -> bool:

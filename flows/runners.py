@@ -20,13 +20,13 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from engine.config import ConfigError, RunOptions, load_config
+from glia.engine.config import ConfigError, RunOptions, load_config
 
 if TYPE_CHECKING:
     from prefect import Flow
     from prefect.task_runners import TaskRunner
 
-    from taggers.base import Tagger
+    from glia.taggers.base import Tagger
 
 RUNNERS = ("threads", "dask")
 ORCHESTRATORS = ("auto", "plain", "prefect")
@@ -75,7 +75,7 @@ def uses_prefect(options: RunOptions, environ: dict[str, str] | None = None) -> 
             raise ConfigError('[run].orchestrator = "plain" with task_runner = "dask": the Dask runner is Prefect\'s; '
                               'set orchestrator = "auto" or "prefect", or task_runner = "threads"')
         return True
-    from flows.env import configured_api_url  # reads the profile file, not Prefect
+    from glia.flows.env import configured_api_url  # reads the profile file, not Prefect
 
     return options.orchestrator == "auto" and configured_api_url(environ) is not None
 

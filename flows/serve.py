@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from engine.config import ConfigError
+from glia.engine.config import ConfigError
 
 DEFAULT_CRON = "0 3 * * *"
 DEPLOYMENT = "glia-nightly"
@@ -87,7 +87,7 @@ def serve(schedule: Schedule, name: str = DEPLOYMENT, paused: bool = False) -> N
     """
     from prefect.schedules import Cron
 
-    from flows.nightly import nightly_for
+    from glia.flows.nightly import nightly_for
 
     flow = nightly_for(schedule.rules_path)
     flow.serve(

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from core.runtime import file_stamps, hash_files
+from glia.core.runtime import file_stamps, hash_files
 
 SENTENCE_TRANSFORMERS, MODEL2VEC = "sentence-transformers", "model2vec"
 

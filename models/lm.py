@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from core.runtime import dtype_name, model_cache_dir, pick_device
+from glia.core.runtime import dtype_name, model_cache_dir, pick_device
 
 if TYPE_CHECKING:
     import torch

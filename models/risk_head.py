@@ -50,7 +50,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
-from core.runtime import file_stamps, hash_files, model_cache_dir
+from glia.core.runtime import file_stamps, hash_files, model_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +208,7 @@ def _bucket_matrix(rows: np.ndarray, hashes: np.ndarray, n_rows: int, n_features
 
 def word_counts(texts: pa.Array, ngrams: tuple[int, int], n_features: int) -> sp.csr_matrix:
     """Hashed counts of each text's word n-grams (``\\w+`` words), ``ngrams`` = (low, high)."""
-    from core.text import shingle_hashes, word_hashes
+    from glia.core.text import shingle_hashes, word_hashes
 
     words, offsets = word_hashes(texts)
     rows, hashes = [], []

@@ -226,7 +226,7 @@ class PackagedLSTM:
     def score(self, texts: pa.Array | pa.ChunkedArray, max_chars: int = DEFAULT_MAX_CHARS,
               output: str = "mean") -> np.ndarray:
         """Per document, the largest chunk score (chunks of at most ``max_chars`` at sentence ends)."""
-        from models.risk_head import chunk, max_by_owner
+        from glia.models.risk_head import chunk, max_by_owner
 
         chunks, owner = chunk(texts, max_chars)
         return max_by_owner(self.predict(chunks.to_pylist(), output), owner, len(texts))

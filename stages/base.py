@@ -30,12 +30,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from core.context import RunContext
-from core.extras import import_for
-from core.params import NoParams, build_params
-from storage.catalog import Segment, TableWrite, TagFile
-from storage.migrations import StageMigration
-from storage.parquet_io import FileWrite, write_all
+from glia.core.context import RunContext
+from glia.core.extras import import_for
+from glia.core.params import NoParams, build_params
+from glia.storage.catalog import Segment, TableWrite, TagFile
+from glia.storage.migrations import StageMigration
+from glia.storage.parquet_io import FileWrite, write_all
 
 
 
@@ -144,12 +144,12 @@ class NightStage(abc.ABC):
 # name -> "module:Class"; imported lazily so a stage's heavy dependencies (faiss, torch) load
 # only when it runs.
 _BUILTIN: dict[str, str | type[NightStage]] = {
-    "dedup": "stages.dedup:DedupStage",
-    "surprise": "stages.surprise:SurpriseStage",
-    "novelty": "stages.novelty:NoveltyStage",
-    "replay": "stages.replay:ReplayStage",
-    "decide": "stages.decide:DecideStage",
-    "semantic_dedup": "stages.semantic_dedup:SemanticDedupStage",
+    "dedup": "glia.stages.dedup:DedupStage",
+    "surprise": "glia.stages.surprise:SurpriseStage",
+    "novelty": "glia.stages.novelty:NoveltyStage",
+    "replay": "glia.stages.replay:ReplayStage",
+    "decide": "glia.stages.decide:DecideStage",
+    "semantic_dedup": "glia.stages.semantic_dedup:SemanticDedupStage",
 }
 
 

@@ -26,16 +26,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation import prune as pr
-from curation.protect import (
+from glia.curation import prune as pr
+from glia.curation.protect import (
     TAG_RARITY,
     ClusterModel, Protect, cluster_strata, embedding_matrix, empty_strata, explicit_id_strata, explicit_where_strata,
     fit_clusters, rarity_strata, sample_mask, sample_predicate, strata_lists,
 )
-from curation.rules import DECISION_SCHEMA, DEFAULT_KEEP, DEFAULT_PRUNE, MissingTagError, Rules, decide
-from stages.base import NightStage, StageInputs, StageOutput
-from storage.catalog import TableWrite
-from storage.sql import identifier, parquet_scan
+from glia.curation.rules import DECISION_SCHEMA, DEFAULT_KEEP, DEFAULT_PRUNE, MissingTagError, Rules, decide
+from glia.stages.base import NightStage, StageInputs, StageOutput
+from glia.storage.catalog import TableWrite
+from glia.storage.sql import identifier, parquet_scan
 
 DECISION = "decision"
 READS_FROM = ("dedup", "novelty", "surprise", "semantic_dedup")  # stages whose outputs the terms read

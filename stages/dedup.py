@@ -9,11 +9,11 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curation.dedup import EXACT_DUP_SCHEMA, NEAR_DUP_SCHEMA, NearDup, Tonight, resolve
-from stages.base import NightStage, StageInputs, StageOutput
-from storage.catalog import Segment
-from storage.history import History, write_segments
-from taggers import registry
+from glia.curation.dedup import EXACT_DUP_SCHEMA, NEAR_DUP_SCHEMA, NearDup, Tonight, resolve
+from glia.stages.base import NightStage, StageInputs, StageOutput
+from glia.storage.catalog import Segment
+from glia.storage.history import History, write_segments
+from glia.taggers import registry
 
 EXACT_DUP, NEAR_DUP = "exact_dup", "near_dup"
 
@@ -33,7 +33,7 @@ class DedupStage(NightStage):
         return {EXACT_DUP: EXACT_DUP_SCHEMA, NEAR_DUP: NEAR_DUP_SCHEMA}
 
     def load(self, con: duckdb.DuckDBPyConnection, ctx: Any) -> list[Segment]:
-        from storage.catalog import Catalog
+        from glia.storage.catalog import Catalog
 
         return Catalog.segments_of(con)
 

@@ -23,11 +23,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from core.runtime import check_device
-from stages.base import NightStage, StageInputs, StageOutput
-from storage.bank import BANK_KIND, INDEX_KINDS, Bank, bank_dir, bank_root
-from storage.catalog import Segment
-from storage.parquet_io import read_metadata
+from glia.core.runtime import check_device
+from glia.stages.base import NightStage, StageInputs, StageOutput
+from glia.storage.bank import BANK_KIND, INDEX_KINDS, Bank, bank_dir, bank_root
+from glia.storage.catalog import Segment
+from glia.storage.parquet_io import read_metadata
 
 NOVELTY = "novelty"
 NOVELTY_SCHEMA = pa.schema([
@@ -86,7 +86,7 @@ class NoveltyStage(NightStage):
 
     def load(self, con: duckdb.DuckDBPyConnection, ctx: Any) -> list[Segment]:
         """Committed bank segments, oldest first (the last one is the current bank)."""
-        from storage.catalog import Catalog
+        from glia.storage.catalog import Catalog
 
         banks = [s for s in Catalog.segments_of(con) if s.kind == BANK_KIND]
         return sorted(banks, key=lambda s: int(s.params["run_id"]))

@@ -17,12 +17,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curation.replay import (
+from glia.curation.replay import (
     MIGRATIONS, POOL_SCHEMA, CatalogState, Pool, ReplayParams, attach, build_set, combine_pools,
     concat_lists, metadata_strata, rarity_label,
 )
-from storage.views import DOCUMENTS, DOCUMENTS_VERSION
-from stages.base import NightStage, StageInputs, StageOutput
+from glia.storage.views import DOCUMENTS, DOCUMENTS_VERSION
+from glia.stages.base import NightStage, StageInputs, StageOutput
 
 TAG_COLUMNS = ("surprise", "utility", "novelty", "protected", "strata")
 EXCLUDE_COLUMNS = ("exact_dup_of", "near_dup_of", "action")

@@ -24,11 +24,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation.semantic_dedup import normalize, resolve
-from stages.base import NightStage, StageInputs, StageOutput
-from stages.novelty import MODEL_IDENTITY, _duplicates, _matrix, _model_identity
-from storage.bank import BANK_KIND, Bank
-from storage.catalog import Segment
+from glia.curation.semantic_dedup import normalize, resolve
+from glia.stages.base import NightStage, StageInputs, StageOutput
+from glia.stages.novelty import MODEL_IDENTITY, _duplicates, _matrix, _model_identity
+from glia.storage.bank import BANK_KIND, Bank
+from glia.storage.catalog import Segment
 
 SEMANTIC_DUP = "semantic_dup"
 SEMANTIC_DUP_SCHEMA = pa.schema([
@@ -79,7 +79,7 @@ class SemanticDedupStage(NightStage):
 
     def load(self, con: duckdb.DuckDBPyConnection, ctx: Any) -> Segment | None:
         """The latest committed novelty bank, if any (read-only)."""
-        from storage.catalog import Catalog
+        from glia.storage.catalog import Catalog
 
         banks = [s for s in Catalog.segments_of(con) if s.kind == BANK_KIND]
         return max(banks, key=lambda s: int(s.params["run_id"])) if banks and self.params.use_bank else None

@@ -56,9 +56,9 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from stages.base import NightStage, StageInputs, StageOutput
-from storage.catalog import TableWrite
-from storage.parquet_io import read_metadata
+from glia.stages.base import NightStage, StageInputs, StageOutput
+from glia.storage.catalog import TableWrite
+from glia.storage.parquet_io import read_metadata
 
 SURPRISE_SCHEMA = pa.schema([
     ("doc_id", pa.string()), ("surprise", pa.float32()), ("surprise_basis", pa.string()),
@@ -231,7 +231,7 @@ class SurpriseStage(NightStage):
 
 def _scoring_rows(con: duckdb.DuckDBPyConnection, run_id: int, meta: dict[str, dict[str, Any]]) -> pa.Table:
     """One ``scoring_models`` row per scoring model that produced tonight's ``lm`` files."""
-    from models.lm import resolve_source
+    from glia.models.lm import resolve_source
 
     models: dict[str, dict[str, Any]] = {}
     for cfg in meta.values():

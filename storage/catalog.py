@@ -20,11 +20,11 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from core import faults
-from storage.migrations import LATEST_VERSION, MIGRATIONS, StageMigration
-from storage.records import Segment, ShardRow, TableWrite, TagFile
-from storage.sql import identifier, registered, relations
-from storage.views import ViewSource, build_views
+from glia.core import faults
+from glia.storage.migrations import LATEST_VERSION, MIGRATIONS, StageMigration
+from glia.storage.records import Segment, ShardRow, TableWrite, TagFile
+from glia.storage.sql import identifier, registered, relations
+from glia.storage.views import ViewSource, build_views
 
 __all__ = ["Catalog", "DatabaseBusyError", "InspectionRefusedError", "RunRecord", "SchemaTooNewError", "Segment",
            "ShardRow", "TableWrite", "TagFile", "query_rolled_back"]

@@ -21,9 +21,9 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from storage.catalog import Segment
-from storage.parquet_io import FileWrite, write_all
-from storage.sql import literal, parquet_scan, registered
+from glia.storage.catalog import Segment
+from glia.storage.parquet_io import FileWrite, write_all
+from glia.storage.sql import literal, parquet_scan, registered
 
 KINDS = ("exact", "signatures", "lsh", "merges")
 

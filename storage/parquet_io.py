@@ -18,7 +18,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from core import faults
+from glia.core import faults
 
 GLIA_META_KEY = b"glia"
 

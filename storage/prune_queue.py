@@ -17,9 +17,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from storage.catalog import Catalog
-from storage.lock import RunLock
-from storage.sql import literal, relations
+from glia.storage.catalog import Catalog
+from glia.storage.lock import RunLock
+from glia.storage.sql import literal, relations
 
 
 class NothingToUndoError(LookupError):
@@ -110,7 +110,7 @@ def export_manifest(db_path: Path | str, out: Path | str, redact_pii: str | None
     if redact_pii is not None:
         import pyarrow.parquet as pq
 
-        from storage.redact import with_redacted_text
+        from glia.storage.redact import with_redacted_text
 
         rows = with_redacted_text(rows, text_column, redact_pii)
         pq.write_table(rows, tmp, compression="zstd")

@@ -15,8 +15,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from core.pii import DEFAULT_PLACEHOLDER, redact_array
-from storage.shards import open_parquet
+from glia.core.pii import DEFAULT_PLACEHOLDER, redact_array
+from glia.storage.shards import open_parquet
 
 
 def with_redacted_text(rows: pa.Table, text_column: str = "text", placeholder: str = DEFAULT_PLACEHOLDER,

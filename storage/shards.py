@@ -27,8 +27,8 @@ import fsspec
 import pyarrow.parquet as pq
 import xxhash
 
-from core import faults
-from storage.catalog import ShardRow
+from glia.core import faults
+from glia.storage.catalog import ShardRow
 
 _MAGIC = b"PAR1"
 # The footer usually fits in this many bytes at the end of the file: one ranged read, not two.

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import duckdb
 import pyarrow as pa
 
-from storage.records import TagFile
-from storage.sql import identifier, literal, parquet_scan
+from glia.storage.records import TagFile
+from glia.storage.sql import identifier, literal, parquet_scan
 
 
 DOCUMENTS = "documents"

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 
-from core.params import NoParams, build_params
+from glia.core.params import NoParams, build_params
 
 
 @dataclass(frozen=True)

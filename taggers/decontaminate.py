@@ -48,9 +48,9 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 import xxhash
 
-from core.params import ConfigError
-from core.text import shingle_hashes, word_hashes
-from taggers.base import Resources, Tagger
+from glia.core.params import ConfigError
+from glia.core.text import shingle_hashes, word_hashes
+from glia.taggers.base import Resources, Tagger
 
 INDEX_FORMAT = "2"  # bump when the index layout or the normalisation changes
 

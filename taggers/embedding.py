@@ -17,12 +17,12 @@ from typing import Any, ClassVar
 import numpy as np
 import pyarrow as pa
 
-from core.runtime import check_device
-from models.encoders import (
+from glia.core.runtime import check_device
+from glia.models.encoders import (
     MODEL2VEC, SENTENCE_TRANSFORMERS, SentenceTransformerEncoder, StaticEncoder, load_encoder, max_positions,
     model_dim, model_hash, resolve_model,
 )
-from taggers.base import Resources, Tagger
+from glia.taggers.base import Resources, Tagger
 
 
 class EmbeddingTagger(Tagger):
@@ -77,7 +77,7 @@ class EmbeddingTagger(Tagger):
         """The loaded model (a static model always runs on the CPU: it is a table lookup)."""
         if self.kind == MODEL2VEC:
             return load_encoder(self.path, self.kind, "cpu")
-        from core.runtime import pick_device
+        from glia.core.runtime import pick_device
 
         return load_encoder(self.path, self.kind, pick_device(self.device))
 

@@ -11,8 +11,8 @@ from typing import ClassVar
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from taggers.base import Resources, Tagger
-from core.text import hash_strings, normalize
+from glia.taggers.base import Resources, Tagger
+from glia.core.text import hash_strings, normalize
 
 
 class ExactHashTagger(Tagger):

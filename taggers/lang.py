@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from taggers.base import Resources, Tagger
+from glia.taggers.base import Resources, Tagger
 
 UNDETERMINED = "und"
 BACKEND_MODULE = {"cld2": "pycld2", "lingua": "lingua"}

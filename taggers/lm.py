@@ -37,9 +37,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from core.runtime import check_device, dtype_name
-from taggers.base import NightInfo, Resources, Tagger
-from core.text import hash_strings
+from glia.core.runtime import check_device, dtype_name
+from glia.taggers.base import NightInfo, Resources, Tagger
+from glia.core.text import hash_strings
 
 # Documents per tag() call: large enough for a whole typical shard, so length sorting and
 # the per-source floor see the shard at once; the model itself sees ``batch_size`` at a time.
@@ -115,7 +115,7 @@ class LMTagger(Tagger):
 
     def resolved_device(self) -> str:
         if "device" not in self._resolved:
-            from core.runtime import pick_device
+            from glia.core.runtime import pick_device
 
             self._resolved["device"] = pick_device(self.device)
         return self._resolved["device"]
@@ -123,7 +123,7 @@ class LMTagger(Tagger):
     def model_id(self) -> str:
         """The scoring model's identity (``models.lm.model_identity``) without loading it."""
         if "model_id" not in self._resolved:
-            from models.lm import model_identity, resolve_source
+            from glia.models.lm import model_identity, resolve_source
 
             self._resolved["model_id"] = model_identity(resolve_source(self.model, self.gguf_file))
         return self._resolved["model_id"]
@@ -172,7 +172,7 @@ class LMTagger(Tagger):
         return chosen
 
     def _scoring_model(self):
-        from models.lm import load_scoring_model
+        from glia.models.lm import load_scoring_model
 
         return load_scoring_model(self.model, self.gguf_file, self.device)
 

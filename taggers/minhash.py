@@ -17,8 +17,8 @@ import numpy as np
 import pyarrow as pa
 import rensa
 
-from taggers.base import Resources, Tagger
-from core.text import shingle_hashes, word_hashes
+from glia.taggers.base import Resources, Tagger
+from glia.core.text import shingle_hashes, word_hashes
 
 
 class MinHashTagger(Tagger):

@@ -15,8 +15,8 @@ from typing import ClassVar
 import numpy as np
 import pyarrow as pa
 
-from core.pii import KINDS, find_all
-from taggers.base import Resources, Tagger
+from glia.core.pii import KINDS, find_all
+from glia.taggers.base import Resources, Tagger
 
 SPAN = pa.struct([("kind", pa.string()), ("start", pa.int32()), ("end", pa.int32())])
 

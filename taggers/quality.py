@@ -57,7 +57,7 @@ from datatrove.pipeline.filters.gopher_repetition_filter import (
 from datatrove.utils.text import PUNCTUATION_SET, split_into_words
 from datatrove.utils.word_tokenizers import WhitespaceTokenizer
 
-from taggers.base import Resources, Tagger
+from glia.taggers.base import Resources, Tagger
 
 DATATROVE_VERSION = _dist_version("datatrove")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from core.extras import import_for
-from taggers.base import Tagger
+from glia.core.extras import import_for
+from glia.taggers.base import Tagger
 
 TaggerFactory = Callable[..., Tagger]
 
@@ -14,16 +14,16 @@ TaggerFactory = Callable[..., Tagger]
 # torch, datatrove or sentence-transformers, which a night that only deduplicates never needs
 # (and `glia --help` should not pay for).
 _BUILTIN: dict[str, TaggerFactory | str] = {
-    "exact": "taggers.exact:ExactHashTagger",
-    "minhash": "taggers.minhash:MinHashTagger",
-    "embedding": "taggers.embedding:EmbeddingTagger",
-    "lm": "taggers.lm:LMTagger",
-    "risk": "taggers.risk:RiskTagger",
-    "quality": "taggers.quality:QualityTagger",
-    "staleness": "taggers.staleness:StalenessTagger",
-    "decontaminate": "taggers.decontaminate:DecontaminateTagger",
-    "pii": "taggers.pii:PIITagger",
-    "lang": "taggers.lang:LangTagger",
+    "exact": "glia.taggers.exact:ExactHashTagger",
+    "minhash": "glia.taggers.minhash:MinHashTagger",
+    "embedding": "glia.taggers.embedding:EmbeddingTagger",
+    "lm": "glia.taggers.lm:LMTagger",
+    "risk": "glia.taggers.risk:RiskTagger",
+    "quality": "glia.taggers.quality:QualityTagger",
+    "staleness": "glia.taggers.staleness:StalenessTagger",
+    "decontaminate": "glia.taggers.decontaminate:DecontaminateTagger",
+    "pii": "glia.taggers.pii:PIITagger",
+    "lang": "glia.taggers.lang:LangTagger",
 }
 
 

@@ -36,11 +36,11 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import pyarrow as pa
 
-from core.runtime import check_device, file_stamps, hash_files
-from models import risk_head as risk_model
-from models import risk_lstm
-from models.detoxify import detoxify_scores, load_detoxify
-from taggers.base import Resources, Tagger
+from glia.core.runtime import check_device, file_stamps, hash_files
+from glia.models import risk_head as risk_model
+from glia.models import risk_lstm
+from glia.models.detoxify import detoxify_scores, load_detoxify
+from glia.taggers.base import Resources, Tagger
 
 BACKENDS = ("default", "ngram", "detoxify")
 DETOXIFY_MAX_CHARS = 1000  # ~250 word pieces: well inside BERT's 512 positions, a comment or two long
@@ -159,7 +159,7 @@ class RiskTagger(Tagger):
             return risk_lstm.load(self.lstm_model).score(text, self.max_chars)
         if self.backend == "ngram":
             return risk_model.load_default(self.models_dir).score(text, self.max_chars)
-        from core.runtime import pick_device
+        from glia.core.runtime import pick_device
 
         det, lock = load_detoxify(self.checkpoint, self.config_path, pick_device(self.device))
         chunks, owner = risk_model.chunk(text, self.max_chars)

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from taggers.base import NightInfo, Resources, Tagger
+from glia.taggers.base import NightInfo, Resources, Tagger
 
 _US_PER_DAY = 86_400 * 1_000_000
 

@@ -80,13 +80,13 @@ def run_night(shards_root: Path, db: Path, rules: Path | None = None, state_dir:
     ``glia run`` does by default (``plain``), or through the real Prefect flow (``prefect``)."""
     rules_path = str(rules) if rules else None
     if orchestrator == "prefect":
-        from flows.nightly import nightly_hygiene
+        from glia.flows.nightly import nightly_hygiene
 
         return nightly_hygiene(shards_root=str(shards_root), db_path=str(db), rules_path=rules_path,
                                state_dir=str(state_dir) if state_dir else None)
     assert orchestrator == "plain", orchestrator
-    from engine.config import load_config
-    from engine.night import run_night as engine_night
+    from glia.engine.config import load_config
+    from glia.engine.night import run_night as engine_night
 
     return engine_night(str(shards_root), db, load_config(rules_path), state_dir)
 
@@ -118,7 +118,7 @@ def cli_env() -> dict[str, str]:
 def glia(args: list[str], tmp: Path, timeout: float = 240) -> subprocess.CompletedProcess:
     """Run the real CLI in a subprocess (``python -m cli.main``)."""
     return subprocess.run(
-        [sys.executable, "-m", "cli.main", *args], cwd=tmp, env=cli_env(),
+        [sys.executable, "-m", "glia.cli.main", *args], cwd=tmp, env=cli_env(),
         capture_output=True, text=True, timeout=timeout,
     )
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from conftest import NIGHTS, query, run_night
-from cli.main import EXIT_OK, main
-from stages import base as stages_base
-from taggers import registry
+from glia.cli.main import EXIT_OK, main
+from glia.stages import base as stages_base
+from glia.taggers import registry
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "ARCHITECTURE.md"
@@ -89,7 +89,7 @@ def test_glia_run_prints_a_new_taggers_and_stages_counts(registered: None, tmp_p
 
 
 def test_a_bad_parameter_of_the_example_tagger_names_the_key(registered: None, tmp_path: Path) -> None:
-    from engine.config import ConfigError, load_config
+    from glia.engine.config import ConfigError, load_config
 
     rules = tmp_path / "glia.toml"
     rules.write_text('[run]\ntaggers = ["exact", "minhash", "word_count"]\n[taggers.word_count]\nmin_words = "many"\n')

@@ -22,10 +22,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import NIGHTS, glia, query, run_night
-from engine.config import ConfigError, GliaConfig, NearDup, RunOptions, load_config
-from engine.ingest import ReadSpec, as_utf8, read_documents
-from storage.shards import discover
-from core.text import hash_strings, normalize
+from glia.engine.config import ConfigError, GliaConfig, NearDup, RunOptions, load_config
+from glia.engine.ingest import ReadSpec, as_utf8, read_documents
+from glia.storage.shards import discover
+from glia.core.text import hash_strings, normalize
 
 NO_WORDS = "!!! ... --- ???"
 HUGE_BYTES = 50 * 1024 * 1024

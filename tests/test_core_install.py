@@ -50,7 +50,7 @@ def test_a_dedup_only_install_runs_a_night(core_venv: Path, tmp_path: Path) -> N
     assert "Glia run 1: completed" in res.stdout
     site = next((core_venv / "lib").glob("python3*/site-packages"))
     # The n-gram risk head's training data is package data: an installed Glia trains its own head.
-    for data in ("models/data/davidson-2017/labeled_data.parquet", "models/data/risk_prose.parquet"):
+    for data in ("glia/models/data/davidson-2017/labeled_data.parquet", "glia/models/data/risk_prose.parquet"):
         assert (site / data).is_file(), f"the wheel lacks {data}"
     print(f"\ncore install: {_size_mb(core_venv):.0f} MB environment, {_size_mb(site):.0f} MB site-packages")
 
@@ -61,3 +61,16 @@ def test_a_dedup_only_install_runs_a_night(core_venv: Path, tmp_path: Path) -> N
     assert res.returncode == 1
     out = " ".join((res.stdout + res.stderr).split())
     assert "tagger 'embedding' needs" in out and "pip install 'glia[models]'" in out, out
+
+
+def test_the_wheel_installs_one_top_level_package(core_venv: Path) -> None:
+    """Only ``glia`` lands in site-packages, so a trainer's own ``core`` or ``models`` cannot
+    shadow Glia's layers, nor Glia theirs."""
+    site = next((core_venv / "lib").glob("python3*/site-packages"))
+    dist = next(site.glob("glia-*.dist-info"))
+    assert (dist / "top_level.txt").read_text().split() == ["glia"]
+    records = (dist / "RECORD").read_text().splitlines()
+    tops = {line.split("/", 1)[0] for line in records if "/" in line.split(",", 1)[0]}
+    assert tops == {"glia", dist.name}, tops
+    for layer in ("core", "storage", "models", "taggers", "curation", "stages", "engine", "flows", "cli", "dashboards"):
+        assert (site / "glia" / layer / "__init__.py").is_file() and not (site / layer).exists(), layer

@@ -52,7 +52,7 @@ def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def app(db: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from cli.dashboard import dashboard_command
+    from glia.cli.dashboard import dashboard_command
 
     port = free_port()
     log_path = tmp_path_factory.mktemp("streamlit") / "streamlit.log"
@@ -168,7 +168,7 @@ def test_busy_database_shows_a_message_then_recovers(app: str, db: Path, browser
 
 def test_filters_are_parameters_not_sql(db: Path) -> None:
     """User text goes in as bound parameters: SQL in a filter matches nothing and changes nothing."""
-    from dashboards import data
+    from glia.dashboards import data
 
     d = data.Db(db)
     before = query(db, "SELECT count(*) FROM prune_queue")[0][0]

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import ConfigError, RunOptions, load_config
-from flows import runners
-from flows import nightly
+from glia.engine.config import ConfigError, RunOptions, load_config
+from glia.flows import runners
+from glia.flows import nightly
 from conftest import NIGHTS, query, run_night
 
 COMPARED = ["documents", "v_duplicates"]
@@ -77,8 +77,8 @@ def test_gpu_taggers_claim_the_gpu_resource() -> None:
     tagger's do not, and nothing is claimed on the thread runner."""
     import dask
 
-    from taggers.embedding import EmbeddingTagger
-    from taggers.exact import ExactHashTagger
+    from glia.taggers.embedding import EmbeddingTagger
+    from glia.taggers.exact import ExactHashTagger
 
     gpu, cpu = EmbeddingTagger.__new__(EmbeddingTagger), ExactHashTagger()
     opts = RunOptions(task_runner="dask", dask_gpu_resource="GPU")

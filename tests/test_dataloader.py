@@ -13,7 +13,7 @@ import pytest
 from torch.utils.data import DataLoader
 
 from conftest import NIGHTS
-from curation.dataloader import (
+from glia.curation.dataloader import (
     ReplayDataset, ReplayIterableDataset, ReplayPlan, ReplaySampler, ShardTextReader, iter_batches, iter_replay,
 )
 

@@ -22,11 +22,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import COMMONS, NIGHTS, REPO
-from engine.config import ConfigError, GliaConfig, RunOptions, load_config
-from stages.decide import DecideStage
-from engine.pipeline import RunContext, stages_for, view_sources
-from stages.base import StageInputs, StageOutput
-from storage.catalog import Catalog, TagFile
+from glia.engine.config import ConfigError, GliaConfig, RunOptions, load_config
+from glia.stages.decide import DecideStage
+from glia.engine.pipeline import RunContext, stages_for, view_sources
+from glia.stages.base import StageInputs, StageOutput
+from glia.storage.catalog import Catalog, TagFile
 
 
 def night_docs(shards: list[Path]) -> tuple[pa.Table, dict[str, str]]:

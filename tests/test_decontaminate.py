@@ -14,10 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import query, run_night
-from core.params import ConfigError
+from glia.core.params import ConfigError
 from examples.decon_pii import build, fortunes, light_edit, near_miss, plant
 from examples.sources import debian_copyright
-from taggers.decontaminate import DecontaminateTagger
+from glia.taggers.decontaminate import DecontaminateTagger
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +107,7 @@ def test_a_corrupt_or_wrong_eval_file_fails_at_config_load_naming_the_set(tmp_pa
 
 
 def test_a_night_prunes_contamination_and_keeps_the_eval_documents_out_of_the_manifest(tmp_path: Path) -> None:
-    from cli.main import EXIT_OK, main
+    from glia.cli.main import EXIT_OK, main
 
     eval_path, shard = build(tmp_path / "extra")
     # The eval set's own items are also in the corpus, as a protected eval_set stratum.

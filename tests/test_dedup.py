@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import NIGHTS, PlantedPair, ThreeNights, glia, query, run_night
-from curation.dedup import NearDup
+from glia.curation.dedup import NearDup
 
 DUP_COLUMNS = ("SELECT doc_id, kind, survivor_id, jaccard, first_seen_run, survivor_first_seen_run "
                "FROM v_duplicates")
@@ -223,7 +223,7 @@ def _pairs_by_buckets(keys, idx, max_bucket: int) -> set[tuple[int, int]]:
 def test_tonight_candidate_pairs_follow_the_bucket_rule(seed: int) -> None:
     import numpy as np
 
-    from curation.dedup import _tonight_pairs
+    from glia.curation.dedup import _tonight_pairs
 
     rng = np.random.default_rng(seed)
     n, bands = int(rng.integers(2, 600)), int(rng.integers(1, 17))

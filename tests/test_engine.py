@@ -21,8 +21,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import NIGHTS, STATE_QUERIES, cli_env, open_db, run_night
-from engine.config import ConfigError, RunOptions
-from flows import runners
+from glia.engine.config import ConfigError, RunOptions
+from glia.flows import runners
 
 # The runs' own rows, less what differs between any two runs (when, how long, which code).
 RUN_QUERIES = {
@@ -123,7 +123,7 @@ def test_orchestrator_choice(tmp_path: Path) -> None:
 
 
 def test_orchestrator_is_not_part_of_the_config_hash(tmp_path: Path) -> None:
-    from engine.config import load_config
+    from glia.engine.config import load_config
 
     rules = tmp_path / "glia.toml"
     rules.write_text('[run]\norchestrator = "prefect"\n')

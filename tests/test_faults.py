@@ -70,9 +70,9 @@ log = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 os.dup2(log, 1)
 os.dup2(log, 2)
 
-import flows.nightly  # noqa: F401  the expensive import, paid once
+import glia.flows.nightly  # noqa: F401  the expensive import, paid once
 import prefect.context
-from cli import main as cli
+from glia.cli import main as cli
 from prefect.server.api.server import SubprocessASGIServer
 
 server = SubprocessASGIServer()
@@ -607,7 +607,7 @@ def test_plain_cli_subprocess_killed(lab: Lab, orchestrator: str) -> None:
     token = uuid.uuid4().hex
     env = {**cli_env(), "GLIA_FAULT": "commit.mid", "GLIA_FAULT_TEST_TOKEN": token}
     env.setdefault("GLIA_MODEL_CACHE", str(REPO / ".glia" / "models"))
-    args = [sys.executable, "-m", "cli.main", "run", str(lab.work / "shards"), "--db", str(lab.db),
+    args = [sys.executable, "-m", "glia.cli.main", "run", str(lab.work / "shards"), "--db", str(lab.db),
             "--rules", str(lab.rules), "-q", "--orchestrator", orchestrator]
     log = lab.base / "logs" / f"plain-cli-{orchestrator}.log"
     t0 = time.monotonic()

@@ -88,7 +88,7 @@ def test_protected_documents_can_keep_their_upsampling() -> None:
     import numpy as np
     import pyarrow as pa
 
-    from curation.replay import POOL_SCHEMA, STATE_SCHEMA, Pool, ReplayParams, build_set
+    from glia.curation.replay import POOL_SCHEMA, STATE_SCHEMA, Pool, ReplayParams, build_set
 
     t = pq.read_table(CORPUS / "night1", columns=["id", "source"])
     n = t.num_rows
@@ -117,7 +117,7 @@ def test_tied_scores_do_not_make_every_document_salient() -> None:
     import numpy as np
     import pyarrow as pa
 
-    from curation.replay import POOL_SCHEMA, STATE_SCHEMA, Pool, ReplayParams, build_set
+    from glia.curation.replay import POOL_SCHEMA, STATE_SCHEMA, Pool, ReplayParams, build_set
 
     t = pq.read_table(CORPUS / "night1", columns=["id", "label"])
     n = t.num_rows

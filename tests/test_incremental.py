@@ -12,7 +12,7 @@ import pytest
 import xxhash
 
 from conftest import NIGHTS, ThreeNights, file_mtimes, query, run_night, snapshot
-from storage.migrations import LATEST_VERSION
+from glia.storage.migrations import LATEST_VERSION
 
 RUN_COUNTS = (
     "SELECT run_id, status, n_shards_seen, n_shards_new, n_shards_changed, n_shards_unchanged, "

@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import query, run_night
-from core.params import ConfigError
-from taggers.lang import UNDETERMINED, LangTagger
+from glia.core.params import ConfigError
+from glia.taggers.lang import UNDETERMINED, LangTagger
 
 SAMPLE = Path(__file__).resolve().parent / "data" / "lang_sample.parquet"
 

@@ -23,9 +23,9 @@ import pyarrow.parquet as pq  # noqa: E402
 import pytest  # noqa: E402
 
 from conftest import COMMONS, file_mtimes, query, run_night  # noqa: E402
-from models.lm import SMOLLM2_GGUF, ScoringModel, load_scoring_model, model_identity, resolve_source  # noqa: E402
-from taggers.base import NightInfo  # noqa: E402
-from taggers.lm import LMTagger  # noqa: E402
+from glia.models.lm import SMOLLM2_GGUF, ScoringModel, load_scoring_model, model_identity, resolve_source  # noqa: E402
+from glia.taggers.base import NightInfo  # noqa: E402
+from glia.taggers.lm import LMTagger  # noqa: E402
 
 AUSTEN = ("It is a truth universally acknowledged, that a single man in possession of a good fortune, "
           "must be in want of a wife.")

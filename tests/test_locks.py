@@ -14,15 +14,15 @@ from pathlib import Path
 import pytest
 
 from conftest import NIGHTS, glia, query, run_night
-from engine.config import GliaConfig
-from engine.pipeline import view_sources
-from storage.catalog import Catalog
-from storage.lock import RunInProgressError, RunLock
+from glia.engine.config import GliaConfig
+from glia.engine.pipeline import view_sources
+from glia.storage.catalog import Catalog
+from glia.storage.lock import RunInProgressError, RunLock
 
 HOLD_RUN_LOCK = """
 import sys, time
 from pathlib import Path
-from storage.lock import RunLock
+from glia.storage.lock import RunLock
 lock = RunLock(Path(sys.argv[1]))
 lock.acquire(run_id=41)
 print("ready", flush=True)

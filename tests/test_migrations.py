@@ -10,10 +10,10 @@ import duckdb
 import pytest
 
 from conftest import NIGHTS, open_db, query, run_night
-from stages.decide import DecideStage
-from stages.replay import ReplayStage
-from storage.catalog import Catalog, SchemaTooNewError
-from storage.migrations import LATEST_VERSION
+from glia.stages.decide import DecideStage
+from glia.stages.replay import ReplayStage
+from glia.storage.catalog import Catalog, SchemaTooNewError
+from glia.storage.migrations import LATEST_VERSION
 
 RULES = '[run]\nstages = ["dedup", "decide", "replay"]\n[stages.replay]\nsize = 200\nseed = 1\n'
 # The stage tables and what two databases must agree on after the same nights.

@@ -138,7 +138,7 @@ def test_runs_with_pruning_never_touch_a_source_shard(tmp_path: Path) -> None:
             shutil.copytree(NIGHTS[n], root / f"night{n}")
             expected = fingerprint(root) | expected  # what was there keeps its first fingerprint
         outcomes.append(watched(run_night, root, db, rules=rules))
-    from storage.prune_queue import export_manifest, undo
+    from glia.storage.prune_queue import export_manifest, undo
 
     watched(export_manifest, db, tmp_path / "export" / "manifest.parquet")
     watched(undo, db, reason="exact_dup_of")

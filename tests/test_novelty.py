@@ -15,15 +15,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import NIGHTS, query, run_night
-from engine.config import GliaConfig
-from engine.ingest import ReadSpec
-from stages.novelty import NoveltyStage
-from engine.pipeline import RunContext, ingest_shard, stage_inputs, tag_shard
-from storage.shards import discover
-from storage import bank as bank_mod
-from storage.bank import Bank, bank_dir
-from models.encoders import resolve_model
-from taggers.embedding import EmbeddingTagger
+from glia.engine.config import GliaConfig
+from glia.engine.ingest import ReadSpec
+from glia.stages.novelty import NoveltyStage
+from glia.engine.pipeline import RunContext, ingest_shard, stage_inputs, tag_shard
+from glia.storage.shards import discover
+from glia.storage import bank as bank_mod
+from glia.storage.bank import Bank, bank_dir
+from glia.models.encoders import resolve_model
+from glia.taggers.embedding import EmbeddingTagger
 
 RULES = """
 [run]

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import NIGHTS
-from storage.parquet_io import FileWrite, read_metadata, write_all, write_atomic
+from glia.storage.parquet_io import FileWrite, read_metadata, write_all, write_atomic
 
 SCHEMA = pa.schema([("doc_id", pa.string()), ("text", pa.string())])
 

@@ -13,10 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import query, run_night
-from core.params import ConfigError
-from core.pii import find, iban_ok, luhn_ok, redact
+from glia.core.params import ConfigError
+from glia.core.pii import find, iban_ok, luhn_ok, redact
 from examples.decon_pii import LOOKALIKES, PII_TEXT, build, fortunes
-from taggers.pii import PIITagger
+from glia.taggers.pii import PIITagger
 
 
 def _card(prefix: str, length: int, rng: random.Random) -> str:
@@ -102,8 +102,8 @@ def test_bad_kind_names_the_known_ones() -> None:
 
 
 def test_exports_and_the_dataloader_redact_and_the_shards_stay_untouched(tmp_path: Path) -> None:
-    from cli.main import EXIT_OK, main
-    from curation.dataloader import ReplayPlan, iter_replay
+    from glia.cli.main import EXIT_OK, main
+    from glia.curation.dataloader import ReplayPlan, iter_replay
 
     _, shard = build(tmp_path / "extra")
     before = hashlib.sha256(shard.read_bytes()).hexdigest()

@@ -163,7 +163,7 @@ def test_glia_serve_runs_on_schedule_server(server: Server, tmp_path: Path) -> N
     db = tmp_path / "serve.duckdb"
     log = (tmp_path / "serve.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "serve", str(shards), "--db", str(db), "--timezone", "Europe/Berlin",
+        [sys.executable, "-m", "glia.cli.main", "serve", str(shards), "--db", str(db), "--timezone", "Europe/Berlin",
          "--name", "serve-check"], cwd=REPO, env=server.env, stdout=log, stderr=subprocess.STDOUT)
     try:
         dep = server.deployment("serve-check", proc=proc)
@@ -187,7 +187,7 @@ def test_prefect_yaml_deploy_runs_on_a_process_worker(server: Server, tmp_path: 
     shards = _shards(tmp_path)
     db = tmp_path / "deploy.duckdb"
     res = subprocess.run(
-        [sys.executable, "-m", "cli.main", "deploy", str(shards), "--db", str(db), "--timezone", "America/New_York",
+        [sys.executable, "-m", "glia.cli.main", "deploy", str(shards), "--db", str(db), "--timezone", "America/New_York",
          "--name", "deploy-check", "--pool", "glia-check", "--prefect-file", str(REPO / "prefect.yaml")],
         cwd=REPO, env=server.env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr

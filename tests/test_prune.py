@@ -15,10 +15,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import NIGHTS, file_mtimes, query, run_night
-from curation import prune
-from storage import prune_queue
-from cli.main import EXIT_BUSY, EXIT_ERROR, EXIT_OK, main
-from storage.lock import RunInProgressError, RunLock
+from glia.curation import prune
+from glia.storage import prune_queue
+from glia.cli.main import EXIT_BUSY, EXIT_ERROR, EXIT_OK, main
+from glia.storage.lock import RunInProgressError, RunLock
 
 KEY_MEMORY = "austen-000332"  # a planted exact copy of austen-000070, both in night 1
 RULES = f"""

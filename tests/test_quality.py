@@ -16,11 +16,11 @@ import pytest
 from datatrove.data import Document
 
 from conftest import NIGHTS, query, run_night
-from engine.config import ConfigError, load_config
-from taggers import registry
-from taggers.base import NightInfo
-from taggers.quality import FAMILIES, SCORES, QualityTagger, RegexWordTokenizer
-from taggers.staleness import StalenessTagger
+from glia.engine.config import ConfigError, load_config
+from glia.taggers import registry
+from glia.taggers.base import NightInfo
+from glia.taggers.quality import FAMILIES, SCORES, QualityTagger, RegexWordTokenizer
+from glia.taggers.staleness import StalenessTagger
 
 # -- crafted boilerplate (the kind of page furniture the heuristics exist for) ---------------------
 

@@ -18,13 +18,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import NIGHTS, REPO, query, run_night
-from cli import main as cli
-from engine.config import GliaConfig, NearDup
-from curation.dedup import band_keys
-from stages.dedup import dedup_params
-from engine.reindex import LEGACY_NEAR_DUP, SchemeMismatch
-from taggers.minhash import MinHashTagger
-from core.text import shingle_hashes, word_hashes
+from glia.cli import main as cli
+from glia.engine.config import GliaConfig, NearDup
+from glia.curation.dedup import band_keys
+from glia.stages.dedup import dedup_params
+from glia.engine.reindex import LEGACY_NEAR_DUP, SchemeMismatch
+from glia.taggers.minhash import MinHashTagger
+from glia.core.text import shingle_hashes, word_hashes
 
 LEGACY_RULES = "[near_dup]\nngram = 5\nbands = 16\nrows = 7\nthreshold = 0.75\n"
 
@@ -132,7 +132,7 @@ def test_an_old_default_database_keeps_its_scheme_and_reindex_moves_it(tmp_path:
 
 
 def load(rules: Path) -> GliaConfig:
-    from engine.config import load_config
+    from glia.engine.config import load_config
 
     return load_config(rules)
 

@@ -14,7 +14,7 @@ import pytest
 from scipy.stats import chisquare
 
 from conftest import NIGHTS, open_db, query, run_night
-from curation.replay import (
+from glia.curation.replay import (
     POOL_SCHEMA, STATE_SCHEMA, TERMS, Pool, ReplayParams, build_from_catalog, build_set, export_set,
     retention_factor,
 )
@@ -217,8 +217,8 @@ def test_flow_writes_v_replay(replay_db: Path) -> None:
 
 
 def test_build_and_export_outside_the_flow(replay_db: Path, tmp_path: Path) -> None:
-    from curation.dataloader import ReplayPlan, iter_replay
-    from storage.lock import RunInProgressError, RunLock
+    from glia.curation.dataloader import ReplayPlan, iter_replay
+    from glia.storage.lock import RunInProgressError, RunLock
 
     with RunLock(replay_db):  # a night in progress: the build must wait its turn
         with pytest.raises(RunInProgressError):
@@ -254,7 +254,7 @@ def test_build_and_export_outside_the_flow(replay_db: Path, tmp_path: Path) -> N
 def test_evaluation_text_is_never_replayed() -> None:
     """Documents in the eval_set stratum (ReplayParams.exclude_strata) leave the pool, whatever
     their other strata; the rest keep their order and columns."""
-    from curation.replay import without_strata
+    from glia.curation.replay import without_strata
 
     table = pa.table({"doc_id": ["a", "b", "c", "d"],
                       "strata": pa.array([["label=x", "eval_set"], None, ["rare_source:jargon"], ["eval_set"]],

@@ -20,9 +20,9 @@ import pyarrow.compute as pc  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import pytest  # noqa: E402
 
-from models import risk_head as risk_model  # noqa: E402
-from taggers import registry  # noqa: E402
-from taggers.risk import RiskTagger  # noqa: E402
+from glia.models import risk_head as risk_model  # noqa: E402
+from glia.taggers import registry  # noqa: E402
+from glia.taggers.risk import RiskTagger  # noqa: E402
 
 SEED = 7
 
@@ -169,7 +169,7 @@ def test_empty_batch_and_registry(tagger) -> None:
 
 
 def test_cli_train_risk_reports_heldout_numbers(head_and_log, capsys) -> None:
-    from cli.main import main
+    from glia.cli.main import main
 
     assert main(["models", "train-risk"]) == 0  # the head exists: loads and evaluates, no retraining
     out = " ".join(capsys.readouterr().out.split())

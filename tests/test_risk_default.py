@@ -15,9 +15,9 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pytest
 
-from models import risk_head as risk_model
-from models import risk_lstm
-from taggers.risk import RiskTagger
+from glia.models import risk_head as risk_model
+from glia.models import risk_lstm
+from glia.taggers.risk import RiskTagger
 
 FIXTURE = Path(__file__).parent / "fixtures" / "risk_crossplatform.csv"
 SEED = 7
@@ -53,7 +53,7 @@ def test_the_built_in_prune_term_prunes_what_the_default_flags(tagger, fixture) 
     """The rule's ``risk`` term and the default tagger's flag share one threshold, so a flagged
     document is a prune candidate (before, 0.8 was set for the n-gram head and the LSTM's scores
     almost never passed it)."""
-    from curation.rules import Rules, decide
+    from glia.curation.rules import Rules, decide
 
     assert Rules.from_config({}).terms["risk"].threshold.value == tagger.threshold == risk_lstm.DEFAULT_THRESHOLD
     texts, labels = fixture

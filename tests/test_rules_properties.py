@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from curation.rules import KEEP, PRUNE, MissingTagError, Rules, decide, reason_key
+from glia.curation.rules import KEEP, PRUNE, MissingTagError, Rules, decide, reason_key
 
 SOURCES = ("austen", "kjv", "jargon")
 STRATA = ("key_memory", "rare_source:jargon", "eval_set")

@@ -27,12 +27,12 @@ s3fs = pytest.importorskip("s3fs", reason="install the s3 extra: pip install -e 
 pytest.importorskip("moto", reason="install the test extra (moto[server])")
 
 from conftest import NIGHTS, free_port, glia, query, run_night, wait_healthy  # noqa: E402
-from engine.config import ConfigError, GliaConfig, load_config  # noqa: E402
-from engine.night import is_transient  # noqa: E402
-from curation.dataloader import ReplayPlan, ShardTextReader, iter_replay  # noqa: E402
-from curation.replay import ReplayParams, build_from_catalog  # noqa: E402
-from engine.ingest import ReadSpec, ShardRejected, read_documents, scan_ids  # noqa: E402
-from storage.shards import discover, fingerprint, is_storage_error  # noqa: E402
+from glia.engine.config import ConfigError, GliaConfig, load_config  # noqa: E402
+from glia.engine.night import is_transient  # noqa: E402
+from glia.curation.dataloader import ReplayPlan, ShardTextReader, iter_replay  # noqa: E402
+from glia.curation.replay import ReplayParams, build_from_catalog  # noqa: E402
+from glia.engine.ingest import ReadSpec, ShardRejected, read_documents, scan_ids  # noqa: E402
+from glia.storage.shards import discover, fingerprint, is_storage_error  # noqa: E402
 
 BUCKET = "glia-corpus"
 
@@ -223,7 +223,7 @@ def test_storage_options_from_the_rules_file_reach_dask_workers_and_the_dataload
     """With the environment's endpoint pointing nowhere, the run only works if the rules
     file's endpoint reaches discovery, the ingest and tag tasks in Dask worker processes, and
     (recorded with the run) the replay dataloader."""
-    from flows import nightly
+    from glia.flows import nightly
 
     prefix = f"rules-{uuid.uuid4().hex[:8]}"
     objects = s3.upload_night(1, prefix)
@@ -248,7 +248,7 @@ def test_storage_options_from_the_rules_file_reach_dask_workers_and_the_dataload
     assert all(i["text"] == texts[i["doc_id"]] for i in items)
 
     # The dashboard's document page reads the text the same way, with the recorded settings.
-    from dashboards.data import Db, document
+    from glia.dashboards.data import Db, document
 
     doc_id = items[0]["doc_id"]
     view = document(Db(db), doc_id)

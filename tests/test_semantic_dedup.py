@@ -13,9 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import NIGHTS, query, run_night
-from core.params import ConfigError
-from curation.semantic_dedup import normalize, resolve
-from stages.semantic_dedup import SemanticDedupStage
+from glia.core.params import ConfigError
+from glia.curation.semantic_dedup import normalize, resolve
+from glia.stages.semantic_dedup import SemanticDedupStage
 
 EPS = SemanticDedupStage.Params().eps
 
@@ -125,7 +125,7 @@ def test_survivors_are_kept_and_order_does_not_matter(tmp_path: Path) -> None:
 def test_approximate_search_agrees_with_exact(tmp_path: Path) -> None:
     """IVF (forced with exact_max=1) finds nearly the same duplicates as the exact search, on the
     example corpus's real embeddings (static model)."""
-    from taggers.embedding import EmbeddingTagger
+    from glia.taggers.embedding import EmbeddingTagger
 
     t = pa.concat_tables([pq.read_table(f, columns=["id", "text"]) for n in (1, 2, 3) for f in sorted(NIGHTS[n].glob("*.parquet"))])
     out = EmbeddingTagger(model="static").tag(pa.table({"doc_id": t["id"], "text": t["text"]}))

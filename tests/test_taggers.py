@@ -18,12 +18,12 @@ import xxhash
 from datasketch import MinHash
 
 from conftest import NIGHTS, PlantedPair, query, run_night
-from curation.dedup import NearDup
-from taggers import registry
-from taggers.base import Resources, Tagger
-from taggers.exact import ExactHashTagger
-from taggers.minhash import MinHashTagger
-from core.text import shingle_hashes, word_hashes
+from glia.curation.dedup import NearDup
+from glia.taggers import registry
+from glia.taggers.base import Resources, Tagger
+from glia.taggers.exact import ExactHashTagger
+from glia.taggers.minhash import MinHashTagger
+from glia.core.text import shingle_hashes, word_hashes
 
 NO_WORDS = "!!! ... --- ???"
 

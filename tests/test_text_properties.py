@@ -12,7 +12,7 @@ import xxhash
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.text import hash_strings, normalize, shingle_hashes, word_hashes
+from glia.core.text import hash_strings, normalize, shingle_hashes, word_hashes
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -8,7 +8,7 @@ import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.xxh3 import SHORT_MAX, xxh3_64
+from glia.core.xxh3 import SHORT_MAX, xxh3_64
 
 
 def _reference(values: list[bytes | None]) -> list[int]:
