@@ -20,7 +20,8 @@ timer around each step's function (patched in from here: the engine is not chang
 
 The floor: the corpus's bytes of text and its MinHash updates (shingles x permutations), and
 the time numpy/rensa take for exactly that work on one core, measured in the same run.
-The median over repetitions is reported; the load average (``uptime``) is printed with a
+Wall and CPU seconds (the step's own thread; for the whole night the process's, all threads)
+are reported, medians over repetitions; the load average (``uptime``) is printed with a
 QUIET / LOADED verdict (above 0.5 per core before the run: LOADED).
 """
 
@@ -35,7 +36,6 @@ import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -52,7 +52,9 @@ from night_path import glia_night  # noqa: E402
 from glia.engine.config import GliaConfig  # noqa: E402
 
 TIMES: dict[str, float] = defaultdict(float)
-_LOCAL = threading.local()
+# CPU seconds of the calling thread inside each step: on a shared, loaded machine wall time
+# mostly measures waiting for a core, CPU time the step's own work.
+CPU: dict[str, float] = defaultdict(float)
 
 
 def timed(label: str, fn):
@@ -64,23 +66,26 @@ def timed(label: str, fn):
         def gen(*a, **k):
             it = fn(*a, **k)
             while True:
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.thread_time()
                 try:
                     item = next(it)
                 except StopIteration:
                     TIMES[label] += time.perf_counter() - t0
+                    CPU[label] += time.thread_time() - c0
                     return
                 TIMES[label] += time.perf_counter() - t0
+                CPU[label] += time.thread_time() - c0
                 yield item
         return gen
 
     @functools.wraps(fn)
     def wrapper(*a, **k):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         try:
             return fn(*a, **k)
         finally:
             TIMES[label] += time.perf_counter() - t0
+            CPU[label] += time.thread_time() - c0
     return wrapper
 
 
@@ -166,6 +171,7 @@ def main() -> None:
         patch(obj, name, label)
     cfg = GliaConfig()
     runs: list[dict[str, float]] = []
+    cpus: list[dict[str, float]] = []
     for rep in range(args.repeat):
         work = Path(tempfile.mkdtemp(prefix="glia-profile-"))
         try:
@@ -178,8 +184,11 @@ def main() -> None:
             for s in shards:
                 shutil.copy2(s, bench_root / s.name)
             TIMES.clear()
+            CPU.clear()
+            c0 = time.process_time()
             seconds, _ = glia_night(bench_root, db, cfg, args.workers)
             runs.append({"night (wall)": seconds, **TIMES})
+            cpus.append({"night (wall)": time.process_time() - c0, **CPU})
         finally:
             shutil.rmtree(work, ignore_errors=True)
         print(f"repetition {rep + 1}/{args.repeat}: night {runs[-1]['night (wall)']:.2f} s", flush=True)
@@ -187,11 +196,14 @@ def main() -> None:
     fl = floor(shards, nd.ngram, nd.num_perm)
     load_after = os.getloadavg()
     med = {k: statistics.median(r.get(k, 0.0) for r in runs) for k in runs[0]}
-    phases = ["phase: prepare", "phase: dedup stage", "phase: finalize"]
+    cpu = {k: statistics.median(r.get(k, 0.0) for r in cpus) for k in cpus[0]}
+    phases = ["phase: prepare", "phase: dedup stage", "phase: finalize", "finalize: summary", "finalize: record"]
     med["phase: ingest + tag (rest)"] = med["night (wall)"] - sum(med[p] for p in phases)
+    cpu["phase: ingest + tag (rest)"] = float("nan")
     state = "LOADED" if load_before[0] / (os.cpu_count() or 1) > 0.5 else "QUIET"  # after includes our own work
     report = {"docs": sum(pq.read_metadata(s).num_rows for s in shards), "workers": args.workers,
               "repetitions": args.repeat, "median_seconds": {k: round(v, 3) for k, v in med.items()},
+              "median_cpu_seconds": {k: round(v, 3) for k, v in cpu.items() if v == v},
               "each": [{k: round(v, 3) for k, v in r.items()} for r in runs], "floor": fl,
               "loadavg_before": [round(x, 2) for x in load_before], "loadavg_after": [round(x, 2) for x in load_after],
               "machine": state}
@@ -200,8 +212,9 @@ def main() -> None:
     print(f"\n{report['docs']} docs, {args.workers} workers, median of {args.repeat}; load "
           f"{load_before[0]:.1f} -> {load_after[0]:.1f} on {os.cpu_count()} cores: {state}")
     order = ["night (wall)", "phase: prepare", "phase: ingest + tag (rest)", "phase: dedup stage", "phase: finalize"]
+    print(f"  {'step':34s} {'wall s':>8s} {'CPU s':>8s}  (CPU: the step's thread; night: the process, all threads)")
     for k in order + sorted(k for k in med if k not in order):
-        print(f"  {k:34s} {med[k]:8.3f} s")
+        print(f"  {k:34s} {med[k]:8.3f} {cpu.get(k, float('nan')):8.3f}")
     print(f"floor: {fl}")
 
 
