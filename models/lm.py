@@ -495,8 +495,9 @@ def load_scoring_model(model: str = DEFAULT_MODEL, gguf_file: str | None = None,
 
     ``dtype``: ``auto`` is bf16 on CUDA and on a CPU that multiplies bf16 in hardware (AMX or
     AVX512-BF16; ``core.runtime.native_bf16``), else fp32; ``float32`` / ``bfloat16`` force one.
-    On such a CPU bf16 scores ~3x faster than fp32 with per-document losses within 0.3 % of
-    fp32 (``bench/bench_lm.py``; ``tests/test_lm.py`` checks the 1 % bar on real text).
+    On such a CPU a bf16 forward pass takes ~3.4x less CPU than fp32 and per-document losses
+    stay within 0.34 % of fp32 (``docs/benchmarks-models.md``; ``tests/test_lm.py`` checks the
+    1 % bar on real text).
     A GGUF source is dequantised once into the model cache (:func:`dequantised_copy`);
     a Hugging Face folder loads directly. Offline only (``local_files_only``).
     """

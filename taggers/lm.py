@@ -8,7 +8,7 @@ backward pass), with the subset named in ``utility_params``.
 **Sampling.** On CPU the model manages a few documents per second, so a night scores at most
 about ``max_docs_per_night`` documents (on CUDA ``max_docs_per_night_gpu``, default 0 = all).
 The CPU default, 32, with ``max_tokens = 128`` keeps a demo night's scoring within a minute on
-2 cores (``bench/bench_lm.py`` measures the docs/s, fp32).
+2 cores (``bench/bench_lm.py`` measures the docs/s of every dtype).
 :meth:`LMTagger.for_night` binds ``rate = min(1, cap / night.n_docs)``. Within each slice
 of a shard the runner hands over (a shard of up to 4,096 documents is one slice) a document is
 scored when
@@ -50,7 +50,7 @@ class LMTagger(Tagger):
     """Loss and per-document gradient norm from a causal LM (default: the packaged SmolLM2-135M)."""
 
     name: ClassVar[str] = "lm"
-    # 2: on a CPU with native bf16 the default dtype is bf16 (losses within 0.3 % of fp32).
+    # 2: on a CPU with native bf16 the default dtype is bf16 (losses within 0.34 % of fp32).
     version: ClassVar[str] = "2"
     resources: ClassVar[Resources] = Resources(gpu=True, batch_size=SLICE_DOCS)
 
