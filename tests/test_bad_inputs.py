@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 
 from conftest import NIGHTS, glia, query, run_night
 from glia.engine.config import ConfigError, GliaConfig, NearDup, RunOptions, load_config
-from glia.engine.ingest import ReadSpec, as_utf8, read_documents
+from glia.core.strings import as_utf8
+from glia.engine.ingest import ReadSpec, read_documents
 from glia.storage.shards import discover
 from glia.core.text import hash_strings, normalize
 
