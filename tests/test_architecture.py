@@ -76,10 +76,11 @@ def test_the_tagger_and_stage_examples_run_in_a_night(registered: None, tmp_path
 
 def test_glia_run_prints_a_new_taggers_and_stages_counts(registered: None, tmp_path: Path,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
-    """The run summary lists every <tagger>.* and <stage>.* metric without knowing their names."""
+    """``glia run --verbose`` lists every <tagger>.* and <stage>.* metric without knowing their names."""
     rules = tmp_path / "glia.toml"
     rules.write_text('[run]\ntaggers = ["exact", "minhash", "word_count"]\nstages = ["dedup", "source_share"]\n')
-    assert main(["run", str(NIGHTS[1]), "--db", str(tmp_path / "glia.duckdb"), "--rules", str(rules), "-q"]) == EXIT_OK
+    assert main(["run", str(NIGHTS[1]), "--db", str(tmp_path / "glia.duckdb"), "--rules", str(rules), "-q",
+                 "--verbose"]) == EXIT_OK
     out = capsys.readouterr().out
     lines = [" ".join(line.replace("│", " ").split()) for line in out.splitlines()]
     for owner, count in (("word_count", "short"), ("word_count", "docs 1500"), ("source_share", "sources"),
