@@ -88,7 +88,7 @@ def _time(n: NightNumbers) -> str:
     slowest = sorted(steps.items(), key=lambda kv: -kv[1])[:3]
     out = f"{n.seconds:.1f} s"
     if slowest and slowest[0][1] >= 0.1:
-        out += " · slowest: " + ", ".join(f"{name} {v:.1f} s" for name, v in slowest if v >= 0.1)
+        out += " · most work: " + ", ".join(f"{name} {v:.1f} s" for name, v in slowest if v >= 0.1)
     return out
 
 

@@ -86,7 +86,7 @@ def test_dedup_only_glia_run_imports_no_prefect_and_no_model(tmp_path: Path) -> 
     """``glia run`` without a rules file (dedup only) and without a Prefect server runs the
     night as plain Python: Prefect, Dask and the model stacks are never imported."""
     script = ("import sys\n"
-              "from cli import main as cli\n"
+              "from glia.cli import main as cli\n"
               f"rc = cli.main(['run', {str(NIGHTS[1])!r}, '--db', 'glia.duckdb', '-q'])\n"
               f"print('MODULES', sorted({{m.split('.')[0] for m in sys.modules}} & set({sorted(HEAVY)!r})))\n"
               "sys.exit(rc)\n")

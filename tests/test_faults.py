@@ -552,7 +552,7 @@ def test_comparison_sees_lost_doubled_and_changed_rows(lab: Lab, tmp_path: Path)
 
 def test_fault_point_kills_only_the_named_occurrence(tmp_path: Path) -> None:
     """``name@N`` kills at the Nth time, not before; other names pass; the trace lists all."""
-    script = ("from core import faults\n"
+    script = ("from glia.core import faults\n"
               "for i in range(5):\n"
               "    faults.point('other')\n"
               "    print(i, flush=True)\n"

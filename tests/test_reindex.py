@@ -148,7 +148,7 @@ def test_legacy_scheme_constant_is_the_previous_default() -> None:
 
 
 def test_documented_curve_numbers_are_the_codes() -> None:
-    """The numbers config.py's docstring and the README state for the default come from its formula."""
+    """The numbers config.py's docstring and docs/reference.md state for the default come from its formula."""
     nd = NearDup()
     doc = " ".join((NearDup.__doc__ or "").split())
     stated = {float(s): float(p) for s, p in re.findall(r"Jaccard (0\.\d) becomes a candidate with probability (0\.\d+)", doc)}
@@ -156,8 +156,8 @@ def test_documented_curve_numbers_are_the_codes() -> None:
     assert len(stated) >= 4, doc
     for s, p in stated.items():
         assert nd.candidate_probability(s) == pytest.approx(p, abs=6e-4), s
-    readme = (REPO / "README.md").read_text()
-    table = re.findall(r"\| (0\.\d+) \| (0\.\d+) \|", readme.split("Candidate probability")[1][:2000])
+    reference = (REPO / "docs" / "reference.md").read_text()
+    table = re.findall(r"\| (0\.\d+) \| (0\.\d+) \|", reference.split("Candidate probability")[1][:2000])
     assert len(table) >= 5
     for s, p in table:
         assert nd.candidate_probability(float(s)) == pytest.approx(float(p), abs=6e-4), s
