@@ -253,7 +253,7 @@ def test_bad_shards_are_rejected_with_a_reason_naming_file_and_problem(bad_run: 
     assert "(columns: id, body, source, timestamp, label)" in rejected[str(c.no_text)]
     assert rejected[str(c.not_parquet)].startswith("not a Parquet file")
     assert rejected[str(c.int_text)] == (f"{c.int_text}: text column 'text' has type int64, expected a string column "
-                                         "(or binary holding UTF-8)")
+                                         "(string, large_string, string_view, dictionary of strings, or binary holding UTF-8)")
     assert rejected[str(c.corrupt)].startswith(f"{c.corrupt}: unreadable data after row 0")
     assert rejected[str(m.truncated)].startswith("truncated Parquet file: it starts like Parquet but has no footer")
     assert rejected[str(m.no_id)].startswith(f"{m.no_id}: missing required id column 'id' (columns: text, source")
@@ -369,7 +369,7 @@ def test_schema_change_between_nights_keeps_night_one_and_takes_the_new_version(
     broken = query(bad_run.db, "SELECT status, first_run, error FROM v_shards WHERE path = ? ORDER BY first_run",
                    [str(m.drift_broken)])
     assert broken == [("superseded", 1, None), ("rejected", 2, f"{m.drift_broken}: text column 'text' has type "
-                                                                  "int64, expected a string column (or binary holding UTF-8)")]
+                                                                  "int64, expected a string column (string, large_string, string_view, dictionary of strings, or binary holding UTF-8)")]
     assert bad_run.second.rejected == {str(m.drift_broken): broken[1][2]}
     assert query(bad_run.db, "SELECT count(*) FROM v_documents WHERE shard_path = ?", [str(m.drift_broken)]) == [(0,)]
     old_files = query(bad_run.db, "SELECT f.path FROM tag_files f JOIN shards s USING (shard_id) "
