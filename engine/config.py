@@ -180,7 +180,7 @@ def _check_clash(cfg: GliaConfig, what: str, columns: list[str], path: Path) -> 
 
 
 def _check_stages(cfg: GliaConfig, path: Path) -> None:
-    from glia.stages import base as stages
+    from glia.stages import registry as stages
 
     known = stages.available()
     for name in list(cfg.run.stages) + list(cfg.stage_params):
@@ -260,7 +260,7 @@ def load_config(path: Path | str | None) -> GliaConfig:
     check_storage_options(cfg.run.storage_options, f"{path} [run].storage_options")
     if "stages" not in data.get("run", {}):
         # The default stages run when the taggers they need do; listed stages must be runnable.
-        from glia.stages import base as stages
+        from glia.stages import registry as stages
 
         runnable = tuple(s for s in cfg.run.stages if set(stages.stage_class(s).needs) <= set(cfg.run.taggers))
         cfg = replace(cfg, run=replace(cfg.run, stages=runnable))

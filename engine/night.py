@@ -26,6 +26,7 @@ from typing import Any, Protocol, TypeVar
 from glia.core import faults
 from glia.core import progress
 from glia.stages import base as stages_mod
+from glia.stages import registry as stage_registry
 from glia.engine.config import GliaConfig
 from glia.engine.ingest import ReadSpec, ShardRejected
 from glia.engine.reindex import config_for_history
@@ -207,7 +208,7 @@ def run_night(shards_root: str | Path, db_path: str | Path, cfg: GliaConfig, sta
             cfg, notice = config_for_history(cfg, cat.con)
             if notice:
                 log.warning("glia: %s", notice)
-            cat.migrate(view_sources(cfg), stages_mod.migrations_for([s.name for s in stages_for(cfg)]))
+            cat.migrate(view_sources(cfg), stage_registry.migrations_for([s.name for s in stages_for(cfg)]))
             ctx = RunContext(root, db, state, cfg, cat.next_run_id(), now())
             lock.update(ctx.run_id)
             night = prepare(ctx, cat)

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from glia.core.version import __version__
 from glia.engine.config import GliaConfig
 from glia.stages import base as stages_mod
+from glia.stages import registry as stage_registry
 from glia.core import faults
 from glia.core.context import RunContext
 from glia.engine.ingest import ReadSpec, ShardRejected, TIMESTAMP, empty_skips, read_documents, scan_ids
@@ -323,7 +324,7 @@ def _join_inputs(batch: pa.Table, needed: pa.Table, shard_path: str) -> pa.Table
 
 def stages_for(cfg: GliaConfig) -> list[NightStage]:
     """The configured night stages whose needs tonight's taggers meet, in dependency order."""
-    return stages_mod.build(cfg.run.stages, {n: cfg.stage_params_for(n) for n in cfg.run.stages}, cfg.run.taggers)
+    return stage_registry.build(cfg.run.stages, {n: cfg.stage_params_for(n) for n in cfg.run.stages}, cfg.run.taggers)
 
 
 def tonight_documents(ingests: list[IngestResult]) -> pa.Table:

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import NIGHTS, query, run_night
 from glia.cli.main import EXIT_OK, main
-from glia.stages import base as stages_base
+from glia.stages import registry as stage_registry
 from glia.taggers import registry
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,12 +45,12 @@ def registered() -> Iterator[None]:
     tagger = _load(examples["tagger"], "tagger")["WordCountTagger"]
     stage = _load(examples["stage"], "stage")["SourceShareStage"]
     registry.register("word_count", tagger)
-    stages_base.register("source_share", stage)
+    stage_registry.register("source_share", stage)
     try:
         yield
     finally:  # the registries are process-wide: leave them as other tests expect
-        registry._BUILTIN.pop("word_count", None)
-        stages_base._BUILTIN.pop("source_share", None)
+        registry.TAGGERS.unregister("word_count")
+        stage_registry.STAGES.unregister("source_share")
 
 
 def test_the_tagger_and_stage_examples_run_in_a_night(registered: None, tmp_path: Path) -> None:

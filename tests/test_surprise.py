@@ -18,6 +18,7 @@ import pytest
 
 from conftest import query
 from glia.stages import base as stages
+from glia.stages import registry as stage_registry
 from glia.engine.config import GliaConfig
 from glia.engine.pipeline import RunContext
 from glia.stages.base import StageInputs
@@ -67,7 +68,7 @@ def run_night(db: Path, run_id: int, docs: dict[str, tuple[str | None, float | N
     documents = pa.table({"doc_id": ids, "source": [docs[d][0] for d in ids], "shard_id": [shard] * len(ids)})
     files = {"lm": [_lm_file(state_dir, shard, [(d, docs[d][1]) for d in ids], run_id)]}
     with Catalog(db) as cat:
-        cat.migrate((), stages.migrations_for(["surprise"]))
+        cat.migrate((), stage_registry.migrations_for(["surprise"]))
         state = stage.load(cat.con, ctx)
     # The night plan is not read by this stage; the flow passes the real one.
     res = stages.run_stage(ctx, stage, state, StageInputs(documents, files, {}, []))
