@@ -70,7 +70,7 @@ def _night(args: argparse.Namespace) -> NightOutcome:
         from glia.flows.nightly import nightly_hygiene
 
         flow = nightly_hygiene.with_options(task_runner=runners.task_runner_for(options))
-        return flow(shards_root=args.shards, db_path=str(args.db), rules_path=rules, state_dir=state_dir)
+        return flow(shards_root=args.shards, db_path=str(args.db), rules_path=rules, state_dir=state_dir, config=cfg)
     from glia.engine.night import ThreadExecutor, run_night
 
     with ThreadExecutor(options.workers) as executor:

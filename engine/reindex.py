@@ -3,7 +3,7 @@
 The cross-night history (``storage.history``) stores each document's MinHash signature and
 LSH band keys. They depend on the scheme: the shingles (``[stages.dedup] ngram``), the number of
 permutations and the banding (``bands`` x ``rows``), the seed and the MinHash tagger's
-version (together :func:`stages.dedup.dedup_params`, recorded with every segment).
+version (together :meth:`stages.dedup.DedupStage.scheme`, recorded with every segment).
 Signatures of two schemes must never be compared, so a database keeps one scheme:
 
 - **An old database keeps working.** When the defaults change (Glia 0.x used word 5-grams,
@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ import pyarrow.parquet as pq
 
 from glia.curation.dedup import NearDup
 from glia.engine.config import GliaConfig
+from glia.stages.dedup import SIGNATURES, DedupStage
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +59,17 @@ def describe(params: dict[str, object]) -> str:
             f"seed {params.get('seed')}, {params.get('minhash')}")
 
 
+def dedup_stage(cfg: GliaConfig) -> DedupStage:
+    """The dedup stage as ``cfg`` configures it: its scheme, and the MinHash shape it sets."""
+    return DedupStage(**cfg.stage_params_for("dedup"))
+
+
+def _shape(p: NearDup) -> tuple[object, ...]:
+    return p.ngram, p.bands, p.rows, p.seed, p.threshold
+
+
 def stored_scheme(con: duckdb.DuckDBPyConnection) -> dict[str, object] | None:
-    """The scheme (``dedup_params``) of the history's signatures, or ``None`` for a database
+    """The scheme (``DedupStage.scheme``) of the history's signatures, or ``None`` for a database
     without history. Raises if segments of two schemes are registered (never written by Glia)."""
     has_table = con.execute(
         "SELECT count(*) FROM information_schema.tables WHERE table_name = 'index_segments'").fetchone()[0]
@@ -84,28 +94,24 @@ def config_for_history(cfg: GliaConfig, con: duckdb.DuckDBPyConnection) -> tuple
     with the previous defaults and ``cfg`` asks for the current defaults; otherwise
     :class:`SchemeMismatch`.
     """
-    from glia.stages.dedup import dedup_params
-
     stored = stored_scheme(con)
-    if stored is None or stored == dedup_params(cfg):
+    wanted = dedup_stage(cfg)
+    if stored is None or stored == wanted.scheme():
         return cfg, None
-    legacy = replace(cfg, near_dup=replace(cfg.near_dup, bands=LEGACY_NEAR_DUP.bands, rows=LEGACY_NEAR_DUP.rows,
-                                           ngram=LEGACY_NEAR_DUP.ngram, seed=LEGACY_NEAR_DUP.seed,
-                                           threshold=LEGACY_NEAR_DUP.threshold))
+    old = LEGACY_NEAR_DUP
+    legacy = cfg.with_stage_params("dedup", bands=old.bands, rows=old.rows, ngram=old.ngram, seed=old.seed,
+                                   threshold=old.threshold)
     defaults = NearDup()
-    asks_defaults = (cfg.near_dup.ngram, cfg.near_dup.bands, cfg.near_dup.rows, cfg.near_dup.seed,
-                     cfg.near_dup.threshold) == (defaults.ngram, defaults.bands, defaults.rows, defaults.seed,
-                                                 defaults.threshold)
-    if asks_defaults and stored == dedup_params(legacy):
+    if _shape(wanted.params) == _shape(defaults) and stored == dedup_stage(legacy).scheme():
         notice = (f"this database's near-dup history was built with the previous default scheme "
-                  f"({describe(stored)}, threshold {LEGACY_NEAR_DUP.threshold}); it keeps using it. "
+                  f"({describe(stored)}, threshold {old.threshold}); it keeps using it. "
                   f"Run `glia reindex --db <db>` to rebuild the history under the current defaults "
-                  f"({describe(dedup_params(cfg))}, threshold {defaults.threshold}), which find more edited "
+                  f"({describe(wanted.scheme())}, threshold {defaults.threshold}), which find more edited "
                   "copies (README, Near-duplicate quality)")
         return legacy, notice
     raise SchemeMismatch(
         f"the dedup history was built with {describe(stored)}, but [stages.dedup] asks for "
-        f"{describe(dedup_params(cfg))}; signatures of two schemes cannot be compared. Either keep [stages.dedup] as "
+        f"{describe(wanted.scheme())}; signatures of two schemes cannot be compared. Either keep [stages.dedup] as "
         "it was for this database, or run `glia reindex --db <db> --rules <rules>` to rebuild the history under "
         "the new scheme (it reads the shards again)")
 
@@ -133,9 +139,8 @@ def reindex(db_path: Path | str, cfg: GliaConfig, state_dir: Path | str | None =
     from concurrent.futures import ThreadPoolExecutor
 
     from glia.curation.dedup import Tonight, resolve
-    from glia.stages.dedup import dedup_params
     from glia.engine.ingest import ReadSpec
-    from glia.engine.pipeline import RunContext, collect_garbage, default_state_dir, now, tag_shard, view_sources
+    from glia.engine.pipeline import NightContext, NightParts, collect_garbage, default_state_dir, tag_shard, view_sources
     from glia.storage.shards import ShardFile
     from glia.storage.catalog import Catalog, RunRecord, Segment, TableWrite, TagFile
     from glia.storage.history import History, write_segments
@@ -147,7 +152,8 @@ def reindex(db_path: Path | str, cfg: GliaConfig, state_dir: Path | str | None =
     if not db.exists():
         raise FileNotFoundError(f"no database at {db}")
     state = Path(state_dir).resolve() if state_dir else default_state_dir(db)
-    new_params = dedup_params(cfg)
+    stage = dedup_stage(cfg)
+    new_params = stage.scheme()
     with RunLock(db) as lock, Catalog(db) as cat:
         old_params = stored_scheme(cat.con)
         run_id = cat.next_run_id()
@@ -167,8 +173,9 @@ def reindex(db_path: Path | str, cfg: GliaConfig, state_dir: Path | str | None =
         # New signatures for every active shard, beside the old files (those stay registered
         # until the commit). The tagger's own file name is kept inside a folder of this reindex.
         work = state / "reindex" / f"run-{run_id:06d}"
-        ctx = RunContext(str(db.parent), db, work, cfg, run_id, now())
-        minhash = registry.build(["minhash"], {"minhash": cfg.params_for("minhash")})[0]
+        ctx = NightContext.start(str(db.parent), db, work, cfg, run_id)
+        shape = {**cfg.params_for(SIGNATURES), **stage.tagger_params()[SIGNATURES]}
+        minhash = registry.build([SIGNATURES], {SIGNATURES: shape})[0]
         specs = [ReadSpec(ShardFile(r.path, r.size, r.mtime_ns, r.footer_hash), cfg.columns, cfg.run.batch_size,
                           tuple(sorted(excluded.get(r.shard_id, ()))), cfg.run.max_doc_bytes, cfg.run.storage_options)
                  for r in active]
@@ -202,7 +209,7 @@ def reindex(db_path: Path | str, cfg: GliaConfig, state_dir: Path | str | None =
             history = History(exact_segs[:k] + built, active_ids, tmp_dir=work / "tmp")
             try:
                 res = resolve(Tonight.from_tables(ex.select(["doc_id", "text_hash", "shard_id"]), mh, night_run,
-                                                  first_seen), history, night_run, cfg.near_dup)
+                                                  first_seen), history, night_run, stage.params)
             finally:
                 history.close()
             tables = {kind: t for kind, t in res.segments.items() if kind in SCHEME_KINDS}
@@ -227,7 +234,7 @@ def reindex(db_path: Path | str, cfg: GliaConfig, state_dir: Path | str | None =
         record = RunRecord(
             run_id=run_id, started_at=ctx.started_at, status="reindex", shards_root=str(db.parent),
             config_hash=cfg.hash(), code_version="", config=cfg.to_dict(), tag_files=tag_files,
-            view_sources=view_sources(cfg), counts={"docs": n_docs},
+            view_sources=view_sources(NightParts.build(cfg)), counts={"docs": n_docs},
             writes=[TableWrite("index_segments", seg_rows, ("kind",))],
             metrics={"reindex.documents": n_docs, "reindex.nights": n_nights, "reindex.shards": len(active)},
         )

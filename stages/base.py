@@ -129,6 +129,12 @@ class NightStage(abc.ABC):
         """Parameters that change the output (recorded with the run)."""
         return {}
 
+    def tagger_params(self) -> dict[str, dict[str, Any]]:
+        """Parameters this stage sets on the taggers it needs, where their output must match what
+        the stage keeps across nights (the dedup stage sets MinHash's signature shape). The
+        engine passes them to those taggers beside their own ``[taggers.<name>]`` tables."""
+        return {}
+
     def load(self, con: duckdb.DuckDBPyConnection, ctx: RunContext) -> Any:
         """Read the state this stage keeps from the catalog, read-only, before tagging starts."""
         return None

@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from glia.core.context import RunContext
 from glia.curation import prune as pr
 from glia.curation.protect import (
     TAG_RARITY,
@@ -103,7 +104,7 @@ class DecideStage(NightStage):
 
     # -- catalog state ----------------------------------------------------------------------
 
-    def load(self, con: duckdb.DuckDBPyConnection, ctx: Any) -> DecideState:
+    def load(self, con: duckdb.DuckDBPyConnection, ctx: RunContext) -> DecideState:
         queue = con.sql(
             "SELECT q.doc_id, q.run_id, q.reasons, q.priority, q.status, q.changed_run, q.changed_at, q.note, "
             "CAST(d.source AS VARCHAR) AS source, CAST(d.label AS VARCHAR) AS label, d.shard_id "
@@ -135,7 +136,7 @@ class DecideStage(NightStage):
 
     # -- tonight ----------------------------------------------------------------------------
 
-    def run(self, ctx: Any, state: DecideState, inputs: StageInputs) -> StageOutput:
+    def run(self, ctx: RunContext, state: DecideState, inputs: StageInputs) -> StageOutput:
         run_id = ctx.run_id
         docs = inputs.documents
         ids = docs["doc_id"].combine_chunks().cast(pa.string())

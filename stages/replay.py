@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from glia.core.context import RunContext
 from glia.curation.replay import (
     MIGRATIONS, POOL_SCHEMA, CatalogState, Pool, ReplayParams, attach, build_set, combine_pools,
     concat_lists, metadata_strata, rarity_label,
@@ -45,10 +46,10 @@ class ReplayStage(NightStage):
     def config(self) -> dict[str, Any]:
         return self.params.to_dict()
 
-    def load(self, con: duckdb.DuckDBPyConnection, ctx: Any) -> CatalogState:
+    def load(self, con: duckdb.DuckDBPyConnection, ctx: RunContext) -> CatalogState:
         return CatalogState.read(con, self.params, ctx.run_id)
 
-    def run(self, ctx: Any, state: CatalogState, inputs: StageInputs) -> StageOutput:
+    def run(self, ctx: RunContext, state: CatalogState, inputs: StageInputs) -> StageOutput:
         # The catalog's pool already leaves out the ids queued on earlier nights (state.pruned_ids);
         # tonight's prunes are read from the decide stage's `action` column (tonight_pool).
         old = state.pool
@@ -59,7 +60,7 @@ class ReplayStage(NightStage):
         pool = combine_pools(old, new)
         if pool.table.num_rows == 0:
             return StageOutput(counts={"pool": 0, "excluded": pool.n_excluded})
-        cols = ctx.config.columns
+        cols = ctx.columns
         rs = build_set(pool, state.state, self.params, state.next_set_id, state.n_sets, "flow", cols.text, cols.id)
         row = rs.set_row
         return StageOutput(writes=rs.writes(), counts={
@@ -79,7 +80,7 @@ def _outputs(inputs: StageInputs, wanted: set[str]) -> list[pa.Table]:
     return out
 
 
-def _document_metadata(ctx: Any, inputs: StageInputs, columns: list[str]) -> pa.Table:
+def _document_metadata(ctx: RunContext, inputs: StageInputs, columns: list[str]) -> pa.Table:
     """``doc_id`` plus metadata ``columns`` of tonight's documents: the canonical ones from the
     stage inputs, extra ones from tonight's ``documents`` index files."""
     docs = inputs.documents
@@ -100,7 +101,7 @@ def _document_metadata(ctx: Any, inputs: StageInputs, columns: list[str]) -> pa.
     return out
 
 
-def tonight_pool(ctx: Any, inputs: StageInputs, params: ReplayParams, importance: pa.Table | None,
+def tonight_pool(ctx: RunContext, inputs: StageInputs, params: ReplayParams, importance: pa.Table | None,
                  pruned: pa.Array) -> Pool:
     """Tonight's documents with their term columns, minus duplicates, prunes and queued ids."""
     docs = inputs.documents
