@@ -1,4 +1,4 @@
-"""``glia replay build | export``: TMR replay sets outside the night (``curation.replay``)."""
+"""``glia replay build | export``: TMR replay sets outside the night (``engine.replay``)."""
 
 from __future__ import annotations
 
@@ -35,8 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, console: Console) -> int:
     """``glia replay ...``: 0 done, 1 error, 2 database busy."""
-    from glia.curation.replay import ReplayParams, build_from_catalog, export_set
+    from glia.curation.replay import ReplayParams
     from glia.engine.config import load_config
+    from glia.engine.replay import build_from_catalog, export_set
 
     if args.replay_cmd == "export":
         sid, n = export_set(args.db, args.out, args.set_id, args.redact_pii)

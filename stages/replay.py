@@ -19,9 +19,9 @@ import pyarrow.parquet as pq
 
 from glia.core.context import RunContext
 from glia.curation.replay import (
-    MIGRATIONS, POOL_SCHEMA, CatalogState, Pool, ReplayParams, attach, build_set, combine_pools,
-    concat_lists, metadata_strata, rarity_label,
+    Pool, ReplayParams, attach, build_set, combine_pools, concat_lists, metadata_strata, pool_from_catalog,
 )
+from glia.storage.replay import MIGRATIONS, POOL_SCHEMA, ReplayCatalog, rarity_label, read_replay_catalog
 from glia.storage.views import DOCUMENTS, DOCUMENTS_VERSION
 from glia.stages.base import NightStage, StageInputs, StageOutput
 
@@ -46,13 +46,13 @@ class ReplayStage(NightStage):
     def config(self) -> dict[str, Any]:
         return self.params.to_dict()
 
-    def load(self, con: duckdb.DuckDBPyConnection, ctx: RunContext) -> CatalogState:
-        return CatalogState.read(con, self.params, ctx.run_id)
+    def load(self, con: duckdb.DuckDBPyConnection, ctx: RunContext) -> ReplayCatalog:
+        return read_replay_catalog(con, self.params)
 
-    def run(self, ctx: RunContext, state: CatalogState, inputs: StageInputs) -> StageOutput:
+    def run(self, ctx: RunContext, state: ReplayCatalog, inputs: StageInputs) -> StageOutput:
         # The catalog's pool already leaves out the ids queued on earlier nights (state.pruned_ids);
         # tonight's prunes are read from the decide stage's `action` column (tonight_pool).
-        old = state.pool
+        old = pool_from_catalog(state, ctx.run_id)
         # Earlier documents count only while their shard is still active tonight.
         in_history = pc.is_in(old.table["shard_id"], value_set=pa.array(inputs.history_active, pa.string()))
         old = Pool(old.table.filter(in_history), ctx.run_id, old.n_excluded, old.rarity_source)
