@@ -159,6 +159,23 @@ class NightPlan:
     first_seen: dict[str, int] = field(default_factory=dict)
 
 
+def _scan_ids(night: NightPlan, shards: Sequence[ShardFile], cfg: GliaConfig) -> list[tuple[ShardFile, pa.Table, pa.Table]]:
+    """Each shard's ids and the rows ``scan_ids`` already skips; a shard it rejects goes into
+    ``night.rejected``, the skips and row counts of the others into ``night``."""
+    id_tables: list[tuple[ShardFile, pa.Table, pa.Table]] = []
+    for shard in shards:
+        try:
+            ids, skips = scan_ids(shard, cfg.columns, cfg.run.storage_options)
+        except ShardRejected as exc:
+            night.rejected[shard.path] = str(exc)
+            night.rejected_files.append(shard)
+            continue
+        night.skipped.append(skips)
+        night.n_rows[shard.shard_id] = ids.num_rows + skips.num_rows
+        id_tables.append((shard, ids, skips))
+    return id_tables
+
+
 def prepare(ctx: NightContext, catalog: Catalog, taggers: Sequence[Tagger]) -> NightPlan:
     """Discover shards, diff them with the registry and settle id conflicts up front, so the
     per-shard tasks are pure functions of (shard, excluded rows, config)."""
@@ -171,17 +188,7 @@ def prepare(ctx: NightContext, catalog: Catalog, taggers: Sequence[Tagger]) -> N
         night.rejected_files.append(f)
 
     superseded = {row.shard_id for _, row in sp.changed}
-    id_tables: list[tuple[ShardFile, pa.Table, pa.Table]] = []
-    for shard in sp.to_ingest:
-        try:
-            ids, skips = scan_ids(shard, cfg.columns, cfg.run.storage_options)
-        except ShardRejected as exc:
-            night.rejected[shard.path] = str(exc)
-            night.rejected_files.append(shard)
-            continue
-        night.skipped.append(skips)
-        night.n_rows[shard.shard_id] = ids.num_rows + skips.num_rows
-        id_tables.append((shard, ids, skips))
+    id_tables = _scan_ids(night, sp.to_ingest, cfg)
 
     # Ids already used by an active document (outside shards replaced tonight), or by an
     # earlier shard (by path) tonight, are skipped with the place they were first seen.
