@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from glia.cli.exit_codes import EXIT_BUSY, EXIT_ERROR, EXIT_OK, EXIT_STRICT
+from glia.cli.exit_codes import EXIT_OK, EXIT_STRICT, exit_code_for
 from glia.cli.summary import NightNumbers, print_summary
 
 if TYPE_CHECKING:
@@ -70,18 +70,23 @@ def _night(args: argparse.Namespace) -> NightOutcome:
         from glia.flows.nightly import nightly_hygiene
 
         flow = nightly_hygiene.with_options(task_runner=runners.task_runner_for(options))
-        return flow(shards_root=args.shards, db_path=str(args.db), rules_path=rules, state_dir=state_dir)
+        return flow(shards_root=args.shards, db_path=str(args.db), rules_path=rules, state_dir=state_dir, config=cfg)
     from glia.engine.night import ThreadExecutor, run_night
 
     with ThreadExecutor(options.workers) as executor:
         return run_night(args.shards, args.db, cfg, state_dir, executor)
 
 
+def error_message(exc: Exception) -> str | None:
+    """A night that failed for another cause than its input or configuration (``cli.main`` words those)."""
+    if exit_code_for(exc) is not None:
+        return None
+    return (f"glia: the run failed ({type(exc).__name__}: {exc}); it is recorded as failed in v_runs and nothing of "
+            "it is visible. Fix the cause and rerun: finished work is reused.")
+
+
 def run(args: argparse.Namespace, console: Console) -> int:
     from glia.core import progress as prog
-    from glia.engine.config import ConfigError
-    from glia.storage.catalog import DatabaseBusyError
-    from glia.storage.lock import RunInProgressError
 
     bar = Progress(TextColumn("{task.description:>10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    console=console, disable=args.quiet or not console.is_terminal, transient=False)
@@ -89,16 +94,6 @@ def run(args: argparse.Namespace, console: Console) -> int:
         with bar:
             prog.install(RichReporter(bar))
             outcome = _night(args)
-    except (RunInProgressError, DatabaseBusyError) as exc:
-        console.print(f"glia: {exc}", style="red", markup=False)
-        return EXIT_BUSY
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
-        console.print(f"glia: {exc}", style="red", markup=False)
-        return EXIT_ERROR
-    except Exception as exc:
-        console.print(f"[red]glia: the run failed ({type(exc).__name__}: {escape(str(exc))}); it is recorded as failed in "
-                      "v_runs and nothing of it is visible. Fix the cause and rerun: finished work is reused.[/red]")
-        return EXIT_ERROR
     finally:
         prog.install(None)
 

@@ -171,16 +171,7 @@ def read_night_numbers(db: str, run_id: int) -> NightNumbers:
 
 def show_run(db: str, run_id: int, console: Console) -> int:
     """Print run ``run_id``'s summary and every count it recorded; returns the exit code."""
-    from glia.cli.exit_codes import EXIT_BUSY, EXIT_ERROR, EXIT_OK
-    from glia.storage.catalog import DatabaseBusyError
+    from glia.cli.exit_codes import EXIT_OK
 
-    try:
-        numbers = read_night_numbers(db, run_id)
-    except DatabaseBusyError as exc:
-        console.print(f"glia: {exc}", style="red", markup=False)
-        return EXIT_BUSY
-    except (FileNotFoundError, LookupError) as exc:
-        console.print(f"glia: {exc}", style="red", markup=False)
-        return EXIT_ERROR
-    print_summary(console, numbers, verbose=True)
+    print_summary(console, read_night_numbers(db, run_id), verbose=True)
     return EXIT_OK

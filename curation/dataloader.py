@@ -98,8 +98,8 @@ class ReplayPlan:
                 storage_options: StorageOptions | None = None) -> ReplayPlan:
         """Read a set (default: the latest) from the catalog, opened read-only and closed at once.
         ``storage_options`` default to the ``[run].storage_options`` recorded with the set's run."""
-        from glia.curation.replay import replay_set_row
         from glia.storage.catalog import Catalog
+        from glia.storage.replay import replay_set_row
 
         with Catalog(db_path, read_only=True) as cat:
             meta = replay_set_row(cat.con, db_path, set_id, ": enable the replay stage or run `glia replay build`")

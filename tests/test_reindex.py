@@ -19,10 +19,10 @@ import pytest
 
 from conftest import NIGHTS, REPO, query, run_night
 from glia.cli import main as cli
-from glia.engine.config import GliaConfig, NearDup
+from glia.curation.dedup import NearDup
+from glia.engine.config import GliaConfig
 from glia.curation.dedup import band_keys
-from glia.stages.dedup import dedup_params
-from glia.engine.reindex import LEGACY_NEAR_DUP, SchemeMismatch
+from glia.engine.reindex import LEGACY_NEAR_DUP, SchemeMismatch, dedup_stage
 from glia.taggers.minhash import MinHashTagger
 from glia.core.text import shingle_hashes, word_hashes
 
@@ -65,8 +65,8 @@ def edited_copies(tmp: Path, n: int = 40) -> tuple[Path, dict[str, str]]:
 def test_an_old_default_database_keeps_its_scheme_and_reindex_moves_it(tmp_path: Path) -> None:
     legacy_rules = tmp_path / "legacy.toml"
     legacy_rules.write_text(LEGACY_RULES)
-    legacy_params = dedup_params(load(legacy_rules))
-    new_params = dedup_params(GliaConfig())
+    legacy_params = dedup_stage(load(legacy_rules)).scheme()
+    new_params = dedup_stage(GliaConfig()).scheme()
     assert legacy_params != new_params
 
     # An "old" database: nights 1-2 with the previous defaults; a reference run all legacy.
