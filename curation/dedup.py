@@ -59,7 +59,7 @@ class NearDup:
     0.3 with 0.229 (those are then dropped by the 0.5 threshold).
 
     Measured (``bench/quality_near_dup.py``, edited copies of FOLDOC entries that no default
-    was tuned on, see README "Near-duplicate quality"): this default and the previous one
+    was tuned on, see docs/quality.md, "Near-duplicate quality"): this default and the previous one
     (word 5-grams, 16 x 7, 0.75, :data:`engine.reindex.LEGACY_NEAR_DUP`) are compared
     there, with every other setting tried. Changing ``ngram``, ``bands``, ``rows`` or
     ``seed`` changes the stored history's signatures: ``glia reindex`` rebuilds it.

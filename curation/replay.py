@@ -82,7 +82,7 @@ class ReplayParams:
     # Importance-sampling exponent b, annealed linearly to ``beta_final`` (None: no annealing).
     # 0 (default) makes every weight 1: in bench/forgetting.py the IS correction, which pulls the
     # prioritised draws' gradient back towards uniform replay, cost forgetting on every night-1
-    # stratum at equal budget (README, *Forgetting*). Schaul et al.'s 0.4 -> 1 gives an unbiased
+    # stratum at equal budget (docs/forgetting.md). Schaul et al.'s 0.4 -> 1 gives an unbiased
     # loss over the pool instead, for a trainer that wants that.
     beta: float = 0.0
     beta_final: float | None = None
@@ -99,7 +99,7 @@ class ReplayParams:
     # Strata never replayed: evaluation text (the eval_set stratum) must not reach the trainer.
     exclude_strata: tuple[str, ...] = ("eval_set",)
     # False (default): protected documents keep weight 1 instead of (N P)^-b; as b -> 1 the IS
-    # weight undoes the very upsampling that protects them (measured: bench/forgetting.py, README).
+    # weight undoes the very upsampling that protects them (measured: bench/forgetting.py, docs/forgetting.md).
     protected_is_weight: bool = False
     exclude_duplicates: bool = True
     record_state: bool = True

@@ -113,7 +113,7 @@ def config_for_history(cfg: GliaConfig, con: duckdb.DuckDBPyConnection) -> tuple
                   f"({describe(stored)}, threshold {old.threshold}); it keeps using it. "
                   f"Run `glia reindex --db <db>` to rebuild the history under the current defaults "
                   f"({describe(wanted.scheme())}, threshold {defaults.threshold}), which find more edited "
-                  "copies (README, Near-duplicate quality)")
+                  "copies (docs/quality.md, Near-duplicate quality)")
         return legacy, notice
     raise SchemeMismatch(
         f"the dedup history was built with {describe(stored)}, but [stages.dedup] asks for "

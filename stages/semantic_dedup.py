@@ -49,7 +49,7 @@ class SemanticDedupStage(NightStage):
     @dataclass(frozen=True)
     class Params:
         """``eps``: a document is a duplicate at cosine >= 1 - eps (0.05: measured on the example
-        corpus with MiniLM, README); ``k``: neighbours each document looks at; ``exact_max``:
+        corpus with MiniLM, docs/benchmarks.md); ``k``: neighbours each document looks at; ``exact_max``:
         nights up to this many documents are searched exactly, larger ones with an IVF index
         searching ``nprobe`` lists; ``seed``: the IVF training sample's; ``use_bank``: compare
         with the novelty bank of earlier nights when there is one."""
