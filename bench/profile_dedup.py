@@ -126,6 +126,10 @@ def targets() -> list[tuple[object, str, str]]:
         (cd, "jaccard", "dedup: verify"),
         (cd, "connected_components", "dedup: components"),
         (sd, "write_segments", "dedup: write segments"),
+        # resolve's named steps (issue 23), where this version of curation.dedup has them
+        *[(cd, name, f"dedup: resolve/{name}") for name in
+          ("exact_groups", "lsh_candidates", "components", "clusters_and_matches", "survivors", "_segments")
+          if hasattr(cd, name)],
         (night, "build_record", "finalize: record"),
         (night, "summary_metrics", "finalize: summary"),
         (catalog.Catalog, "commit_run", "finalize: commit"),
