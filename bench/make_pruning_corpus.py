@@ -2,7 +2,7 @@
 
 Usage (from the repository root; ``make bench-pruning`` runs it)::
 
-    .venv/bin/python bench/make_pruning_corpus.py                   # build/pruning/corpus (~3,100 documents)
+    .venv/bin/python bench/make_pruning_corpus.py --seed 22         # build/pruning/corpus-s22 (~3,100 documents)
     .venv/bin/python bench/make_pruning_corpus.py --scale 0.125 --out tests/data/pruning_quick   # the --quick corpus
 
 Everything comes from the pinned bench inputs (``bench/corpus_inputs.py``: Austen, the King
@@ -17,7 +17,7 @@ Each night delivers
 - **clean text** of five sources: Austen, KJV and Shakespeare (200 documents each), and two
   rare but valuable ones, the Jargon File (24, ~2.3 % of the night) and The Devil's Dictionary
   (12, ~1.2 %);
-- and a **web crawl** (source ``web``, ~39 % of the night) with what a real crawl carries:
+- and a **web crawl** (source ``web``, about a third of the documents) with what a real crawl carries:
 
   ====================  ===========================================================================
   kind                  what
@@ -72,7 +72,6 @@ import corpus_inputs  # noqa: E402
 import lang_corpus  # noqa: E402
 import planting  # noqa: E402
 
-OUT = ROOT / "build" / "pruning" / "corpus"
 DAVIDSON = ROOT / "models" / "data" / "davidson-2017" / "labeled_data.parquet"
 EVAL_SET = ROOT / "examples" / "eval" / "fortunes.parquet"
 NIGHTS = (1, 2, 3)
@@ -370,10 +369,11 @@ def build(out: Path, scale: float = 1.0, seed: int = 21) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--out", type=Path, help="default: build/pruning/corpus-s<seed>")
     ap.add_argument("--scale", type=float, default=1.0, help="document counts times this (0.125: the --quick corpus)")
     ap.add_argument("--seed", type=int, default=21)
     args = ap.parse_args(argv)
+    args.out = args.out or ROOT / "build" / "pruning" / f"corpus-s{args.seed}"
     m = build(args.out, args.scale, args.seed)
     print(json.dumps({k: m[k] for k in ("nights", "kinds", "junk_char_share", "heldout", "eval", "do_not_forget",
                                          "sha256")}, indent=1))
