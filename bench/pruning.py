@@ -558,7 +558,7 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
     for p in SWEEP:
         pairs[f"rule@{p:g} - random@{p:g}"] = (f"rule@{p:g}", f"random@{p:g}")
     for a in arms:
-        if a.startswith(("minus:", "plus:")) or a in ("no_protect", "previous_default"):
+        if a.startswith(("minus:", "plus:", "rule:")) or a in ("no_protect", "previous_default"):
             pairs[f"{a} - glia"] = (a, "glia")
     paired = {name: {k: _paired([m[k] for m in per[a]], [m[k] for m in per[b]]) for k in keys}
               for name, (a, b) in pairs.items() if a in per and b in per}
@@ -629,34 +629,45 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    """Held-out loss against the share pruned, the rule's sweep vs random at the same sizes, per stratum."""
+    """Held-out loss against the share pruned, the rule's sweep vs random at the same sizes, per stratum.
+
+    The y axis is each arm's loss minus ``all``'s for the same seed (so 0 is no pruning), mean and
+    sd over seeds: the paired differences the claims rest on. The absolute losses are in the tables.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    table, comp = result["summary"]["table"], result["composition"]
+    comp = result["composition"]
+    per = {a: [metrics_of(s["runs"][a]) for s in result["seeds"]] for a in result["arms"]}
+
+    def delta(arm: str, key: str) -> tuple[float, float]:
+        d = np.array([m[key] for m in per[arm]]) - np.array([m[key] for m in per["all"]])
+        return float(d.mean()), float(d.std(ddof=1)) if len(d) > 1 else 0.0
+
     panels = ("clean", "rare", "do_not_forget", "austen", "kjv", "shakespeare", "jargon", "devil")
     fig, axes = plt.subplots(2, 4, figsize=(16, 7.5))
-    rule_arms = ["all"] + [f"rule@{p:g}" for p in SWEEP if f"rule@{p:g}" in table]
-    rand_arms = ["all"] + [f"random@{p:g}" for p in SWEEP if f"random@{p:g}" in table]
+    rule_arms = ["all"] + [f"rule@{p:g}" for p in SWEEP if f"rule@{p:g}" in per]
+    rand_arms = ["all"] + [f"random@{p:g}" for p in SWEEP if f"random@{p:g}" in per]
     for ax, key in zip(axes.ravel(), panels):
-        for arms, label, style in ((rule_arms, "Glia rule (sweep)", "o-"), (rand_arms, "random, same sizes", "s--")):
-            xs = [comp[a]["pruned_share"] for a in arms]
-            ys = [table[a][key]["mean"] for a in arms]
-            es = [table[a][key]["sd"] for a in arms]
-            ax.errorbar(xs, ys, yerr=es, fmt=style, capsize=3, label=label)
-        for arm, marker in (("glia", "*"), ("random", "x")):
-            ax.errorbar([comp[arm]["pruned_share"]], [table[arm][key]["mean"]], yerr=[table[arm][key]["sd"]],
-                        fmt=marker, markersize=12, capsize=3, label=f"{arm} (default)" if arm == "glia" else arm)
+        for arms, label, style in ((rule_arms, "Glia rule (sweep, source cap off)", "o-"),
+                                   (rand_arms, "random, same sizes", "s--")):
+            stats = [delta(a, key) for a in arms]
+            ax.errorbar([comp[a]["pruned_share"] for a in arms], [m for m, _ in stats], yerr=[e for _, e in stats],
+                        fmt=style, capsize=3, label=label)
+        for arm, marker, label in (("glia", "*", "glia (the default rule)"), ("random", "x", "random (glia's sizes)")):
+            m, e = delta(arm, key)
+            ax.errorbar([comp[arm]["pruned_share"]], [m], yerr=[e], fmt=marker, markersize=12, capsize=3, label=label)
+        ax.axhline(0.0, color="grey", linewidth=0.8)
         ax.set_title(key)
         ax.set_xlabel("share of documents pruned")
-        ax.set_ylabel("held-out loss (nats/byte)")
+        ax.set_ylabel("held-out loss - all's, same seed (nats/byte)")
         ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=8)
     cfg = result["config"]
-    fig.suptitle(f"Pruning at equal tokens ({cfg['steps'] * cfg['batch'] * cfg['ctx']:,} bytes per arm), "
-                 f"mean ± sd over {len(result['seeds'])} seeds")
+    fig.suptitle(f"Pruning at equal tokens ({cfg['steps'] * cfg['batch'] * cfg['ctx']:,} bytes per arm): held-out loss "
+                 f"relative to no pruning, mean ± sd over {len(result['seeds'])} seeds (lower is better)")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -670,6 +681,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="CI smoke: the committed small corpus, tiny budgets")
     ap.add_argument("--seeds", type=int)
     ap.add_argument("--steps", type=int)
+    ap.add_argument("--lr", type=float, help="peak learning rate (default 1e-2)")
     ap.add_argument("--corpus", type=Path, help="a corpus folder (default: build/pruning/corpus-s<seed>)")
     ap.add_argument("--corpus-seed", type=int, default=CORPUS_SEED,
                     help=f"the seed of the corpus built when --corpus is not given (default {CORPUS_SEED}; the "
@@ -682,11 +694,19 @@ def main(argv: list[str] | None = None) -> int:
                     help="where Glia's nights are kept, keyed by corpus, rules and code (default build/pruning/nights)")
     ap.add_argument("--out", type=Path, help="result JSON (default bench/results/pruning.json, _quick with --quick)")
     ap.add_argument("--jobs", type=int, default=2, help="training processes (default 2, one torch thread each)")
+    ap.add_argument("--report", type=Path, metavar="JSON",
+                    help="write the plot and the Markdown tables of an earlier result again (nothing is run)")
     args = ap.parse_args(argv)
+    if args.report:
+        result = json.loads(args.report.read_text())
+        plot(result, args.report.with_suffix(".png"))
+        args.report.with_suffix(".md").write_text(markdown(result))
+        print(f"wrote {args.report.with_suffix('.png')} and {args.report.with_suffix('.md')}")
+        return 0
     t_start = time.monotonic()
     load_start = os.getloadavg()
     cfg = QUICK if args.quick else FULL
-    cfg = replace(cfg, **{k: v for k, v in (("seeds", args.seeds), ("steps", args.steps)) if v})
+    cfg = replace(cfg, **{k: v for k, v in (("seeds", args.seeds), ("steps", args.steps), ("lr", args.lr)) if v})
     corpus = (args.corpus or (QUICK_CORPUS if args.quick else corpus_dir(args.corpus_seed))).resolve()
     for spec in args.rule:
         name, _, body = spec.partition("=")
