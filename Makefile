@@ -9,7 +9,7 @@ GLIA   := $(VENV)/bin/glia
 STAMP  := $(VENV)/.glia-installed
 DEMO   := build/demo
 
-.PHONY: setup system-deps demo test bench bench-inputs bench-scale bench-quality bench-forgetting clean
+.PHONY: setup system-deps demo test bench bench-inputs bench-scale bench-quality bench-forgetting bench-pruning clean
 
 setup: $(STAMP)
 
@@ -92,6 +92,12 @@ bench-quality: bench-inputs
 # 2 cores); see docs/forgetting.md.
 bench-forgetting: setup
 	OMP_NUM_THREADS=1 $(PY) bench/forgetting.py
+
+# Pruning at equal tokens: every arm (no pruning, the default rule, random, each term alone, the
+# default minus each term, the sweep) trained from scratch, 3 seeds, two processes of one torch
+# thread; builds its corpus into build/pruning first (docs/pruning.md has the results and times).
+bench-pruning: bench-inputs
+	OMP_NUM_THREADS=1 $(PY) bench/pruning.py
 
 clean:
 	rm -rf build .glia

@@ -1,10 +1,13 @@
-"""The tiny byte-level LM and replay plumbing shared by ``bench/ablate.py`` and ``bench/forgetting.py``.
+"""The tiny byte-level LM and replay plumbing shared by ``bench/ablate.py``, ``bench/forgetting.py`` and ``bench/pruning.py``.
 
 A byte-level causal transformer (nothing from a hub; 2 layers, width 128, context 128 by
 default), its windowed loss, a fixed-window evaluation grouped by any column, the training
 loop that mixes ``batch_new`` windows of new documents with ``batch_replay`` replayed ones
-(each replayed loss optionally scaled by its importance-sampling weight), and the read-only
-"what-if" replay builds that the benchmarks compare with the nightly stage's own set.
+(each replayed loss optionally scaled by its importance-sampling weight), the read-only
+"what-if" replay builds that the benchmarks compare with the nightly stage's own set, and
+pretraining on a packed stream at a fixed token budget (:func:`pack_windows`,
+:func:`train_windows`), which ``bench/pruning.py`` uses to train every arm on exactly the
+same number of tokens.
 """
 
 from __future__ import annotations
@@ -221,3 +224,83 @@ def learner_losses(model: Any, texts: dict[str, str], b: Budget, path: Path) -> 
     model.train()
     pq.write_table(pa.table({"doc_id": ids, "loss": np.concatenate(losses)}), path)
     return path
+
+
+# -- pretraining on a packed stream ----------------------------------------------------------------
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser: a fixed, well-spread 64-bit hash of each value."""
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+def doc_keys(ids: list[str], seed: int, epoch: int) -> np.ndarray:
+    """A fixed 64-bit key per document id, seed and epoch (a hash, not a generator draw)."""
+    import hashlib
+
+    return np.array([int.from_bytes(hashlib.blake2b(f"{seed}:{epoch}:{i}".encode(), digest_size=8).digest(), "little")
+                     for i in ids], dtype=np.uint64)
+
+
+def pack_windows(texts: list[str], ids: list[str], n_windows: int, ctx: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n_windows`` full training windows of ``ctx + 1`` bytes from ``texts``, in training order.
+
+    Each text is cut from its start into consecutive windows (the next starts at the last byte of
+    the one before, so each byte is predicted once; a tail shorter than a window is left out).
+    An epoch is every window once, in the order of a key hashed from ``(seed, epoch, document id,
+    window number)``, as a pretraining loader shuffles its sequences; when one epoch has too few
+    windows the next follows. Every window is full, so the token count is exactly
+    ``n_windows * ctx`` whatever the texts.
+
+    The keys make paired arms comparable (common random numbers): a window of a document that
+    two arms both keep has the same key in both, so an arm that prunes a few documents trains on
+    the same windows in the same order as one that keeps them, minus the pruned documents'
+    windows (and plus as many from further down the order). A paired difference then measures
+    what the kept sets differ in, not two draws of the data.
+
+    Returns ``(batch, owner)``: the windows in :func:`window_losses`' layout (bytes, then the
+    length) and the index of the text each window came from.
+    """
+    raw = [np.frombuffer(t.encode("utf-8"), np.uint8) for t in texts]
+    counts = np.array([max(0, (len(r) - 1) // ctx) for r in raw], np.int64)
+    if counts.sum() == 0:
+        raise ValueError(f"pack_windows: no text holds a full window of {ctx + 1} bytes")
+    doc = np.repeat(np.arange(len(texts)), counts)
+    start = (np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)) * ctx
+    picked: list[np.ndarray] = []
+    have, epoch = 0, 0
+    while have < n_windows:
+        key = _mix64(np.repeat(doc_keys(ids, seed, epoch), counts) + _mix64(start.astype(np.uint64) + np.uint64(1)))
+        take = np.argsort(key, kind="stable")[:n_windows - have]
+        picked.append(take)
+        have += len(take)
+        epoch += 1
+    order = np.concatenate(picked)
+    windows = np.stack([raw[d][s:s + ctx + 1] for d, s in zip(doc[order], start[order])]).astype(np.int64)
+    batch = np.concatenate([windows, np.full((len(windows), 1), ctx + 1, np.int64)], axis=1)
+    return batch, doc[order].astype(np.int32)
+
+
+def train_windows(model: Any, opt: Any, b: Budget, batch: np.ndarray, batch_size: int) -> dict[str, float]:
+    """One pass over ``batch`` (from :func:`pack_windows`) in steps of ``batch_size`` windows under
+    ``b``'s schedule over the whole pass. Returns the seconds, the mean training loss of the last
+    tenth of the steps and ``tokens``: the predicted bytes trained on, counted from the loss masks."""
+    import torch
+
+    steps = len(batch) // batch_size
+    t0, tokens, tail = time.monotonic(), 0, []
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = learning_rate(b, step, (0, steps))
+        lo, valid = window_losses(model, batch[step * batch_size:(step + 1) * batch_size])
+        tokens += int(valid.sum())
+        loss = lo.mean()
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step >= steps - max(1, steps // 10):
+            tail.append(float(loss.detach()))
+    return {"seconds": round(time.monotonic() - t0, 2), "train_loss": float(np.mean(tail)), "tokens": tokens}

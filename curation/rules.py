@@ -1,9 +1,16 @@
 """The complement rule: tonight's tags in, one keep/prune decision per document out.
 
-The default rule reproduces the issue's wording::
+The default rule, as the pruning benchmark supports it (``docs/pruning.md``)::
 
-    keep if (novelty high or utility high) and not a duplicate and risk <= 0.5
-    else queue for pruning
+    keep if novelty is high and the document is not a duplicate, risk <= 0.5 and it holds no
+    eval-set text; else queue for pruning
+
+(Before issue 21 it was "(novelty high or utility high) and not a duplicate and risk <= 0.5".
+``utility`` left the default: on a CPU the scoring LM rates 32 documents a night, and leaving it
+out moved no metric of the benchmark; ``contaminated`` joined it: it took the planted eval-set
+text out of the training mixture at no cost in held-out loss beyond the spread; ``risk`` weighs 2,
+like ``contaminated``, so that both go before duplicates when a cap binds. Add ``utility`` back
+with ``keep_if_any = ["novelty", "utility"]`` where every document is scored, e.g. on a GPU.)
 
 It is built from *terms*. A term reads one column (``column``) of one tagger or stage output
 (``output``) and fires when ``column <op> threshold`` holds. Terms play one of two roles:
@@ -94,22 +101,26 @@ DEFAULT_TERMS: dict[str, dict[str, Any]] = {
     # 0.5 is the default risk model's own flag threshold (models.risk_lstm.DEFAULT_THRESHOLD): the
     # built-in rule prunes what the default tagger flags. 0.8 (before) was set for the n-gram head
     # and let almost nothing through the LSTM's scale (bench/quality_risk.py: ETHOS TPR 2.8 %).
-    "risk": {"output": "risk", "column": "risk", "op": ">", "threshold": 0.5, "reason": "risk>{threshold}", "weight": 1.0},
-    # Available, not in the default rule: add them to prune_if_any to use them.
+    # Weight 2, as contaminated's: when a cap binds, what the risk model flags goes before duplicates
+    # (at 1.0 the default kept 88 % of the pruning benchmark's toxic pages under its caps; docs/pruning.md).
+    "risk": {"output": "risk", "column": "risk", "op": ">", "threshold": 0.5, "reason": "risk>{threshold}", "weight": 2.0},
+    "contaminated": {"output": "decontaminate", "column": "contaminated_by", "op": "not_null",
+                     "reason": "contaminated:{value}", "weight": 2.0},  # first to go when a cap binds
+    # Available, not in the default rule (docs/pruning.md measures each): add them to prune_if_any.
     "quality": {"output": "quality", "column": "quality_pass", "op": "==", "threshold": False, "reason": "quality_failed",
                 "weight": 0.5},
     "stale": {"output": "staleness", "column": "stale", "op": "==", "threshold": True, "reason": "stale", "weight": 0.25},
     "surprise": {"output": "surprise", "column": "surprise", "op": ">=", "threshold": "q0.2", "reason": "low_surprise"},
-    "contaminated": {"output": "decontaminate", "column": "contaminated_by", "op": "not_null",
-                     "reason": "contaminated:{value}", "weight": 2.0},  # first to go when a cap binds
     "pii": {"output": "pii", "column": "pii_count", "op": ">", "threshold": 0, "reason": "pii", "weight": 0.25},
     "semantic_dup": {"output": "semantic_dup", "column": "semantic_dup_of", "op": "not_null",
                      "reason": "semantic_dup_of:{value}", "weight": 0.5},
     "lang_not_in": {"output": "lang", "column": "lang_unexpected", "op": "==", "threshold": True,
                     "reason": "lang_not_in_expected", "weight": 0.5},
 }
-DEFAULT_KEEP = ("novelty", "utility")
-DEFAULT_PRUNE = ("exact_dup", "near_dup", "risk")
+# The default lists (docs/pruning.md: every built-in term alone, the default minus each, the
+# default plus each other built-in term, at equal training tokens over 3 seeds).
+DEFAULT_KEEP = ("novelty",)
+DEFAULT_PRUNE = ("exact_dup", "near_dup", "risk", "contaminated")
 
 _QUANTILE = re.compile(r"^q(0(\.\d+)?|1(\.0+)?)$")
 _KEY = re.compile(r"[A-Za-z0-9_]+")

@@ -194,6 +194,32 @@ def coverage(db: Db) -> None:
         y=alt.Y("coverage:Q", scale=alt.Scale(domain=[0, 1])), color="coverage_of:N",
         tooltip=["run_id", "compression", "coverage_of", "coverage"]), use_container_width=True)
     st.markdown(_markdown_table(cov.round(4)))
+    _pruning_curve(db)
+
+
+def _pruning_curve(db: Db) -> None:
+    """The pruning benchmark's kind of curve for this catalog: what stays as the rule prunes more,
+    against random pruning of the same documents (``dashboards.data.pruning_curve``)."""
+    curve = data.pruning_curve(db)
+    if curve.empty:
+        return
+    st.subheader("The rule's order against random pruning")
+    st.caption("Each night's documents pruned lowest priority first (the order the rule's cap prunes in; protected "
+               "documents never), against a random order, up to half the corpus. Left: the share of the kept documents "
+               "that a rule term flagged. Right: the share of each source's documents kept. docs/pruning.md measures "
+               "the same curve with models trained at equal tokens on the benchmark corpus.")
+    flagged = curve[curve.stratum == "flagged"]
+    sources = curve[curve.stratum != "flagged"]
+    x = alt.X("pruned_share:Q", title="share of the corpus pruned")
+    left = alt.Chart(flagged, title="Flagged documents among those kept").mark_line(point=True).encode(
+        x=x, y=alt.Y("value:Q", title="share of kept documents flagged"), color="order:N",
+        tooltip=["order", "pruned_share", "value"])
+    right = alt.Chart(sources, title="Documents kept per source").mark_line(point=True).encode(
+        x=x, y=alt.Y("value:Q", title="share of the source kept", scale=alt.Scale(domain=[0, 1])), color="stratum:N",
+        strokeDash="order:N", tooltip=["order", "stratum", "pruned_share", "value"])
+    st.altair_chart(alt.hconcat(left, right), use_container_width=True)
+    wide = flagged.pivot(index="pruned_share", columns="order", values="value").reset_index()
+    st.markdown(_markdown_table(wide.round(4).rename(columns={"pruned_share": "share pruned"})))
 
 
 def document(db: Db) -> None:

@@ -210,6 +210,49 @@ def coverage(db: Db) -> pd.DataFrame:
                  "FROM coverage ORDER BY run_id")
 
 
+# Reasons that are notes, not a rule term firing: a term without its tag, a cap hold, an override.
+_NOTE_REASONS = ("starts_with(r, 'held_by_cap') OR starts_with(r, 'protected:') OR starts_with(r, 'restored overrode') "
+                 "OR (starts_with(r, 'no_') AND ends_with(r, '_tag'))")
+PRUNING_LEVELS = tuple(round(0.05 * i, 2) for i in range(11))  # 0 to 50 % of the documents
+
+
+def pruning_curve(db: Db, levels: Sequence[float] = PRUNING_LEVELS, seed: int = 0) -> pd.DataFrame:
+    """The pruning benchmark's curve (``docs/pruning.md``) for this catalog, from what it holds
+    (no model is trained here): the active documents' latest decisions, pruned lowest
+    ``priority`` first (the order the rule's cap prunes in; protected documents never), against
+    a random order of the same documents, at each share of the corpus in ``levels``.
+
+    One row per order, level and stratum: ``flagged`` is the share of the kept documents that a
+    rule term fired for (a duplicate, a risk, a miss of every value term, ...), ``source:<s>``
+    the share of source ``s``'s documents kept. Empty when no night has been decided."""
+    docs = db.df(
+        "SELECT x.doc_id, coalesce(CAST(d.source AS VARCHAR), '(none)') AS source, x.priority, x.protected, "
+        f"len(list_filter(x.reasons, lambda r: NOT ({_NOTE_REASONS}))) > 0 AS flagged "
+        "FROM decisions x JOIN documents d USING (doc_id) "
+        "WHERE d.shard_id IN (SELECT shard_id FROM shards WHERE status = 'active') "
+        "QUALIFY row_number() OVER (PARTITION BY x.doc_id ORDER BY x.run_id DESC) = 1 ORDER BY x.doc_id")
+    if docs.empty:
+        return pd.DataFrame(columns=["order", "pruned_share", "stratum", "value"])
+    n = len(docs)
+    candidates = docs.index[~docs["protected"].to_numpy(bool)].to_numpy()
+    by_priority = candidates[np.lexsort((docs["doc_id"].to_numpy()[candidates], docs["priority"].to_numpy()[candidates]))]
+    orders = {"rule (lowest priority first)": by_priority,
+              "random": np.random.default_rng(seed).permutation(candidates)}
+    flagged = docs["flagged"].to_numpy(bool)
+    codes, names = pd.factorize(docs["source"], sort=True)
+    per_source = np.bincount(codes, minlength=len(names))
+    rows = []
+    for order, ranked in orders.items():
+        for level in levels:
+            kept = np.ones(n, bool)
+            kept[ranked[:min(len(ranked), int(round(level * n)))]] = False
+            share = 1.0 - kept.mean()
+            rows.append((order, share, "flagged", float(flagged[kept].mean()) if kept.any() else np.nan))
+            kept_by_source = np.bincount(codes[kept], minlength=len(names)) / per_source
+            rows += [(order, share, f"source:{name}", float(v)) for name, v in zip(names, kept_by_source)]
+    return pd.DataFrame(rows, columns=["order", "pruned_share", "stratum", "value"])
+
+
 @dataclass
 class DocumentView:
     """Everything known about one document."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import numpy as np
 import pyarrow as pa
@@ -60,6 +61,26 @@ def _check_schema(shard: ShardFile, schema: pa.Schema, cols: Columns) -> dict[st
                 "expected a timestamp, a date or an ISO-8601 string"
             )
     return present
+
+
+def newest_timestamp(shard: ShardFile, cols: Columns, storage_options: StorageOptions | None = None) -> datetime | None:
+    """The newest value of a shard's timestamp column, in UTC; None when the shard has no such
+    column, no value, or one that is not a time (ingest names that problem when it reads the
+    documents, so it is not raised twice)."""
+    try:
+        pf = open_parquet(shard.path, storage_options=storage_options)
+        present = _check_schema(shard, pf.schema_arrow, cols)
+        if "timestamp" not in present:
+            return None
+        raw = pf.read(columns=[present["timestamp"]]).column(0)
+        values = _to_utc(shard, present["timestamp"], raw.combine_chunks() if raw.num_chunks else pa.array([], raw.type))
+        return pc.max(values).as_py()
+    except ShardRejected:
+        return None
+    except Exception as exc:
+        if is_storage_error(exc):
+            raise
+        return None
 
 
 def _skips(shard: ShardFile, rows: np.ndarray, ids: pa.Array | None, reason: str) -> pa.Table:

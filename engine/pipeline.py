@@ -29,7 +29,9 @@ from glia.stages import base as stages_mod
 from glia.stages import registry as stage_registry
 from glia.core import faults
 from glia.core.context import RunContext
-from glia.engine.ingest import ReadSpec, ShardRejected, TIMESTAMP, empty_skips, read_documents, scan_ids
+from glia.engine.ingest import (
+    ReadSpec, ShardRejected, TIMESTAMP, empty_skips, newest_timestamp, read_documents, scan_ids,
+)
 from glia.storage.shards import ShardFile, ShardPlan, discover, plan
 from glia.storage.catalog import Catalog, RunRecord, ShardRow, TagFile
 from glia.storage.history import History
@@ -128,7 +130,7 @@ def taggers_for(cfg: GliaConfig, stages: Sequence[NightStage] = ()) -> list[Tagg
 
 
 def night_info(ctx: RunContext, night: NightPlan) -> NightInfo:
-    return NightInfo(ctx.run_id, ctx.started_at, sum(night.n_rows.values()))
+    return NightInfo(ctx.run_id, ctx.started_at, sum(night.n_rows.values()), night.newest)
 
 
 def view_sources(parts: NightParts) -> list[ViewSource]:
@@ -157,6 +159,8 @@ class NightPlan:
     # doc_id -> first run it was seen in, for tonight's documents seen before (a rewritten,
     # moved or returning shard): they keep that rank in the survivor rule.
     first_seen: dict[str, int] = field(default_factory=dict)
+    # The newest document timestamp of the corpus tonight (active documents and tonight's shards).
+    newest: datetime | None = None
 
 
 def _scan_ids(night: NightPlan, shards: Sequence[ShardFile], cfg: GliaConfig) -> list[tuple[ShardFile, pa.Table, pa.Table]]:
@@ -225,6 +229,8 @@ def prepare(ctx: NightContext, catalog: Catalog, taggers: Sequence[Tagger]) -> N
         night.specs.append(ReadSpec(shard, cfg.columns, cfg.run.batch_size, tuple(sorted(excluded + dropped)),
                                     cfg.run.max_doc_bytes, cfg.run.storage_options))
 
+    night.newest = _newest(catalog, [shard for shard, _, _ in id_tables], superseded, cfg)
+
     # Active shards that lack a tagger's current version (a tagger added or bumped since).
     wanted = {(t.name, t.version) for t in taggers}
     have = {(f.tagger, f.version, f.shard_id) for f in catalog.tag_files()}
@@ -244,6 +250,17 @@ def prepare(ctx: NightContext, catalog: Catalog, taggers: Sequence[Tagger]) -> N
                             cfg.run.storage_options)
             night.backfill += [(spec, name) for name in missing]
     return night
+
+
+def _newest(catalog: Catalog, shards: list[ShardFile], superseded: set[str], cfg: GliaConfig) -> datetime | None:
+    """The newest document timestamp among the active documents (outside shards replaced tonight)
+    and tonight's shards: what a night-relative tagger (staleness) takes as the corpus's "now"."""
+    row = catalog.con.execute(
+        'SELECT max("timestamp") FROM documents WHERE shard_id IN (SELECT shard_id FROM shards WHERE status = \'active\') '
+        "AND shard_id NOT IN (SELECT unnest(?::VARCHAR[]))", [sorted(superseded)]).fetchone()
+    stamps = [row[0]] if row and row[0] is not None else []
+    stamps += [t for t in (newest_timestamp(s, cfg.columns, cfg.run.storage_options) for s in shards) if t is not None]
+    return max(stamps) if stamps else None
 
 
 # -- per-shard work (pure) ------------------------------------------------------------------

@@ -42,6 +42,9 @@ class NightInfo:
     run_id: int
     started_at: datetime
     n_docs: int  # rows in tonight's new and changed shards (before row-level skips)
+    # The newest document timestamp of the corpus as of tonight (active documents and tonight's
+    # shards, UTC), None when no document has one: the corpus's own "now".
+    newest: datetime | None = None
 
 
 class Tagger(abc.ABC):

@@ -1,9 +1,16 @@
-"""Staleness tagger: how old each document was when the night that tagged it started.
+"""Staleness tagger: how far behind the corpus's newest document each document was on the night that tagged it.
 
-In a run the reference time is the run's start, bound per night with
-:meth:`StalenessTagger.for_night`, never the wall clock while a shard is being tagged: every
-shard of one night gets the same reference, and the reference is part of :meth:`config`, so a
-cached tag file from another night is never reused.
+The reference time is bound per night with :meth:`StalenessTagger.for_night`, never the wall
+clock while a shard is being tagged: every shard of one night gets the same reference, and the
+reference is part of :meth:`config`, so a cached tag file from another night is never reused.
+
+``reference = "corpus"`` (the default) takes the corpus's own "now": the day of the newest
+document timestamp among the active documents and tonight's shards (``NightInfo.newest``), or
+the run's day when that is later (a timestamp from the future moves nothing). On a corpus
+delivered as it is written the two are the same day; on a backfill, an archive or the example
+corpus (written 2023-2025, run later) the run's day made every document stale: 100 % of the
+example corpus and of the pruning benchmark's (``docs/pruning.md``). ``reference = "run"`` is
+the run's day, the behaviour before tagger version 2.
 
 Tags are written once per shard version, so ``age_days`` is the age *at the night the shard
 was tagged*; an unchanged shard keeps its tags on later nights. For the age today, compute
@@ -31,35 +38,43 @@ class StalenessTagger(Tagger):
     ``age_days > max_age_days`` (null when ``age_days`` is)."""
 
     name: ClassVar[str] = "staleness"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"
     resources: ClassVar[Resources] = Resources(gpu=False, batch_size=50_000)
 
     @dataclass(frozen=True)
     class Params:
         max_age_days: float = 365.0  # a document older than this (by its timestamp) is stale
+        reference: str = "corpus"  # "corpus": the newest document's day (capped at the run's); "run": the run's day
 
         def __post_init__(self) -> None:
             if not self.max_age_days >= 0:
                 raise ValueError(f"max_age_days must be a number >= 0, got {self.max_age_days!r}")
+            if self.reference not in ("corpus", "run"):
+                raise ValueError(f"reference must be \"corpus\" or \"run\", got {self.reference!r}")
 
     def __init__(self, **params: Any) -> None:
-        self.max_age_days = self.configure(params).max_age_days
+        p = self.configure(params)
+        self.max_age_days = p.max_age_days
+        self.reference = p.reference
         # The reference time. Outside a run (a notebook, a test) it is the time the tagger was
         # built, so one instance always gives the same answer; a run rebinds it with for_night.
         self.as_of: datetime = datetime.now(timezone.utc)
 
     def for_night(self, night: NightInfo) -> StalenessTagger:
-        """A copy bound to tonight's date: midnight UTC of the run's start (a naive time is
-        taken as UTC, like shard timestamps). A day, not the second, so that a night rerun
-        after a crash tags exactly what the uninterrupted run would have, and reuses its files."""
+        """A copy bound to tonight's reference day: midnight UTC of the run's start or, with
+        ``reference = "corpus"``, of the newest document's timestamp when that is earlier (a
+        naive time is taken as UTC, like shard timestamps). A day, not the second, so that a
+        night rerun after a crash tags exactly what the uninterrupted run would have, and
+        reuses its files."""
         bound = copy.copy(self)
-        start = night.started_at
-        start = (start if start.tzinfo else start.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
-        bound.as_of = start.replace(hour=0, minute=0, second=0, microsecond=0)
+        day = _day(night.started_at)
+        if self.reference == "corpus" and night.newest is not None:
+            day = min(day, _day(night.newest))
+        bound.as_of = day
         return bound
 
     def config(self) -> dict[str, object]:
-        return {"max_age_days": self.max_age_days, "as_of": self.as_of.isoformat()}
+        return {"max_age_days": self.max_age_days, "reference": self.reference, "as_of": self.as_of.isoformat()}
 
     def stats(self, tags: pa.Table) -> dict[str, float]:
         return {"stale": float(pc.sum(tags["stale"]).as_py() or 0)}
@@ -84,3 +99,9 @@ class StalenessTagger(Tagger):
             },
             schema=self.schema(),
         )
+
+
+def _day(t: datetime) -> datetime:
+    """Midnight UTC of ``t``'s day (a naive time is taken as UTC)."""
+    t = (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
+    return t.replace(hour=0, minute=0, second=0, microsecond=0)

@@ -160,6 +160,16 @@ def test_pages_show_the_numbers_in_the_database(app: str, db: Path, browser, tmp
     page_text(browser, f"{app}/coverage", "Coverage kept against the share pruned", f"{cov[-1][0]} {cov[-1][1]}",
               *(n(active) for _, _, active in cov))
 
+    # The rule's order against random pruning: at 20 % pruned fewer flagged documents stay than at random.
+    from glia.dashboards import data
+
+    curve = data.pruning_curve(data.Db(db))
+    flagged = curve[curve.stratum == "flagged"].pivot(index="pruned_share", columns="order", values="value").round(4)
+    at20 = flagged.iloc[4]
+    assert at20["rule (lowest priority first)"] < at20["random"]
+    page_text(browser, f"{app}/coverage", "The rule's order against random pruning", "Documents kept per source",
+              f"{flagged.index[4].round(4)} {at20['random']} {at20['rule (lowest priority first)']}")
+
     # One pruned document: its text from the shard, its tags and its decision with reasons.
     doc_id, path, row, reasons = query(
         db, "SELECT d.doc_id, d.shard_path, d.\"row\", x.reasons FROM decisions x JOIN documents d USING (doc_id) "

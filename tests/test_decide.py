@@ -111,7 +111,8 @@ def test_a_protected_document_with_every_prune_reason_is_never_queued(tmp_path: 
     }
     id_file = tmp_path / "key_memories.txt"
     id_file.write_text(f"# documents the model must keep\n{target}\n")
-    stage = DecideStage(prune_if_any=["exact_dup", "near_dup", "risk", "quality", "stale"],
+    # Both value terms (utility left the default list in issue 21; the test is about every reason).
+    stage = DecideStage(keep_if_any=["novelty", "utility"], prune_if_any=["exact_dup", "near_dup", "risk", "quality", "stale"],
                         cap={"night": 1.0, "source": 1.0},
                         protect={"explicit": {"key_memory": {"ids_file": str(id_file)},
                                               "safety_critical": {"where": f"risk > 0.9 AND doc_id = '{target}'"}}})
@@ -153,7 +154,7 @@ def test_absent_taggers_are_skipped_and_recorded_or_fail_when_required(tmp_path:
     nd = pa.table({"doc_id": ids, "near_dup_of": pa.array([near.get(i) for i in ids], pa.string())})
     out = run_decide(tmp_path / "a", DecideStage(), docs, {"near_dup": nd})
     d = decisions(out)
-    notes = ["no_novelty_tag", "no_utility_tag", "no_exact_dup_tag", "no_risk_tag"]
+    notes = ["no_novelty_tag", "no_exact_dup_tag", "no_risk_tag", "no_contaminated_tag"]  # the default rule's absent terms
     assert all(r["reasons"][:4] == notes for r in d.values())
     pruned = {i for i, r in d.items() if r["action"] == "prune"}
     assert pruned and all(d[i]["reasons"][4].startswith("near_dup_of:") for i in pruned)

@@ -179,7 +179,8 @@ def test_vectorised_engine_matches_a_row_by_row_reading_of_the_rule(tags: pa.Tab
 
 
 def test_a_protected_document_with_every_prune_reason_keeps_and_shows_each_override() -> None:
-    rules = Rules.from_config({"prune_if_any": ["exact_dup", "near_dup", "risk", "quality", "stale"],
+    rules = Rules.from_config({"keep_if_any": ["novelty", "utility"],
+                               "prune_if_any": ["exact_dup", "near_dup", "risk", "quality", "stale"],
                                "terms": {"novelty": {"threshold": 0.5}, "utility": {"threshold": 0.5}},
                                "cap": {"night": 1.0, "source": 1.0}})
     base = {"novelty": [0.0, 0.0, 0.9, 0.8], "utility": [0.0, 0.0, 0.9, 0.7], "risk": [0.95, 0.95, 0.1, 0.2],
@@ -201,8 +202,8 @@ def test_quantile_thresholds_follow_tonights_distribution() -> None:
     tags = pa.table({"doc_id": [f"d{i:03d}" for i in range(n)], "novelty": pa.array(np.linspace(0, 1, n), pa.float32())})
     d = decide(tags, Rules.from_config({"terms": {"novelty": {"threshold": "q0.25"}}, "cap": {"night": 1.0, "source": 1.0}}))
     assert d.report.n_pruned == 25 and d.report.thresholds["novelty"] == pytest.approx(0.25, abs=1e-6)
-    assert d.report.skipped == ["utility", "exact_dup", "near_dup", "risk"]
-    assert d.table["reasons"][0].as_py() == ["no_utility_tag", "no_exact_dup_tag", "no_near_dup_tag", "no_risk_tag",
+    assert d.report.skipped == ["exact_dup", "near_dup", "risk", "contaminated"]  # the default rule's other terms
+    assert d.table["reasons"][0].as_py() == ["no_exact_dup_tag", "no_near_dup_tag", "no_risk_tag", "no_contaminated_tag",
                                              "low_novelty"]
     # Tonight's scale does not matter, only the ranks: the same share is pruned at 10x the values.
     scaled = tags.set_column(1, "novelty", pa.array(np.linspace(0, 10, n), pa.float32()))
