@@ -103,16 +103,21 @@ def training_set(name: str) -> tuple[list[str], np.ndarray]:
     return [clean(texts[i]) for i in keep], y[keep]
 
 
+def heldout_pool(name: str) -> tuple[list[str], np.ndarray]:
+    """``(cleaned texts, labels)`` a fold holding ``name`` out samples from: the set without the
+    fixture's posts, or for ``davidson`` its stored ``test`` split (never trained on)."""
+    if name != "davidson":
+        return training_set(name)
+    t = pq.read_table(ROOT / "models" / "data" / "davidson-2017" / "labeled_data.parquet")
+    t = t.filter(pc.equal(pc.cast(t["split"], pa.string()), "test"))
+    return [clean(s) for s in t["tweet"].to_pylist()], (t["class"].to_numpy() != 2).astype(np.int8)
+
+
 def heldout_sample(name: str, train_texts: set[str]) -> tuple[list[str], np.ndarray, int]:
-    """A fold's held-out posts: ``name``'s set (Davidson's stored ``test`` split for ``davidson``),
-    minus texts the fold trained on, then a seeded sample of :data:`HELDOUT_N`. Also returns how
-    many were dropped as training duplicates."""
-    if name == "davidson":
-        t = pq.read_table(ROOT / "models" / "data" / "davidson-2017" / "labeled_data.parquet")
-        t = t.filter(pc.equal(pc.cast(t["split"], pa.string()), "test"))
-        texts, y = [clean(s) for s in t["tweet"].to_pylist()], (t["class"].to_numpy() != 2).astype(np.int8)
-    else:
-        texts, y = training_set(name)
+    """A fold's held-out posts: :func:`heldout_pool` minus texts the fold trained on (and texts
+    cleaning left empty), then a seeded sample of :data:`HELDOUT_N`. Also returns how many were
+    dropped as training duplicates."""
+    texts, y = heldout_pool(name)
     keep = [i for i, s in enumerate(texts) if s not in train_texts and len(s) >= 3]
     dropped = len(texts) - len(keep)
     rng = np.random.default_rng(SEED)
