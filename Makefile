@@ -79,7 +79,7 @@ bench: bench-inputs
 	$(PY) bench/bench_dedup.py
 
 # 10 nights of 100k documents through `glia run`: ~4 minutes to build the corpus the first time,
-# ~3 for the nights on 2 cores; see README, Scale.
+# ~3 for the nights on 2 cores; see docs/benchmarks.md, Scale.
 bench-scale: bench-inputs
 	$(PY) bench/bench_scale.py --nights 10 --docs 100000
 
@@ -89,7 +89,7 @@ bench-quality: bench-inputs
 
 # Forgetting under a real shift: no replay vs uniform vs TMR replay at equal tokens, 4 seeds, two
 # processes of one torch thread each (the corpus is committed in examples/forgetting; ~8 min on
-# 2 cores); see README, Forgetting.
+# 2 cores); see docs/forgetting.md.
 bench-forgetting: setup
 	OMP_NUM_THREADS=1 $(PY) bench/forgetting.py
 

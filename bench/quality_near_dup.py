@@ -49,7 +49,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -61,7 +61,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "examples")]
 import planting  # noqa: E402
 import sources  # noqa: E402
 
-from glia.engine.config import GliaConfig, NearDup  # noqa: E402
+from glia.curation.dedup import NearDup  # noqa: E402
+from glia.engine.config import GliaConfig  # noqa: E402
 from glia.engine.night import ThreadExecutor, run_night  # noqa: E402
 from glia.storage.catalog import Catalog  # noqa: E402
 
@@ -282,7 +283,7 @@ def write_nights(docs: Sequence[Doc], root: Path, shards: int = 2) -> list[Path]
 def run_nights(nights: Sequence[Path], db: Path, near_dup: NearDup, workers: int = 2) -> tuple[dict[str, str], float]:
     """Every night through ``run_night`` on a fresh ``db``; doc_id -> survivor it was flagged as
     a duplicate of (documents not flagged are absent), and the nights' total seconds."""
-    cfg = replace(GliaConfig(), near_dup=near_dup)
+    cfg = GliaConfig().with_stage_params("dedup", **asdict(near_dup))
     t0 = time.perf_counter()
     with ThreadExecutor(workers) as ex:
         for night in nights:

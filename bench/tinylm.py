@@ -186,14 +186,15 @@ def whatif_plan(db: Path, params: Any) -> tuple[Any, dict[str, Any]]:
     """Draws of a replay set built from the catalog as it stands (read-only: nothing is written,
     retention state included), for the arms that are not the nightly stage's own set."""
     from glia.curation.dataloader import ReplayPlan
-    from glia.curation.replay import CatalogState, build_set, latest_run
+    from glia.curation.replay import build_set, pool_from_catalog
     from glia.storage.catalog import Catalog
+    from glia.storage.replay import latest_run, read_replay_catalog
     from glia.storage.sql import registered
 
     with Catalog(db, read_only=True) as cat:
         run_id = latest_run(cat.con)
-        st = CatalogState.read(cat.con, params, run_id)
-        rs = build_set(st.pool, st.state, params, 0, st.n_sets, "api")
+        st = read_replay_catalog(cat.con, params)
+        rs = build_set(pool_from_catalog(st, run_id), st.state, params, 0, st.n_sets, "api")
         with registered(cat.con, "_items", rs.items):
             rows = cat.con.sql('SELECT i.doc_id, i.weight, i."count", d.shard_path, d."row" '
                                "FROM _items i JOIN documents d USING (doc_id)").to_arrow_table()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from glia.cli.exit_codes import EXIT_ERROR, EXIT_OK
+from glia.cli.exit_codes import EXIT_OK
 from glia.cli.schedule import add_schedule_arguments, schedule_of
 
 NAME = "deploy"
@@ -24,17 +24,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
-    from glia.engine.config import ConfigError
     from glia.flows.serve import deploy
 
+    schedule = schedule_of(args)
+    if not args.prefect_file.exists():
+        raise FileNotFoundError(f"{args.prefect_file} not found; run from the project folder or pass --prefect-file")
     try:
-        schedule = schedule_of(args)
-        if not args.prefect_file.exists():
-            console.print(f"[red]glia: {args.prefect_file} not found; run from the project folder or pass --prefect-file[/red]")
-            return EXIT_ERROR
         return deploy(schedule, args.prefect_file, name=args.name, pool=args.pool)
-    except ConfigError as exc:
-        console.print(f"glia: {exc}", style="red", markup=False)
-        return EXIT_ERROR
     except KeyboardInterrupt:
         return EXIT_OK

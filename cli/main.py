@@ -16,7 +16,9 @@
 Each command is one module of this package with ``NAME``, ``HELP``, ``add_arguments(parser)``
 and ``run(args, console) -> int``; adding a command is one module and one line in
 :data:`COMMANDS`. Command modules import their heavy dependencies inside ``run``, so
-``glia run`` of a dedup-only night never imports Prefect or a model stack.
+``glia run`` of a dedup-only night never imports Prefect or a model stack. A command raises
+what goes wrong: :func:`main` is the one place that turns an error into a red line and its exit
+code (``cli.exit_codes``); a command may word an error itself with ``error_message(exc)``.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from types import ModuleType
 
 from rich.console import Console
 
-from glia.cli.exit_codes import EXIT_BUSY, EXIT_ERROR, EXIT_OK, EXIT_STRICT
+from glia.cli.exit_codes import EXIT_BUSY, EXIT_ERROR, EXIT_OK, EXIT_STRICT, exit_code_for
 
 __all__ = ["COMMANDS", "EXIT_BUSY", "EXIT_ERROR", "EXIT_OK", "EXIT_STRICT", "build_parser", "main"]
 
@@ -49,13 +51,25 @@ def build_parser() -> argparse.ArgumentParser:
         module = command_module(name)
         p = sub.add_parser(module.NAME, help=module.HELP, description=getattr(module, "DESCRIPTION", None))
         module.add_arguments(p)
-        p.set_defaults(_run=module.run)
+        p.set_defaults(_module=module)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one ``glia`` command; returns its exit code. An error whose message says what to fix
+    is printed as one line (no traceback); any other error is a bug and keeps its traceback."""
     args = build_parser().parse_args(argv)
-    return args._run(args, Console())
+    console = Console()
+    try:
+        return args._module.run(args, console)
+    except Exception as exc:
+        own = getattr(args._module, "error_message", None)
+        message = own(exc) if own is not None else None
+        code = exit_code_for(exc)
+        if message is None and code is None:
+            raise
+        console.print(message or f"glia: {exc}", style="red", markup=False)
+        return EXIT_ERROR if code is None else code
 
 
 if __name__ == "__main__":

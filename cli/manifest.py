@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from glia.cli.exit_codes import EXIT_BUSY, EXIT_ERROR, EXIT_OK
+from glia.cli.exit_codes import EXIT_OK
 
 NAME = "manifest"
 HELP = "the clean manifest (v_manifest)"
@@ -26,16 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
-    from glia.storage.catalog import DatabaseBusyError
     from glia.storage.prune_queue import export_manifest
 
-    try:
-        n = export_manifest(args.db, args.out, args.redact_pii, args.text_column, args.exclude_stratum)
-    except DatabaseBusyError as exc:
-        console.print(f"glia: {exc}", style="red", markup=False)
-        return EXIT_BUSY
-    except (ValueError, FileNotFoundError) as exc:
-        console.print(f"glia: {exc}", style="red", markup=False)
-        return EXIT_ERROR
+    n = export_manifest(args.db, args.out, args.redact_pii, args.text_column, args.exclude_stratum)
     console.print(f"wrote {n} manifest rows to {args.out}")
     return EXIT_OK

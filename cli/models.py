@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from glia.cli.exit_codes import EXIT_ERROR, EXIT_OK
+from glia.cli.exit_codes import EXIT_OK
 
 NAME = "models"
 HELP = "build model artefacts ahead of a run"
@@ -24,12 +24,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
     """Build the risk tagger's default head now and report its held-out numbers."""
     from glia.models import risk_head
 
-    try:
-        head, folder, trained = risk_head.ensure(args.out, force=args.force)
-        ev = risk_head.evaluate(head)
-    except (FileNotFoundError, ValueError) as exc:
-        console.print(f"glia: {exc}", style="red", markup=False)
-        return EXIT_ERROR
+    head, folder, trained = risk_head.ensure(args.out, force=args.force)
+    ev = risk_head.evaluate(head)
     done = "trained" if trained else "already built (--force retrains)"
     console.print(f"risk head {head.key} in {folder}: {done}; training took {head.info['train_seconds']:.1f} s "
                   f"({head.info['n_tweets']} tweets, {head.info['n_prose_chunks']} prose chunks)", markup=False)

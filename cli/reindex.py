@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from glia.cli.exit_codes import EXIT_BUSY, EXIT_ERROR, EXIT_OK
+from glia.cli.exit_codes import EXIT_OK
 
 NAME = "reindex"
 HELP = "rebuild the near-dup history under the configured [stages.dedup] scheme"
@@ -24,19 +24,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, console: Console) -> int:
     """0 ok, 1 error, 2 database busy."""
-    from glia.engine.config import ConfigError, load_config
+    from glia.engine.config import load_config
     from glia.engine.reindex import describe, reindex
-    from glia.storage.catalog import DatabaseBusyError
-    from glia.storage.lock import RunInProgressError
 
-    try:
-        res = reindex(args.db, load_config(args.rules), args.state_dir)
-    except (RunInProgressError, DatabaseBusyError) as exc:
-        console.print(f"glia: {exc}", style="red", markup=False)
-        return EXIT_BUSY
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
-        console.print(f"glia: {exc}", style="red", markup=False)
-        return EXIT_ERROR
+    res = reindex(args.db, load_config(args.rules), args.state_dir)
     old = describe(res.old_scheme) if res.old_scheme else "none"
     console.print(f"reindexed {res.documents} documents of {res.nights} nights ({res.shards} active shards) in "
                   f"{res.seconds:.1f} s as run {res.run_id}: {old} -> {describe(res.new_scheme)}", markup=False)

@@ -1,4 +1,4 @@
-"""``glia replay build | export``: TMR replay sets outside the night (``curation.replay``)."""
+"""``glia replay build | export``: TMR replay sets outside the night (``engine.replay``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from glia.cli.exit_codes import EXIT_BUSY, EXIT_ERROR, EXIT_OK
+from glia.cli.exit_codes import EXIT_OK
 
 NAME = "replay"
 HELP = "TMR replay sets: build one from the catalog, export one to Parquet"
@@ -35,31 +35,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, console: Console) -> int:
     """``glia replay ...``: 0 done, 1 error, 2 database busy."""
-    import duckdb
+    from glia.curation.replay import ReplayParams
+    from glia.engine.config import load_config
+    from glia.engine.replay import build_from_catalog, export_set
 
-    from glia.curation.replay import ReplayParams, build_from_catalog, export_set
-    from glia.engine.config import ConfigError, load_config
-    from glia.storage.catalog import DatabaseBusyError
-    from glia.storage.lock import RunInProgressError
-
-    try:
-        if args.replay_cmd == "export":
-            sid, n = export_set(args.db, args.out, args.set_id, args.redact_pii)
-            console.print(f"replay set {sid}: {n} documents written to {args.out}")
-            return EXIT_OK
-        table = dict(load_config(args.rules).stage_params.get("replay", {})) if args.rules else {}
-        flags = {"size": args.size, "seed": args.seed, "alpha": args.alpha, "new_fraction": args.new_fraction,
-                 "importance_column": args.importance_column, "importance_sql": args.importance_sql}
-        table.update({k: v for k, v in flags.items() if v is not None})
-        if args.no_state:
-            table["record_state"] = False
-        row = build_from_catalog(args.db, ReplayParams.from_mapping(table))
-    except (RunInProgressError, DatabaseBusyError) as exc:
-        console.print(f"glia: {exc}", style="red", markup=False)
-        return EXIT_BUSY
-    except (ConfigError, ValueError, FileNotFoundError, duckdb.Error) as exc:
-        console.print(f"glia: {exc}", style="red", markup=False)
-        return EXIT_ERROR
+    if args.replay_cmd == "export":
+        sid, n = export_set(args.db, args.out, args.set_id, args.redact_pii)
+        console.print(f"replay set {sid}: {n} documents written to {args.out}")
+        return EXIT_OK
+    table = dict(load_config(args.rules).stage_params.get("replay", {})) if args.rules else {}
+    flags = {"size": args.size, "seed": args.seed, "alpha": args.alpha, "new_fraction": args.new_fraction,
+             "importance_column": args.importance_column, "importance_sql": args.importance_sql}
+    table.update({k: v for k, v in flags.items() if v is not None})
+    if args.no_state:
+        table["record_state"] = False
+    row = build_from_catalog(args.db, ReplayParams.from_mapping(table))
     console.print(
         f"replay set {row['set_id']} for run {row['run_id']}: {row['size']} draws of {row['n_items']} documents "
         f"(pool {row['n_pool']}, {row['n_pool_new']} new; {row['n_new_draws']} new draws); beta {row['beta']:.3f}; "

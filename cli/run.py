@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from glia.cli.exit_codes import EXIT_BUSY, EXIT_ERROR, EXIT_OK, EXIT_STRICT
+from glia.cli.exit_codes import EXIT_OK, EXIT_STRICT, exit_code_for
+from glia.cli.summary import NightNumbers, print_summary
 
 if TYPE_CHECKING:
     from glia.engine.pipeline import NightOutcome
@@ -27,6 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state-dir", type=Path, help="Parquet tags and index (default <db>_data/ beside the db)")
     p.add_argument("--strict", action="store_true", help=f"exit {EXIT_STRICT} if any shard or row was rejected or skipped")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="after the summary, every count the night recorded (as `glia status --run N` shows)")
     p.add_argument("--orchestrator", choices=("auto", "plain", "prefect"),
                    help="run through the Prefect flow (prefect) or as plain Python (plain); default: [run].orchestrator, "
                         "auto = Prefect only for a Dask task runner or a Prefect server in PREFECT_API_URL")
@@ -50,37 +52,6 @@ class RichReporter:
             self.progress.advance(self.ids[stage], n)
 
 
-# Counts of the core night (always there) shown first, by name; every other metric the night
-# recorded (`<stage>.<count>`, `<tagger>.<count>`) follows generically, so a new stage's or
-# tagger's counts show without editing this file.
-_CORE_ROWS = (("documents new tonight", "docs"), ("exact duplicates", "exact_dups"),
-              ("near duplicates", "near_dups"), ("rows skipped", "skipped_rows"))
-
-
-def _fmt(v: float) -> str:
-    return str(int(v)) if float(v).is_integer() else f"{v:.4g}"
-
-
-# Metric families that are not a stage's or a tagger's counts: the step timings and the run
-# summary's per-source aggregates (both in run_metrics and `glia sql`, too many for a terminal).
-_NOT_COUNTS = ("seconds", "summary")
-
-
-def metric_rows(metrics: dict[str, float]) -> list[tuple[str, str]]:
-    """One row per recorded ``<stage or tagger>.<count>`` metric, grouped by its owner."""
-    rows: list[tuple[str, str]] = []
-    last = None
-    for key in sorted(metrics):
-        owner, _, what = key.partition(".")
-        if not what or owner in _NOT_COUNTS:
-            continue
-        if owner != last:
-            rows.append((owner, ""))
-            last = owner
-        rows.append((f"  {what}", _fmt(metrics[key])))
-    return rows
-
-
 def _night(args: argparse.Namespace) -> NightOutcome:
     """Run the night in this process: as plain Python, or through the Prefect flow where
     Prefect adds something (``[run].orchestrator``, ``--orchestrator``: flows.runners.uses_prefect)."""
@@ -99,18 +70,23 @@ def _night(args: argparse.Namespace) -> NightOutcome:
         from glia.flows.nightly import nightly_hygiene
 
         flow = nightly_hygiene.with_options(task_runner=runners.task_runner_for(options))
-        return flow(shards_root=args.shards, db_path=str(args.db), rules_path=rules, state_dir=state_dir)
+        return flow(shards_root=args.shards, db_path=str(args.db), rules_path=rules, state_dir=state_dir, config=cfg)
     from glia.engine.night import ThreadExecutor, run_night
 
     with ThreadExecutor(options.workers) as executor:
         return run_night(args.shards, args.db, cfg, state_dir, executor)
 
 
+def error_message(exc: Exception) -> str | None:
+    """A night that failed for another cause than its input or configuration (``cli.main`` words those)."""
+    if exit_code_for(exc) is not None:
+        return None
+    return (f"glia: the run failed ({type(exc).__name__}: {exc}); it is recorded as failed in v_runs and nothing of "
+            "it is visible. Fix the cause and rerun: finished work is reused.")
+
+
 def run(args: argparse.Namespace, console: Console) -> int:
     from glia.core import progress as prog
-    from glia.engine.config import ConfigError
-    from glia.storage.catalog import DatabaseBusyError
-    from glia.storage.lock import RunInProgressError
 
     bar = Progress(TextColumn("{task.description:>10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    console=console, disable=args.quiet or not console.is_terminal, transient=False)
@@ -118,16 +94,6 @@ def run(args: argparse.Namespace, console: Console) -> int:
         with bar:
             prog.install(RichReporter(bar))
             outcome = _night(args)
-    except (RunInProgressError, DatabaseBusyError) as exc:
-        console.print(f"glia: {exc}", style="red", markup=False)
-        return EXIT_BUSY
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
-        console.print(f"glia: {exc}", style="red", markup=False)
-        return EXIT_ERROR
-    except Exception as exc:
-        console.print(f"[red]glia: the run failed ({type(exc).__name__}: {escape(str(exc))}); it is recorded as failed in "
-                      "v_runs and nothing of it is visible. Fix the cause and rerun: finished work is reused.[/red]")
-        return EXIT_ERROR
     finally:
         prog.install(None)
 
@@ -135,27 +101,18 @@ def run(args: argparse.Namespace, console: Console) -> int:
     if outcome.status == "nothing_new":
         console.print(f"Nothing new under {args.shards}: {c.get('shards_unchanged', 0)} shard(s) unchanged, "
                       f"database not changed (run {outcome.run_id} recorded as nothing_new).")
-    table = Table(title=f"Glia run {outcome.run_id}: {outcome.status}", show_header=False)
-    rows = [
-        ("shards seen", c.get("shards_seen", 0)),
-        ("  new / changed / unchanged", f"{c.get('shards_new', 0)} / {c.get('shards_changed', 0)} / {c.get('shards_unchanged', 0)}"),
-        ("  rejected / missing", f"{c.get('shards_rejected', 0)} / {c.get('shards_missing', 0)}"),
-        *((label, c.get(key, 0)) for label, key in _CORE_ROWS),
-        *metric_rows(outcome.metrics),
-        ("time", f"{outcome.seconds:.1f} s"),
-        ("database", str(outcome.db_path)),
-    ]
-    for k, v in rows:
-        table.add_row(k, str(v))
-    console.print(table)
+    numbers = NightNumbers(outcome.run_id, outcome.status, outcome.seconds, str(outcome.db_path), c, outcome.metrics)
+    print_summary(console, numbers, verbose=args.verbose,
+                  more=f"glia run --verbose, or glia status --run {outcome.run_id} --db {args.db}")
     for path, reason in outcome.rejected.items():
         console.print(f"[yellow]rejected shard[/yellow] {escape(path)}: {escape(reason)}")
     sk = outcome.skipped
     shown = [r for r in sk.to_pylist() if r["row"] is not None]
-    for r in shown[:20]:
+    limit = 20 if args.verbose or args.strict else 3  # the default summary stays short; v_skipped has every row
+    for r in shown[:limit]:
         console.print(f"[yellow]skipped[/yellow] {escape(r['path'])} row {r['row']} (id {escape(str(r['doc_id']))}): {escape(r['reason'])}")
-    if len(shown) > 20:
-        console.print(f"... and {len(shown) - 20} more: SELECT * FROM v_skipped WHERE run_id = {outcome.run_id}")
+    if len(shown) > limit:
+        console.print(f"... and {len(shown) - limit} more: SELECT * FROM v_skipped WHERE run_id = {outcome.run_id}")
     if args.strict and (outcome.rejected or shown):
         console.print("[red]glia: --strict and some input was rejected or skipped[/red]")
         return EXIT_STRICT

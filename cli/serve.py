@@ -6,7 +6,7 @@ import argparse
 
 from rich.console import Console
 
-from glia.cli.exit_codes import EXIT_ERROR, EXIT_OK
+from glia.cli.exit_codes import EXIT_OK
 from glia.cli.schedule import add_schedule_arguments, schedule_of
 
 NAME = "serve"
@@ -19,16 +19,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
-    from glia.engine.config import ConfigError
     from glia.flows.serve import serve
 
+    schedule = schedule_of(args)
+    console.print(f"Serving {args.name}: {schedule.cron} ({schedule.timezone}), one run at a time. Ctrl-C stops it.")
     try:
-        schedule = schedule_of(args)
-        console.print(f"Serving {args.name}: {schedule.cron} ({schedule.timezone}), one run at a time. Ctrl-C stops it.")
         serve(schedule, name=args.name, paused=args.paused)
-    except ConfigError as exc:
-        console.print(f"glia: {exc}", style="red", markup=False)
-        return EXIT_ERROR
     except KeyboardInterrupt:
         pass
     return EXIT_OK

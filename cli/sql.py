@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from glia.cli.exit_codes import EXIT_BUSY, EXIT_ERROR, EXIT_OK
+from glia.cli.exit_codes import EXIT_OK
 
 NAME = "sql"
 HELP = "run read-only SQL against the catalog"
@@ -34,30 +34,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def show(db: Path, query: str, console: Console, width: int = 200, max_rows: int = 100, allow_files: bool = False) -> int:
-    """Print the result of ``query`` over the catalog at ``db``; returns the exit code."""
+    """Print the result of ``query`` over the catalog at ``db``; returns :data:`EXIT_OK` (errors are raised)."""
+    from glia.storage.catalog import Catalog
+
+    with Catalog.open_inspection(db, allow_files=allow_files) as cat:
+        rel = cat.inspect(query)
+        if rel is not None:
+            rel.show(max_width=width, max_rows=max_rows, null_value="NULL")
+    return EXIT_OK
+
+
+def error_message(exc: Exception) -> str:
+    """Every error of a query is the user's to fix (duckdb's messages say what is wrong with the
+    SQL); a refused file access also says how to allow it."""
     import duckdb
 
-    from glia.storage.catalog import Catalog, DatabaseBusyError, InspectionRefusedError
+    from glia.storage.catalog import InspectionRefusedError
 
-    try:
-        with Catalog.open_inspection(db, allow_files=allow_files) as cat:
-            rel = cat.inspect(query)
-            if rel is not None:
-                rel.show(max_width=width, max_rows=max_rows, null_value="NULL")
-    except DatabaseBusyError as exc:
-        console.print(f"glia: {exc}", style="red", markup=False)
-        return EXIT_BUSY
-    except FileNotFoundError as exc:
-        console.print(f"glia: {exc}", style="red", markup=False)
-        return EXIT_ERROR
-    except (InspectionRefusedError, duckdb.PermissionException) as exc:
-        console.print(f"glia: {exc}\n{SANDBOX_HINT}", style="red", markup=False)
-        return EXIT_ERROR
-    except Exception as exc:  # duckdb's errors already say what is wrong with the SQL
-        hint = f"\n{SANDBOX_HINT}" if "configuration has been locked" in str(exc) else ""
-        console.print(f"glia: {exc}{hint}", style="red", markup=False)
-        return EXIT_ERROR
-    return EXIT_OK
+    refused = isinstance(exc, (InspectionRefusedError, duckdb.PermissionException))
+    if refused or "configuration has been locked" in str(exc):
+        return f"glia: {exc}\n{SANDBOX_HINT}"
+    return f"glia: {exc}"
 
 
 def run(args: argparse.Namespace, console: Console) -> int:

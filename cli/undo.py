@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from glia.cli.exit_codes import EXIT_BUSY, EXIT_ERROR, EXIT_OK
+from glia.cli.exit_codes import EXIT_OK
 
 NAME = "undo"
 HELP = "restore pruned documents: by the run that queued them, by id, or by reason"
@@ -22,18 +22,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
-    from glia.storage.catalog import DatabaseBusyError
-    from glia.storage.lock import RunInProgressError
-    from glia.storage.prune_queue import NothingToUndoError, undo
+    from glia.storage.prune_queue import undo
 
-    try:
-        res = undo(args.db, run_id=args.run_id, doc_ids=args.doc, reason=args.reason)
-    except (RunInProgressError, DatabaseBusyError) as exc:
-        console.print(f"glia: {exc}", style="red", markup=False)
-        return EXIT_BUSY
-    except (NothingToUndoError, ValueError, FileNotFoundError) as exc:
-        console.print(f"glia: {exc}", style="red", markup=False)
-        return EXIT_ERROR
+    res = undo(args.db, run_id=args.run_id, doc_ids=args.doc, reason=args.reason)
     detail = ", ".join(f"{n} {s}" for s, n in sorted(res.by_status.items()))
     console.print(f"restored {len(res.restored)} document(s) ({detail}); they are back in v_manifest and "
                   "later nights will not queue them again for the same kind of reason")

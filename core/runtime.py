@@ -53,9 +53,39 @@ def check_device(device: object, where: str = "") -> None:
         raise ValueError(f"{where}device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
 
 
-def dtype_name(device: str) -> str:
-    """The torch dtype models run in on ``device``: bf16 on a GPU, fp32 on the CPU."""
-    return "bfloat16" if device.startswith("cuda") else "float32"
+DTYPES = ("auto", "float32", "bfloat16")
+
+
+def check_dtype(dtype: object, where: str = "") -> None:
+    """Refuse a dtype setting other than ``auto``, ``float32`` or ``bfloat16``."""
+    if dtype not in DTYPES:
+        raise ValueError(f"{where}dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+
+
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices in hardware (AMX or AVX512-BF16).
+
+    Without it torch still runs bf16, but by converting to fp32 and back: slower than fp32,
+    so ``auto`` only picks bf16 on a CPU that has it. ``GLIA_CPU_BF16=0|1`` overrides.
+    """
+    forced = os.environ.get("GLIA_CPU_BF16")
+    if forced in ("0", "1"):
+        return forced == "1"
+    import torch
+
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
+    return any(bool(p()) for p in probes if p is not None)
+
+
+def dtype_name(device: str, preference: str = "auto") -> str:
+    """The torch dtype models run in on ``device``: ``preference`` when it names one; for
+    ``auto`` bf16 on a GPU and on a CPU with native bf16 (:func:`native_bf16`), else fp32."""
+    check_dtype(preference)
+    if preference != "auto":
+        return preference
+    if device.startswith("cuda"):
+        return "bfloat16"
+    return "bfloat16" if native_bf16() else "float32"
 
 
 def pick_device(preference: str = "auto") -> str:

@@ -33,8 +33,54 @@ def normalize(text: pa.Array | pa.ChunkedArray) -> pa.Array:
         text.cast(pa.string()), _ASCII_SPACE_LOWER,
         lambda o: pc.replace_substring_regex(_nfkc_lower(o), _WHITESPACE, " "),
     )
-    out = pc.binary_join(pc.ascii_split_whitespace(folded), " ")
-    return pc.utf8_trim_whitespace(out)
+    return pc.utf8_trim_whitespace(_collapse_spaces(folded))
+
+
+def _collapse_spaces(values: pa.Array) -> pa.Array:
+    """Each string with runs of ASCII spaces folded to one and leading/trailing ones removed:
+    what splitting on spaces and joining with one does, as byte masks over the whole buffer
+    (splitting made a string per word, several times the time)."""
+    data, offsets = _bytes_and_offsets(values)
+    if len(data) == 0:
+        return values
+    space = data == ord(" ")
+    starts, lengths = offsets[:-1], np.diff(offsets)
+    # A space is kept when the byte before it, in the same string, is not a space.
+    keep = np.empty(len(data), dtype=bool)
+    keep[0] = False
+    np.logical_not(space[:-1], out=keep[1:])
+    keep[starts[lengths > 0]] = False
+    keep |= ~space
+    nonempty = np.flatnonzero(lengths > 0)
+    # Dropped bytes (repeated and leading spaces) are few: count them per string, not the kept.
+    dropped = np.flatnonzero(~keep)
+    counts = lengths - np.bincount(np.searchsorted(offsets, dropped, side="right") - 1, minlength=len(values))
+    out = data[keep]
+    # A string that ends in spaces after a word kept one of them, as its last byte: drop it.
+    trailing = nonempty[space[offsets[1:][nonempty] - 1] & (counts[nonempty] > 0)]
+    new_offsets = np.zeros(len(values) + 1, dtype=np.int64)
+    np.cumsum(counts, out=new_offsets[1:])
+    if len(trailing):
+        out = np.delete(out, new_offsets[trailing + 1] - 1)
+        counts[trailing] -= 1
+        np.cumsum(counts, out=new_offsets[1:])
+    validity = values.buffers()[0] if values.null_count else None
+    if validity is not None and values.offset:
+        validity = values.is_valid().buffers()[1]
+    return pa.Array.from_buffers(pa.large_string(), len(values),
+                                 [validity, pa.py_buffer(new_offsets), pa.py_buffer(out.tobytes())],
+                                 null_count=values.null_count).cast(pa.string())
+
+
+def _bytes_and_offsets(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """A string array's bytes (uint8, from its first value to its last) and int64 offsets into
+    them, without a copy."""
+    width = np.int64 if pa.types.is_large_string(values.type) or pa.types.is_large_binary(values.type) else np.int32
+    offsets = np.frombuffer(values.buffers()[1], dtype=width)[values.offset : values.offset + len(values) + 1]
+    offsets = offsets.astype(np.int64)
+    buf = values.buffers()[2]
+    data = np.frombuffer(buf, dtype=np.uint8)[offsets[0] : offsets[-1]] if buf is not None else np.zeros(0, np.uint8)
+    return data, offsets - offsets[0]
 
 
 def _nfkc_lower(values: pa.Array) -> pa.Array:

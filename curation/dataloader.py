@@ -45,6 +45,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from glia.core.pii import placeholder_fn, redact_array
+from glia.core.strings import as_utf8, id_strings
 from glia.storage.shards import StorageOptions, open_parquet
 
 DRAWS_SCHEMA = pa.schema([
@@ -97,8 +98,8 @@ class ReplayPlan:
                 storage_options: StorageOptions | None = None) -> ReplayPlan:
         """Read a set (default: the latest) from the catalog, opened read-only and closed at once.
         ``storage_options`` default to the ``[run].storage_options`` recorded with the set's run."""
-        from glia.curation.replay import replay_set_row
         from glia.storage.catalog import Catalog
+        from glia.storage.replay import replay_set_row
 
         with Catalog(db_path, read_only=True) as cat:
             meta = replay_set_row(cat.con, db_path, set_id, ": enable the replay stage or run `glia replay build`")
@@ -187,6 +188,10 @@ class ShardTextReader:
             raise ValueError(f"{path}: cannot read columns {absent} (it has {names}); the replay set "
                              "names the columns its run read (replay_sets.text_column / id_column)")
         table = open_parquet(path, metadata=md, storage_options=self.storage_options).read_row_group(g, columns=cols)
+        # Any string encoding (dictionary, view, binary holding UTF-8) reads as the strings ingest saw.
+        table = table.set_column(0, self.text_column, as_utf8(table[self.text_column])[0])
+        if self.verify_ids:
+            table = table.set_column(1, self.id_column, id_strings(table[self.id_column])[0])
         self._groups[key] = table
         if len(self._groups) > self.cache_groups:
             self._groups.popitem(last=False)

@@ -17,6 +17,7 @@ cluster.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,7 +59,7 @@ class NearDup:
     0.3 with 0.229 (those are then dropped by the 0.5 threshold).
 
     Measured (``bench/quality_near_dup.py``, edited copies of FOLDOC entries that no default
-    was tuned on, see README "Near-duplicate quality"): this default and the previous one
+    was tuned on, see docs/quality.md, "Near-duplicate quality"): this default and the previous one
     (word 5-grams, 16 x 7, 0.75, :data:`engine.reindex.LEGACY_NEAR_DUP`) are compared
     there, with every other setting tried. Changing ``ngram``, ``bands``, ``rows`` or
     ``seed`` changes the stored history's signatures: ``glia reindex`` rebuilds it.
@@ -202,11 +203,34 @@ def _tonight_pairs(keys: np.ndarray, idx: np.ndarray, max_bucket: int) -> np.nda
 
 
 def resolve(tonight: Tonight, history: History, run_id: int, params: NearDup) -> DedupResult:
-    """Resolve tonight's documents against each other and against history."""
+    """Resolve tonight's documents against each other and against history: the five steps
+    below, each a function of its own (tests/test_dedup_steps.py runs them one by one)."""
+    exact = exact_groups(tonight, history)
+    cand = lsh_candidates(tonight, exact, history, params)
+    graph = components(tonight, exact, cand, history, params)
+    clusters = clusters_and_matches(tonight, graph, history)
+    return survivors(tonight, exact, cand, graph, clusters, params)
+
+
+# -- 1. exact groups ----------------------------------------------------------------------------
+
+
+@dataclass
+class ExactGroups:
+    """Tonight's documents grouped by text hash, each group traced to its earliest copy."""
+
+    rep_pos: np.ndarray  # each row's representative tonight: earliest first run, then smallest id
+    in_hist: np.ndarray  # bool: the row's text has a copy in history
+    hist_first: dict[int, tuple[str, int]]  # text hash -> history's earliest (doc_id, run) of it
+    dup_of: np.ndarray  # object: the group's survivor id, None for the survivor itself
+    count: np.ndarray  # int64: copies of the row's text, tonight's plus history's
+
+
+def exact_groups(tonight: Tonight, history: History) -> ExactGroups:
+    """Group tonight's rows by text hash and find each group's survivor: the history copy
+    unless tonight's representative was seen earlier."""
     n = len(tonight.doc_id)
     ids = tonight.doc_id
-
-    # -- exact duplicates -------------------------------------------------------------------
     first_run = tonight.first_run
     uniq, inverse, counts = np.unique(tonight.text_hash, return_inverse=True, return_counts=True)
     # Tonight's representative of each hash group: earliest first run, then smallest id
@@ -236,14 +260,30 @@ def resolve(tonight: Tonight, history: History, run_id: int, params: NearDup) ->
     exact_survivor = group_surv[inverse]
     in_hist = group_in_hist[inverse]
     exact_dup_of = np.where(exact_survivor != ids, exact_survivor, None)
+    return ExactGroups(rep_pos, in_hist, h_first, exact_dup_of, exact_count)
 
-    # -- near duplicates --------------------------------------------------------------------
+
+# -- 2. tonight's LSH candidates ----------------------------------------------------------------
+
+
+@dataclass
+class Candidates:
+    """Pairs that share an LSH band: among tonight's documents, and with history documents."""
+
+    key_of: np.ndarray  # (n, bands) uint64 band keys of every row (0 for rows without words)
+    tonight_pairs: np.ndarray  # (k, 2) rows i < j of tonight
+    history: pa.Table  # idx (tonight's row), doc_id (history): the best-sharing candidates
+
+
+def lsh_candidates(tonight: Tonight, exact: ExactGroups, history: History, params: NearDup) -> Candidates:
+    """Band every signature; query only the rows that are the first of their exact group
+    tonight and new to history (the others are linked to that representative or history copy
+    directly), against each other and against history's LSH segments."""
     nd = params
+    n = len(tonight.doc_id)
     sig = tonight.sig
     has = tonight.has_sig
-    # Only documents that are the first of their exact group tonight and new to history
-    # need LSH; the others are linked to that representative / history copy directly.
-    query = has & (rep_pos == np.arange(n)) & ~in_hist
+    query = has & (exact.rep_pos == np.arange(n)) & ~exact.in_hist
     q_idx = np.flatnonzero(query)
     keys_all = band_keys(sig[has], nd.bands, nd.rows) if has.any() else np.empty((0, nd.bands), np.uint64)
     key_of = np.full((n, nd.bands), 0, dtype=np.uint64)
@@ -257,33 +297,82 @@ def resolve(tonight: Tonight, history: History, run_id: int, params: NearDup) ->
         }
     )
     th = history.lsh_candidates(q_tbl, nd.max_history_candidates)
+    return Candidates(key_of, tt, th)
 
+
+# -- 3. connected components through history ----------------------------------------------------
+
+
+@dataclass
+class Graph:
+    """Tonight's documents, the history documents they touch and those documents' cluster roots
+    as one graph; its connected components are the near-duplicate clusters.
+
+    Nodes: ``0..n-1`` tonight's rows, then the history documents, then roots that are only a
+    name (their documents are gone or were never fetched). Edges: verified matches (tonight's
+    pairs and tonight-history pairs at least ``threshold``, exact copies) and, as structure only,
+    each history document to its cluster's root.
+    """
+
+    node_id: list[str]
+    node_run: list[int]
+    h_ids: list[str]  # the history documents, nodes n .. n + len(h_ids) - 1
+    h_sig: np.ndarray  # their signatures
+    h_root: list[tuple[str, int]]  # each history document's resolved cluster root and its run
+    merges: dict[str, tuple[str, int]]  # the history's recorded merges
+    match: tuple[np.ndarray, np.ndarray, np.ndarray]  # verified match edges: a, b, Jaccard
+    comp: np.ndarray  # the component of every node
+
+
+def resolve_root(merges: dict[str, tuple[str, int]], c: str, run: int) -> tuple[str, int]:
+    """The cluster ``c`` (of ``run``) ended up in after every recorded merge."""
+    seen = set()
+    while c in merges and c not in seen:
+        seen.add(c)
+        c, run = merges[c]
+    return c, run
+
+
+def components(tonight: Tonight, exact: ExactGroups, cand: Candidates, history: History, params: NearDup) -> Graph:
+    """Fetch the history documents the candidates and exact links name, lay out the graph's
+    nodes, verify the candidate pairs and take the connected components."""
+    n = len(tonight.doc_id)
+    rep = exact.rep_pos == np.arange(n)
     # History documents we need: LSH candidates and exact-history survivors (with sigs).
-    cand_ids = th["doc_id"].to_pylist()
-    exact_links = [(i, h_first[int(tonight.text_hash[i])][0]) for i in np.flatnonzero(in_hist & (rep_pos == np.arange(n)))]
-    hdocs = history.documents(sorted(set(cand_ids) | {d for _, d in exact_links}))
+    exact_links = [(i, exact.hist_first[int(tonight.text_hash[i])][0]) for i in np.flatnonzero(exact.in_hist & rep)]
+    hdocs = history.documents(sorted(set(cand.history["doc_id"].to_pylist()) | {d for _, d in exact_links}))
     merges = history.merges()
-
-    def resolve_root(c: str, run: int) -> tuple[str, int]:
-        seen = set()
-        while c in merges and c not in seen:
-            seen.add(c)
-            c, run = merges[c]
-        return c, run
-
     h_ids = hdocs["doc_id"].to_pylist()
-    h_run = hdocs["run_id"].to_pylist()
     h_sig = (
         np.asarray(hdocs["sig"].combine_chunks().values.to_numpy(zero_copy_only=False), np.uint32).reshape(len(h_ids), -1)
-        if len(h_ids) else np.empty((0, sig.shape[1]), np.uint32)
+        if len(h_ids) else np.empty((0, tonight.sig.shape[1]), np.uint32)
     )
-    h_root = [resolve_root(c, r) for c, r in zip(hdocs["cluster_id"].to_pylist(), hdocs["cluster_run"].to_pylist())]
+    h_root = [resolve_root(merges, c, r) for c, r in zip(hdocs["cluster_id"].to_pylist(), hdocs["cluster_run"].to_pylist())]
+    node_id, node_run, hpos = _nodes(tonight, h_ids, hdocs["run_id"].to_pylist(), h_root)
+    edges_a, edges_b, edge_j = _match_edges(tonight, exact, cand, h_ids, h_sig, hpos, exact_links, params)
+    # history docs to their (resolved) cluster roots: structure, not matches
+    ra = np.array([n + k for k, (r, _) in enumerate(h_root) if r != h_ids[k]], dtype=np.int64)
+    rb = np.array([hpos[r] for k, (r, _) in enumerate(h_root) if r != h_ids[k]], dtype=np.int64)
+    a = np.concatenate(edges_a + [ra]) if edges_a else ra
+    b = np.concatenate(edges_b + [rb]) if edges_b else rb
+    n_nodes = len(node_id)
+    graph = coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(n_nodes, n_nodes))
+    _, comp = connected_components(graph, directed=False)
+    match = (np.concatenate(edges_a), np.concatenate(edges_b), np.concatenate(edge_j))
+    return Graph(node_id, node_run, h_ids, h_sig, h_root, merges, match, comp)
+
+
+def _nodes(tonight: Tonight, h_ids: list[str], h_run: list[int],
+           h_root: list[tuple[str, int]]) -> tuple[list[str], list[int], dict[str, int]]:
+    """The graph's node ids and runs, and the node of every history document and root."""
+    ids = tonight.doc_id
+    n = len(ids)
     # A root that is one of tonight's documents (its shard was rewritten) is that document.
     tonight_pos = {d: i for i, d in enumerate(ids)}
     roots_needed = sorted({r for r, _ in h_root} - set(h_ids) - set(tonight_pos))
     # Nodes: 0..n-1 tonight, then history docs, then roots not among them.
     node_id = list(ids) + h_ids + roots_needed
-    node_run = [int(r) for r in first_run] + list(h_run) + [0] * len(roots_needed)
+    node_run = [int(r) for r in tonight.first_run] + list(h_run) + [0] * len(roots_needed)
     root_run = {r: run for r, run in h_root}
     for k, r in enumerate(roots_needed):
         node_run[n + len(h_ids) + k] = root_run[r]
@@ -291,21 +380,31 @@ def resolve(tonight: Tonight, history: History, run_id: int, params: NearDup) ->
     hpos.update({r: tonight_pos[r] for r, _ in h_root if r in tonight_pos})
     for k, r in enumerate(roots_needed):
         hpos[r] = n + len(h_ids) + k
+    return node_id, node_run, hpos
 
+
+def _match_edges(tonight: Tonight, exact: ExactGroups, cand: Candidates, h_ids: list[str], h_sig: np.ndarray,
+                 hpos: dict[str, int], exact_links: list[tuple[int, str]],
+                 params: NearDup) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """Verified matches: candidate pairs at least ``threshold``, and exact copies (Jaccard 1)."""
+    n = len(tonight.doc_id)
+    sig = tonight.sig
+    tt, th = cand.tonight_pairs, cand.history
+    rep_pos = exact.rep_pos
     edges_a: list[np.ndarray] = []
     edges_b: list[np.ndarray] = []
     edge_j: list[np.ndarray] = []
     # verified tonight-tonight pairs
     if len(tt):
         j = jaccard(sig[tt[:, 0]], sig[tt[:, 1]])
-        ok = j >= nd.threshold
+        ok = j >= params.threshold
         edges_a.append(tt[ok, 0]); edges_b.append(tt[ok, 1]); edge_j.append(j[ok])
     # verified tonight-history pairs
     if th.num_rows and len(h_ids):
         ti = th["idx"].to_numpy()
         hi = np.array([hpos[d] - n for d in th["doc_id"].to_pylist()], dtype=np.int64)
         j = jaccard(sig[ti], h_sig[hi])
-        ok = j >= nd.threshold
+        ok = j >= params.threshold
         edges_a.append(ti[ok]); edges_b.append(hi[ok] + n); edge_j.append(j[ok])
     # exact copies: to tonight's representative, and representatives to their history copy
     dup_t = np.flatnonzero(rep_pos != np.arange(n))
@@ -314,21 +413,34 @@ def resolve(tonight: Tonight, history: History, run_id: int, params: NearDup) ->
         ea = np.array([i for i, d in exact_links if d in hpos], dtype=np.int64)
         eb = np.array([hpos[d] for i, d in exact_links if d in hpos], dtype=np.int64)
         edges_a.append(ea); edges_b.append(eb); edge_j.append(np.ones(len(ea), np.float32))
-    n_match_edges = sum(len(a) for a in edges_a)
-    # history docs to their (resolved) cluster roots: structure, not matches
-    ra = np.array([n + k for k, (r, _) in enumerate(h_root) if r != h_ids[k]], dtype=np.int64)
-    rb = np.array([hpos[r] for k, (r, _) in enumerate(h_root) if r != h_ids[k]], dtype=np.int64)
+    return edges_a, edges_b, edge_j
 
-    a = np.concatenate(edges_a + [ra]) if edges_a else ra
-    b = np.concatenate(edges_b + [rb]) if edges_b else rb
-    n_nodes = len(node_id)
-    graph = coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(n_nodes, n_nodes))
-    _, comp = connected_components(graph, directed=False)
 
+# -- 4. cluster sizes and best matches ----------------------------------------------------------
+
+
+@dataclass
+class Clusters:
+    """Each component's survivor and size, and each of tonight's documents' best direct match."""
+
+    id_rank: np.ndarray  # each node's rank by id (code point order)
+    surv_of_comp: np.ndarray  # the survivor node of each component: smallest (run, doc_id)
+    tagged: np.ndarray  # bool per tonight row: in a cluster of two or more, with words or a match
+    size: np.ndarray  # int64 per tonight row: its cluster's size (0 where not tagged)
+    comp_roots: dict[int, set[str]]  # component -> the history cluster roots in it
+    match: np.ndarray  # per tonight row: its best match's node (-1: none)
+    match_j: np.ndarray  # and that match's Jaccard
+
+
+def clusters_and_matches(tonight: Tonight, graph: Graph, history: History) -> Clusters:
+    """Survivor and size of every cluster, and every document's best direct match."""
+    n = len(tonight.doc_id)
+    comp = graph.comp
+    n_nodes = len(graph.node_id)
     # survivor per component: smallest (run, doc_id). Python str objects sort by code point,
     # like sorted() on the tuples; the strings are sorted once, into integer ranks.
-    node_ids = np.array(node_id, dtype=object)
-    node_runs = np.asarray(node_run, dtype=np.int64)
+    node_ids = np.array(graph.node_id, dtype=object)
+    node_runs = np.asarray(graph.node_run, dtype=np.int64)
     id_rank = np.empty(n_nodes, dtype=np.int64)
     id_rank[np.argsort(node_ids, kind="stable")] = np.arange(n_nodes)
     order = np.lexsort((id_rank, node_runs))
@@ -337,14 +449,29 @@ def resolve(tonight: Tonight, history: History, run_id: int, params: NearDup) ->
     surv_of_comp = np.zeros(comp.max() + 1 if n_nodes else 0, dtype=np.int64)
     surv_of_comp[comp_in_order[first_in_comp]] = order[first_in_comp]
     comp_size_nodes = np.bincount(comp, minlength=comp.max() + 1 if n_nodes else 1)
+    match, match_j = _best_matches(n, graph.match, id_rank)
+    # Tags only for documents in a cluster of two or more that have words or a direct match.
+    tagged = (comp_size_nodes[comp[:n]] > 1) & (tonight.has_sig | (match >= 0))
+    comp_roots, size_of = _cluster_sizes(n, graph, history)
+    size_of_comp = np.zeros(len(surv_of_comp), dtype=np.int64)
+    for c in np.unique(comp[:n][tagged]):  # one per cluster, not per document
+        size_of_comp[c] = size_of(int(c))
+    csize = np.where(tagged, size_of_comp[comp[:n]], 0)
+    return Clusters(id_rank, surv_of_comp, tagged, csize, comp_roots, match, match_j)
 
-    # cluster sizes: tonight members + every active history doc under the component's roots
+
+def _cluster_sizes(n: int, graph: Graph, history: History) -> tuple[dict[int, set[str]], Callable[[int], int]]:
+    """Each component's history roots, and its size: tonight's members plus every active
+    history document under its roots (and under the clusters merged into them)."""
+    comp = graph.comp
+    n_nodes = len(graph.node_id)
+    merges = graph.merges
     comp_roots: dict[int, set[str]] = {}
-    for k, (r, _) in enumerate(h_root):
+    for k, (r, _) in enumerate(graph.h_root):
         comp_roots.setdefault(int(comp[n + k]), set()).add(r)
     raw_by_root: dict[str, list[str]] = {}
     for raw, (m, _) in merges.items():
-        raw_by_root.setdefault(resolve_root(m, 0)[0], []).append(raw)
+        raw_by_root.setdefault(resolve_root(merges, m, 0)[0], []).append(raw)
     all_raw = set()
     for roots in comp_roots.values():
         for r in roots:
@@ -359,11 +486,16 @@ def resolve(tonight: Tonight, history: History, run_id: int, params: NearDup) ->
             hist_n += raw_counts.get(r, 0) + sum(raw_counts.get(x, 0) for x in raw_by_root.get(r, []))
         return int(tonight_in_comp[c]) + hist_n
 
-    # best direct match per tonight doc: highest Jaccard, then smallest doc_id
+    return comp_roots, cluster_size
+
+
+def _best_matches(n: int, edges: tuple[np.ndarray, np.ndarray, np.ndarray],
+                  id_rank: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Best direct match per tonight doc: highest Jaccard, then smallest doc_id (-1: none)."""
     match = np.full(n, -1, dtype=np.int64)
     match_j = np.zeros(n, dtype=np.float32)
-    if n_match_edges:
-        ea, eb, ej = np.concatenate(edges_a), np.concatenate(edges_b), np.concatenate(edge_j)
+    ea, eb, ej = edges
+    if len(ea):
         src, dst, jj = np.concatenate([ea, eb]), np.concatenate([eb, ea]), np.concatenate([ej, ej])
         mine = src < n
         src, dst, jj = src[mine], dst[mine], jj[mine]
@@ -373,49 +505,37 @@ def resolve(tonight: Tonight, history: History, run_id: int, params: NearDup) ->
         first[1:] = src[1:] != src[:-1]
         match[src[first]] = dst[first]
         match_j[src[first]] = jj[first]
+    return match, match_j
 
-    rows = np.arange(n)
-    surv = surv_of_comp[comp[:n]]  # each tonight document's survivor node
-    seg_cluster, seg_cluster_run = node_ids[surv], node_runs[surv].astype(np.int32)
-    # Tags only for documents in a cluster of two or more that have words or a direct match.
-    tagged = (comp_size_nodes[comp[:n]] > 1) & (has | (match >= 0))
+
+# -- 5. survivor signatures, merges and segments ------------------------------------------------
+
+
+def survivors(tonight: Tonight, exact: ExactGroups, cand: Candidates, graph: Graph, clusters: Clusters,
+              params: NearDup) -> DedupResult:
+    """Tonight's exact_dup and near_dup tags (each document's survivor, its Jaccard to the
+    survivor's signature, its best match and cluster) and tonight's history segments."""
+    n = len(tonight.doc_id)
+    node_ids = np.array(graph.node_id, dtype=object)
+    surv = clusters.surv_of_comp[graph.comp[:n]]  # each tonight document's survivor node
+    seg_cluster = node_ids[surv]
+    seg_cluster_run = np.asarray(graph.node_run, dtype=np.int64)[surv].astype(np.int32)
+    tagged = clusters.tagged
     cluster = np.where(tagged, seg_cluster, None)
-    size_of_comp = np.zeros(len(surv_of_comp), dtype=np.int64)
-    for c in np.unique(comp[:n][tagged]):  # one per cluster, not per document
-        size_of_comp[c] = cluster_size(int(c))
-    csize = np.where(tagged, size_of_comp[comp[:n]], 0)
-    matched = tagged & (match >= 0)
-    m_id = np.where(matched, node_ids[np.maximum(match, 0)], None)
-    m_j = np.where(matched, match_j, np.float32(np.nan)).astype(np.float32)
-    # Survivor's signature: tonight's if it has words, a history document's always, none for
-    # a root that is only a name.
-    surv_is_tonight = surv < n
-    surv_has_sig = np.where(surv_is_tonight, has[np.minimum(surv, max(n - 1, 0))], surv < n + len(h_ids))
-    dup = tagged & (surv != rows)
+    matched = tagged & (clusters.match >= 0)
+    m_id = np.where(matched, node_ids[np.maximum(clusters.match, 0)], None)
+    m_j = np.where(matched, clusters.match_j, np.float32(np.nan)).astype(np.float32)
+    dup = tagged & (surv != np.arange(n))
     near_of = np.where(dup, seg_cluster, None)
-    near_j = np.full(n, np.nan, np.float32)
-    both = dup & surv_has_sig & has
-    for from_tonight in (True, False):
-        sel = np.flatnonzero(both & (surv_is_tonight == from_tonight))
-        if len(sel):
-            other = sig[surv[sel]] if from_tonight else h_sig[surv[sel] - n]
-            near_j[sel] = jaccard(sig[sel], other)
-    near_j[dup & ~both & (surv_has_sig | (rep_pos != rows))] = 1.0
-
-    # merges: history roots in a component whose survivor is someone else
-    merge_rows = []
-    for c, roots in comp_roots.items():
-        s = int(surv_of_comp[c])
-        for r in sorted(roots):
-            if r != node_id[s]:
-                merge_rows.append((r, node_id[s], node_run[s]))
+    near_j = _survivor_jaccard(tonight, exact, graph, surv, dup)
 
     shard = pa.array(tonight.shard_id.tolist(), pa.string())
-    id_arr = pa.array(ids.tolist(), pa.string())
+    id_arr = pa.array(tonight.doc_id.tolist(), pa.string())
     exact_tbl = pa.table(
-        {"doc_id": id_arr, "exact_dup_of": pa.array(exact_dup_of.tolist(), pa.string()),
-         "exact_dup_count": pa.array(exact_count), "shard_id": shard}
+        {"doc_id": id_arr, "exact_dup_of": pa.array(exact.dup_of.tolist(), pa.string()),
+         "exact_dup_count": pa.array(exact.count), "shard_id": shard}
     )
+    csize = clusters.size
     near_tbl = pa.table(
         {"doc_id": id_arr, "near_dup_of": pa.array(near_of.tolist(), pa.string()),
          "near_dup_jaccard": pa.array(near_j, pa.float32(), mask=np.isnan(near_j)),
@@ -424,7 +544,53 @@ def resolve(tonight: Tonight, history: History, run_id: int, params: NearDup) ->
          "near_dup_cluster": pa.array(cluster.tolist(), pa.string()),
          "near_dup_cluster_size": pa.array(csize, pa.int64(), mask=csize == 0), "shard_id": shard}
     )
-    run_col = pa.array(first_run.astype(np.int32))
+    segments = _segments(tonight, exact, cand, seg_cluster, seg_cluster_run, _merge_rows(graph, clusters), params)
+    return DedupResult(
+        exact=exact_tbl, near=near_tbl, segments=segments,
+        n_exact_dups=int(sum(x is not None for x in exact.dup_of)),
+        n_near_dups=int(sum(x is not None for x in near_of)),
+    )
+
+
+def _survivor_jaccard(tonight: Tonight, exact: ExactGroups, graph: Graph, surv: np.ndarray,
+                      dup: np.ndarray) -> np.ndarray:
+    """Each duplicate's Jaccard to its survivor's signature: tonight's if it has words, a
+    history document's always, none for a root that is only a name (1 for an exact copy)."""
+    n = len(tonight.doc_id)
+    sig, has = tonight.sig, tonight.has_sig
+    rows = np.arange(n)
+    surv_is_tonight = surv < n
+    surv_has_sig = np.where(surv_is_tonight, has[np.minimum(surv, max(n - 1, 0))], surv < n + len(graph.h_ids))
+    near_j = np.full(n, np.nan, np.float32)
+    both = dup & surv_has_sig & has
+    for from_tonight in (True, False):
+        sel = np.flatnonzero(both & (surv_is_tonight == from_tonight))
+        if len(sel):
+            other = sig[surv[sel]] if from_tonight else graph.h_sig[surv[sel] - n]
+            near_j[sel] = jaccard(sig[sel], other)
+    near_j[dup & ~both & (surv_has_sig | (exact.rep_pos != rows))] = 1.0
+    return near_j
+
+
+def _merge_rows(graph: Graph, clusters: Clusters) -> list[tuple[str, str, int]]:
+    """History roots in a component whose survivor is someone else: (root, survivor, its run)."""
+    merge_rows = []
+    for c, roots in clusters.comp_roots.items():
+        s = int(clusters.surv_of_comp[c])
+        for r in sorted(roots):
+            if r != graph.node_id[s]:
+                merge_rows.append((r, graph.node_id[s], graph.node_run[s]))
+    return merge_rows
+
+
+def _segments(tonight: Tonight, exact: ExactGroups, cand: Candidates, seg_cluster: np.ndarray,
+              seg_cluster_run: np.ndarray, merge_rows: list[tuple[str, str, int]],
+              params: NearDup) -> dict[str, pa.Table]:
+    """Tonight's history segments: exact hashes, signatures with their clusters, merges, LSH bands."""
+    sig, has = tonight.sig, tonight.has_sig
+    shard = pa.array(tonight.shard_id.tolist(), pa.string())
+    id_arr = pa.array(tonight.doc_id.tolist(), pa.string())
+    run_col = pa.array(tonight.first_run.astype(np.int32))
     sig_rows = np.flatnonzero(has)
     segments = {
         "exact": pa.table({"text_hash": pa.array(tonight.text_hash, pa.uint64()), "doc_id": id_arr,
@@ -440,19 +606,15 @@ def resolve(tonight: Tonight, history: History, run_id: int, params: NearDup) ->
                             "merged_run": pa.array([r[2] for r in merge_rows], pa.int32())}),
     }
     # LSH: every document with words that is not an exact copy of an earlier one.
-    lsh_rows = np.flatnonzero(has & (exact_dup_of == None))  # noqa: E711 - elementwise on object array
+    lsh_rows = np.flatnonzero(has & (exact.dup_of == None))  # noqa: E711 - elementwise on object array
     # Band-major, by key within a band (stable, so by row among equal keys): DuckDB's
     # row-group min/max on (band, key) then skips most of the file in a lookup.
-    lsh_keys = key_of[lsh_rows]
+    lsh_keys = cand.key_of[lsh_rows]
     by_key = np.argsort(lsh_keys, axis=0, kind="stable")
     row_of = pa.array(lsh_rows[by_key].T.reshape(-1))
     segments["lsh"] = pa.table(
-        {"band": np.repeat(np.arange(nd.bands, dtype=np.uint8), len(lsh_rows)),
+        {"band": np.repeat(np.arange(params.bands, dtype=np.uint8), len(lsh_rows)),
          "key": np.take_along_axis(lsh_keys, by_key, axis=0).T.reshape(-1),
          "doc_id": id_arr.take(row_of), "shard_id": shard.take(row_of)}
     )
-    return DedupResult(
-        exact=exact_tbl, near=near_tbl, segments=segments,
-        n_exact_dups=int(sum(x is not None for x in exact_dup_of)),
-        n_near_dups=int(sum(x is not None for x in near_of)),
-    )
+    return segments

@@ -236,18 +236,38 @@ def advance(queue: pa.Table, tonight: pa.Table, protected_now: pa.Table, night_r
             .to_numpy(zero_copy_only=False)
     changed = kept_again | protected | moves
     ch = q.filter(pa.array(changed))
-    ch_rows = ch.set_column(ch.schema.get_field_index("status"), "status", pa.array(new_status[changed].tolist(), pa.string()))
-    ch_rows = ch_rows.set_column(ch_rows.schema.get_field_index("changed_run"), "changed_run",
-                                 pa.array(np.full(ch.num_rows, run_id, np.int32)))
-    ch_rows = ch_rows.set_column(ch_rows.schema.get_field_index("changed_at"), "changed_at",
-                                 pa.array([now] * ch.num_rows, QUEUE_SCHEMA.field("changed_at").type))
-    ch_rows = ch_rows.set_column(ch_rows.schema.get_field_index("note"), "note", pa.array(notes[changed].tolist(), pa.string()))
+    ch_rows = _changed(ch, new_status[changed], notes[changed], run_id, now)
 
     # Tonight's prunes: new entries unless already active (a rewritten shard keeps its clock).
     still_active = q.filter(pa.array(active & ~changed | (changed & np.isin(new_status, ACTIVE))))["doc_id"]
     fresh = tonight_prune.filter(pc.invert(pc.is_in(tonight_prune["doc_id"], value_set=still_active.combine_chunks())))
     first = lifecycle.status_for(np.zeros(fresh.num_rows, np.int64))
-    new_rows = pa.table({
+    new_rows = _queued(fresh, first, run_id, now)
+    rows = pa.concat_tables([ch_rows.cast(QUEUE_SCHEMA), new_rows])
+    events = _events(ch, new_rows, rows, run_id)
+    counts = {
+        "queued": int(new_rows.num_rows),
+        "quarantined": int((moves & (new_status == QUARANTINED)).sum()) + int((first == QUARANTINED).sum()),
+        "applied": int((moves & (new_status == APPLIED)).sum()) + int((first == APPLIED).sum()),
+        "restored": int((kept_again | protected).sum()),
+        "restored_protected": int(protected.sum()),
+    }
+    return QueueChange(rows, events, counts)
+
+
+def _changed(ch: pa.Table, status: np.ndarray, notes: np.ndarray, run_id: int, now: datetime) -> pa.Table:
+    """The queue rows ``ch`` with their new status and note, changed by run ``run_id`` at ``now``."""
+    ch_rows = ch.set_column(ch.schema.get_field_index("status"), "status", pa.array(status.tolist(), pa.string()))
+    ch_rows = ch_rows.set_column(ch_rows.schema.get_field_index("changed_run"), "changed_run",
+                                 pa.array(np.full(ch.num_rows, run_id, np.int32)))
+    ch_rows = ch_rows.set_column(ch_rows.schema.get_field_index("changed_at"), "changed_at",
+                                 pa.array([now] * ch.num_rows, QUEUE_SCHEMA.field("changed_at").type))
+    return ch_rows.set_column(ch_rows.schema.get_field_index("note"), "note", pa.array(notes.tolist(), pa.string()))
+
+
+def _queued(fresh: pa.Table, first: np.ndarray, run_id: int, now: datetime) -> pa.Table:
+    """New queue entries for tonight's prunes ``fresh``, each starting at status ``first``."""
+    return pa.table({
         "doc_id": fresh["doc_id"].cast(pa.string()),
         "run_id": pa.array(np.full(fresh.num_rows, run_id, np.int32)),
         "reasons": fresh["prune_reasons"].cast(pa.list_(pa.string())),
@@ -257,25 +277,19 @@ def advance(queue: pa.Table, tonight: pa.Table, protected_now: pa.Table, night_r
         "changed_at": pa.array([now] * fresh.num_rows, QUEUE_SCHEMA.field("changed_at").type),
         "note": pa.repeat(pa.scalar(f"queued by run {run_id}"), fresh.num_rows),
     }, schema=QUEUE_SCHEMA)
-    rows = pa.concat_tables([ch_rows.cast(QUEUE_SCHEMA), new_rows])
 
+
+def _events(ch: pa.Table, new_rows: pa.Table, rows: pa.Table, run_id: int) -> pa.Table:
+    """One ``prune_events`` row per changed or new entry: from its old status to its new one."""
     was = pa.concat_tables([
         pa.table({"doc_id": ch["doc_id"], "from_status": ch["status"]}),
         pa.table({"doc_id": new_rows["doc_id"], "from_status": pa.nulls(new_rows.num_rows, pa.string())}),
     ])
-    events = pa.table({
+    return pa.table({
         "run_id": pa.array(np.full(rows.num_rows, run_id, np.int32)),
         "doc_id": rows["doc_id"], "from_status": was["from_status"], "to_status": rows["status"],
         "event_at": rows["changed_at"], "note": rows["note"],
     }, schema=EVENT_SCHEMA)
-    counts = {
-        "queued": int(new_rows.num_rows),
-        "quarantined": int((moves & (new_status == QUARANTINED)).sum()) + int((first == QUARANTINED).sum()),
-        "applied": int((moves & (new_status == APPLIED)).sum()) + int((first == APPLIED).sum()),
-        "restored": int((kept_again | protected).sum()),
-        "restored_protected": int(protected.sum()),
-    }
-    return QueueChange(rows, events, counts)
 
 
 def queue_after(queue: pa.Table, change: QueueChange) -> pa.Table:

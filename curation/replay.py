@@ -34,11 +34,12 @@ from earlier nights (when one side is empty the other takes every draw).
 Everything is a pure function of the pool, the stored state, the parameters and the seed
 (the random stream is keyed by ``[seed, run_id]``), so a set can be rebuilt exactly.
 
-Storage (created by :data:`DDL`): ``replay_sets`` (one row per set), ``replay_items`` (one row
-per sampled document: priority, probability, weight, count), ``replay_state`` (per document:
-last replayed / salient run, times replayed) and the view ``v_replay``. The night stage
-(:mod:`stages.replay`) writes them in the run's transaction; :func:`build_from_catalog`
-(``glia replay build``) takes the run lock and writes them in one transaction of its own.
+Storage (:mod:`storage.replay`: the tables and the catalog reads): ``replay_sets`` (one row
+per set), ``replay_items`` (one row per sampled document: priority, probability, weight,
+count), ``replay_state`` (per document: last replayed / salient run, times replayed) and the
+view ``v_replay``. The night stage (:mod:`stages.replay`) writes them in the run's transaction;
+``engine.replay.build_from_catalog`` (``glia replay build``) takes the run lock and writes them
+in one transaction of its own.
 """
 
 from __future__ import annotations
@@ -47,19 +48,16 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from glia.core.params import build_params
 from glia.curation.rules import average_ranks
-from glia.storage.catalog import TableWrite, query_rolled_back
-from glia.storage.sql import identifier, registered, relation_columns, relations
+from glia.storage.catalog import TableWrite
+from glia.storage.replay import ITEMS_SCHEMA, STATE_SCHEMA, ReplayCatalog
 
 # Priority terms, in the order they are reported. ``rarity`` and ``protected`` come from the
 # ``decide`` stage (``strata``, ``protected``), rarity falls back to metadata columns.
@@ -68,92 +66,6 @@ RANKED_TERMS = ("surprise", "utility", "novelty", "importance")
 DEFAULT_WEIGHTS: dict[str, float] = {
     "surprise": 1.0, "utility": 1.0, "novelty": 0.5, "rarity": 1.0, "importance": 1.0, "protected": 1.0,
 }
-PRUNED_STATUSES = ("queued", "quarantined", "applied")
-
-POOL_SCHEMA = pa.schema([
-    ("doc_id", pa.string()),
-    ("shard_id", pa.string()),
-    ("first_seen_run", pa.int64()),
-    ("surprise", pa.float64()),
-    ("utility", pa.float64()),
-    ("novelty", pa.float64()),
-    ("importance", pa.float64()),
-    ("protected", pa.bool_()),
-    ("strata", pa.list_(pa.string())),
-])
-
-STATE_SCHEMA = pa.schema([
-    ("doc_id", pa.string()),
-    ("last_replayed_run", pa.int32()),
-    ("last_salient_run", pa.int32()),
-    ("times_replayed", pa.int64()),
-])
-
-ITEMS_SCHEMA = pa.schema([
-    ("set_id", pa.int32()),
-    ("doc_id", pa.string()),
-    ("is_new", pa.bool_()),
-    ("score", pa.float64()),
-    ("retention", pa.float64()),
-    ("priority", pa.float64()),
-    ("probability", pa.float64()),
-    ("weight", pa.float64()),
-    ("count", pa.int64()),
-])
-
-DDL = """
-CREATE TABLE IF NOT EXISTS replay_sets (
-    set_id        INTEGER PRIMARY KEY,
-    run_id        INTEGER NOT NULL,      -- the night the set belongs to (retention counts from it)
-    created_at    TIMESTAMPTZ NOT NULL,
-    origin        VARCHAR NOT NULL,      -- flow (the replay stage) | cli (glia replay build) | api
-    seed          BIGINT NOT NULL,
-    size          BIGINT NOT NULL,       -- draws
-    alpha         DOUBLE NOT NULL,
-    beta          DOUBLE NOT NULL,       -- after annealing
-    new_fraction  DOUBLE NOT NULL,
-    n_pool        BIGINT NOT NULL,       -- eligible documents
-    n_pool_new    BIGINT NOT NULL,
-    n_items       BIGINT NOT NULL,       -- distinct documents drawn
-    n_new_draws   BIGINT NOT NULL,
-    n_unscored    BIGINT NOT NULL,       -- pool documents no term scored (given the top score)
-    n_excluded    BIGINT NOT NULL,       -- pruned or duplicate documents left out
-    terms         VARCHAR[],             -- priority terms that had data
-    terms_missing VARCHAR[],             -- weighted terms without data (contributed nothing)
-    rarity_source VARCHAR,               -- metadata columns (+strata: decide's protected strata) | NULL
-    text_column   VARCHAR,
-    id_column     VARCHAR,
-    params        JSON
-);
-CREATE TABLE IF NOT EXISTS replay_items (
-    set_id       INTEGER NOT NULL,
-    doc_id       VARCHAR NOT NULL,
-    is_new       BOOLEAN NOT NULL,       -- first seen in the set's run
-    score        DOUBLE,                 -- s_i, the weighted term mean in (0, 1]
-    retention    DOUBLE,                 -- R_i
-    priority     DOUBLE NOT NULL,        -- p_i = (eps + s_i) * R_i
-    probability  DOUBLE NOT NULL,        -- P(i) of one draw
-    weight       DOUBLE NOT NULL,        -- importance-sampling weight, max over the pool = 1
-    "count"      BIGINT NOT NULL,        -- draws of this document
-    PRIMARY KEY (set_id, doc_id)
-);
-CREATE TABLE IF NOT EXISTS replay_state (
-    doc_id             VARCHAR PRIMARY KEY,
-    last_replayed_run  INTEGER,
-    last_salient_run   INTEGER,
-    times_replayed     BIGINT NOT NULL DEFAULT 0
-);
-CREATE OR REPLACE VIEW v_replay AS
-    SELECT i.doc_id, i.set_id, s.run_id, i.weight, i."count", i.priority, i.probability, i.is_new,
-           i.score, i.retention, d.source, d.shard_path, d."row", d.shard_id,
-           s.set_id = (SELECT max(set_id) FROM replay_sets) AS latest
-    FROM replay_items i JOIN replay_sets s USING (set_id) LEFT JOIN documents d USING (doc_id);
-"""
-
-# The schema of these tables (see storage.migrations.StageMigration); add a migration to change it.
-MIGRATIONS: tuple[tuple[int, str, str], ...] = ((1, "replay_sets, replay_items, replay_state; v_replay", DDL),)
-
-
 @dataclass(frozen=True)
 class ReplayParams:
     """How a replay set is drawn (``[stages.replay]`` in the rules file; ``glia replay build`` flags).
@@ -170,7 +82,7 @@ class ReplayParams:
     # Importance-sampling exponent b, annealed linearly to ``beta_final`` (None: no annealing).
     # 0 (default) makes every weight 1: in bench/forgetting.py the IS correction, which pulls the
     # prioritised draws' gradient back towards uniform replay, cost forgetting on every night-1
-    # stratum at equal budget (README, *Forgetting*). Schaul et al.'s 0.4 -> 1 gives an unbiased
+    # stratum at equal budget (docs/forgetting.md). Schaul et al.'s 0.4 -> 1 gives an unbiased
     # loss over the pool instead, for a trainer that wants that.
     beta: float = 0.0
     beta_final: float | None = None
@@ -187,7 +99,7 @@ class ReplayParams:
     # Strata never replayed: evaluation text (the eval_set stratum) must not reach the trainer.
     exclude_strata: tuple[str, ...] = ("eval_set",)
     # False (default): protected documents keep weight 1 instead of (N P)^-b; as b -> 1 the IS
-    # weight undoes the very upsampling that protects them (measured: bench/forgetting.py, README).
+    # weight undoes the very upsampling that protects them (measured: bench/forgetting.py, docs/forgetting.md).
     protected_is_weight: bool = False
     exclude_duplicates: bool = True
     record_state: bool = True
@@ -481,106 +393,16 @@ def build_set(pool: Pool, state: pa.Table, params: ReplayParams, set_id: int, n_
     return ReplaySet(set_row, items, state_rows, ids, score, retention, priority, prob, weight, unscored)
 
 
-# -- reading the catalog -------------------------------------------------------------------------
+# -- pools ----------------------------------------------------------------------------------------
 
 
-
-
-def _strata_expr(cols: Sequence[str], present: set[str]) -> tuple[str, str | None]:
-    """SQL for each document's strata: its metadata ``col=value`` (as :func:`metadata_strata`)
-    plus the decide stage's protected ``strata`` when that column exists."""
-    use = [c for c in cols if c in present]
-    parts = ", ".join(f"CASE WHEN {identifier(c)} IS NULL THEN NULL ELSE '{c}=' || CAST({identifier(c)} AS VARCHAR) END" for c in use)
-    meta = f"list_filter([{parts}], lambda x: x IS NOT NULL)" if use else "CAST([] AS VARCHAR[])"
-    source = rarity_label(use, "strata" in present)
-    if "strata" in present:
-        return f"list_concat({meta}, coalesce(CAST(strata AS VARCHAR[]), CAST([] AS VARCHAR[])))", source
-    return (meta if use else "CAST(NULL AS VARCHAR[])"), source
-
-
-def rarity_label(metadata_columns: Sequence[str], decide_strata: bool) -> str | None:
-    """What the rarity term's strata came from, e.g. ``label+strata``."""
-    parts = [*metadata_columns, *(["strata"] if decide_strata else [])]
-    return "+".join(parts) or None
-
-
-@dataclass
-class CatalogState:
-    """What a replay build reads from the catalog (read-only): the earlier documents with their
-    term columns, the retention state, how many sets exist, and the user's importance query."""
-
-    pool: Pool
-    state: pa.Table
-    n_sets: int
-    next_set_id: int
-    importance: pa.Table | None  # doc_id, importance from importance_sql
-    pruned_ids: pa.Array  # ids the prune queue holds (excluded wherever they show up)
-
-    @classmethod
-    def read(cls, con: duckdb.DuckDBPyConnection, params: ReplayParams, run_id: int) -> CatalogState:
-        """Read everything a build needs; documents first seen in ``run_id`` count as new."""
-        rels = relations(con)
-        importance = run_importance_sql(con, params.importance_sql) if params.importance_sql else None
-        pruned = pa.array([], pa.string())
-        if "prune_queue" in rels and {"doc_id", "status"} <= set(relation_columns(con, "prune_queue")):
-            pruned = con.sql(
-                "SELECT DISTINCT CAST(doc_id AS VARCHAR) AS doc_id FROM prune_queue WHERE status IN (SELECT unnest(?))",
-                params=[list(PRUNED_STATUSES)]).to_arrow_table().column("doc_id").combine_chunks()
-        pool = read_catalog_pool(con, params, run_id, rels, pruned, importance)
-        state = STATE_SCHEMA.empty_table()
-        n_sets, next_id = 0, 1
-        if "replay_state" in rels:
-            state = con.sql(
-                "SELECT doc_id, last_replayed_run, last_salient_run, times_replayed FROM replay_state"
-            ).to_arrow_table().cast(STATE_SCHEMA)
-        if "replay_sets" in rels:
-            n_sets, next_id = con.execute("SELECT count(*), coalesce(max(set_id), 0) + 1 FROM replay_sets").fetchall()[0]
-        return cls(pool, state, int(n_sets), int(next_id), importance, pruned)
-
-
-def run_importance_sql(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
-    """Run the user's importance query inside a transaction that is rolled back, so it can
-    read anything and change nothing. It must return ``doc_id`` and ``importance``."""
-    try:
-        table = query_rolled_back(con, sql)
-    except duckdb.Error as exc:
-        raise ValueError(f"replay importance_sql failed: {exc}; it must be a SELECT returning doc_id, importance") from exc
-    if table is None:
-        raise ValueError("replay importance_sql returned no rows: it must be a SELECT returning doc_id, importance")
-    rel = table
-    if not {"doc_id", "importance"} <= set(rel.column_names):
-        raise ValueError(f"replay importance_sql returned columns {rel.column_names}; it must return doc_id and importance")
-    return pa.table({"doc_id": pc.cast(rel["doc_id"], pa.string()), "importance": pc.cast(rel["importance"], pa.float64())})
-
-
-def read_catalog_pool(con: duckdb.DuckDBPyConnection, params: ReplayParams, run_id: int, rels: set[str],
-                      pruned: pa.Array, importance: pa.Table | None) -> Pool:
-    """The active documents in the catalog that may be replayed, with their term columns
-    (from ``v_documents``: every tag column joined by name)."""
-    if "v_documents" not in rels:
-        return Pool(POOL_SCHEMA.empty_table(), run_id)
-    present = set(relation_columns(con, "v_documents"))
-    sel = ["CAST(doc_id AS VARCHAR) AS doc_id", "shard_id", "CAST(first_seen_run AS BIGINT) AS first_seen_run"]
-    for term in ("surprise", "utility", "novelty"):
-        sel.append(f"CAST({term} AS DOUBLE) AS {term}" if term in present else f"CAST(NULL AS DOUBLE) AS {term}")
-    col = params.importance_column
-    sel.append(f"CAST({identifier(col)} AS DOUBLE) AS importance" if col and col in present else "CAST(NULL AS DOUBLE) AS importance")
-    sel.append("CAST(protected AS BOOLEAN) AS protected" if "protected" in present else "CAST(NULL AS BOOLEAN) AS protected")
-    strata, rarity_source = _strata_expr(params.rarity_columns, present)
-    sel.append(f"{strata} AS strata")
-    where = ["true"]
-    if params.exclude_duplicates:
-        where += [f"{c} IS NULL" for c in ("exact_dup_of", "near_dup_of") if c in present]
-    if "prune_queue" not in rels and "action" in present:
-        where.append("action IS DISTINCT FROM 'prune'")
-    total = con.execute("SELECT count(*) FROM v_documents").fetchall()[0][0]
-    where.append("doc_id NOT IN (SELECT doc_id FROM _replay_pruned)")
-    with registered(con, "_replay_pruned", pa.table({"doc_id": pruned})):
-        table = con.sql(f"SELECT {', '.join(sel)} FROM v_documents WHERE {' AND '.join(where)}").to_arrow_table()
-    table = table.cast(POOL_SCHEMA)
-    if importance is not None:
-        table = attach(table, importance, ["importance"])
-    return Pool(table, run_id, int(total) - table.num_rows, rarity_source)
+def pool_from_catalog(read: ReplayCatalog, run_id: int) -> Pool:
+    """The catalog's documents (``storage.replay.read_replay_catalog``) as run ``run_id``'s
+    pool, with the importance query's values attached."""
+    table = read.pool
+    if read.importance is not None:
+        table = attach(table, read.importance, ["importance"])
+    return Pool(table, run_id, read.n_excluded, read.rarity_source)
 
 
 def attach(pool: pa.Table, source: pa.Table, columns: Sequence[str]) -> pa.Table:
@@ -597,7 +419,7 @@ def attach(pool: pa.Table, source: pa.Table, columns: Sequence[str]) -> pa.Table
 
 def metadata_strata(table: pa.Table, columns: Sequence[str]) -> tuple[pa.Array, str | None]:
     """A ``strata`` list per row from metadata columns, as ``col=value`` (nulls left out);
-    the same strings :func:`_strata_expr` builds in SQL. Returns ``(strata, columns used)``."""
+    the same strings ``storage.replay.strata_sql`` builds in SQL. Returns ``(strata, columns used)``."""
     use = [c for c in columns if c in table.column_names]
     n = table.num_rows
     if not use:
@@ -629,88 +451,3 @@ def combine_pools(old: Pool, new: Pool) -> Pool:
     sources = sorted({s for s in (old.rarity_source, new.rarity_source) if s})
     return Pool(pa.concat_tables([old.table.filter(keep), new.table]), new.run_id, old.n_excluded + new.n_excluded,
                 "+".join(sources) or None)
-
-
-# -- outside the flow: glia replay build / export ------------------------------------------------
-
-
-def latest_run(con: duckdb.DuckDBPyConnection) -> int:
-    row = con.execute("SELECT max(run_id) FROM runs WHERE status IN ('completed', 'nothing_new')").fetchall()[0]
-    if row is None or row[0] is None:
-        raise ValueError("no completed run in this database: run `glia run SHARDS --db ...` first")
-    return int(row[0])
-
-
-def _run_columns(con: duckdb.DuckDBPyConnection, run_id: int) -> tuple[str, str]:
-    """The shard id and text column names the run read (from its stored config)."""
-    row = con.execute("SELECT config FROM runs WHERE run_id = ?", [run_id]).fetchall()[0]
-    try:
-        cols = json.loads(row[0]).get("columns", {}) if row and row[0] else {}
-    except ValueError:
-        cols = {}
-    return str(cols.get("text", "text")), str(cols.get("id", "id"))
-
-
-def build_from_catalog(db_path: Path | str, params: ReplayParams, origin: str = "cli") -> dict[str, Any]:
-    """Build a replay set from a database outside the nightly flow (``glia replay build``).
-
-    Takes the run lock (so no night runs meanwhile), reads the catalog, and writes the set,
-    its items and the retention state in one transaction. Returns the ``replay_sets`` row.
-    Raises ``RunInProgressError`` / ``DatabaseBusyError`` when another process holds the database.
-    """
-    from glia.storage.catalog import Catalog
-    from glia.storage.lock import RunLock
-
-    db = Path(db_path)
-    if not db.exists():
-        raise FileNotFoundError(f"no Glia database at {db}; run `glia run SHARDS --db {db}` first")
-    with RunLock(db):
-        with Catalog(db) as cat:
-            cat.migrate((), {"replay": MIGRATIONS})
-            run_id = latest_run(cat.con)
-            text_col, id_col = _run_columns(cat.con, run_id)
-            st = CatalogState.read(cat.con, params, run_id)
-            rs = build_set(st.pool, st.state, params, st.next_set_id, st.n_sets, origin, text_col, id_col)
-            cat.apply_writes(rs.writes())
-    return rs.set_row
-
-
-def replay_set_row(con: duckdb.DuckDBPyConnection, db_path: Path | str, set_id: int | None,
-                   if_none: str) -> dict[str, Any]:
-    """The ``replay_sets`` row of ``set_id`` (default: the latest). Raises ``ValueError`` when
-    there is none: "``db_path`` has no replay set" followed by ``if_none`` (what to do)."""
-    try:
-        sid = set_id if set_id is not None else con.execute("SELECT max(set_id) FROM replay_sets").fetchall()[0][0]
-    except duckdb.CatalogException:
-        sid = None
-    if sid is None:
-        raise ValueError(f"{db_path} has no replay set{if_none}")
-    meta = con.sql("SELECT * FROM replay_sets WHERE set_id = ?", params=[sid]).to_arrow_table()
-    if meta.num_rows == 0:
-        raise ValueError(f"no replay set {sid} in {db_path}; see SELECT set_id, run_id FROM replay_sets")
-    return meta.to_pylist()[0]
-
-
-def export_set(db_path: Path | str, out: Path | str, set_id: int | None = None,
-               redact_pii: str | None = None) -> tuple[int, int]:
-    """Write one set (default: the latest) from ``v_replay`` to Parquet, with the set's row as
-    file metadata (``glia.replay_set``). Opens the database read-only. Returns ``(set_id, rows)``.
-    ``redact_pii``: a placeholder (``"<{kind}>"``); the export then also holds each document's
-    ``text`` from its shard (the set's recorded text column) with PII replaced (``storage.redact``)."""
-    from glia.storage.catalog import Catalog
-
-    with Catalog(db_path, read_only=True) as cat:
-        meta = replay_set_row(cat.con, db_path, set_id, f" yet: run `glia replay build --db {db_path}` first")
-        sid = meta["set_id"]
-        rows = cat.con.sql("SELECT * FROM v_replay WHERE set_id = ? ORDER BY doc_id", params=[sid]).to_arrow_table()
-    if redact_pii is not None:
-        from glia.storage.redact import with_redacted_text
-
-        rows = with_redacted_text(rows, meta.get("text_column") or "text", redact_pii)
-    row = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in meta.items()}
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    md = dict(rows.schema.metadata or {})
-    md[b"glia.replay_set"] = json.dumps(row, default=str).encode()
-    pq.write_table(rows.replace_schema_metadata(md), out)
-    return int(sid), rows.num_rows

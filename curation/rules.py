@@ -491,6 +491,42 @@ def decide(tags: pa.Table, rules: Rules) -> Decided:
     # Ties in priority are broken by doc_id: its rank, so the cap's order is a numeric sort.
     id_rank = pc.rank(tags["doc_id"].combine_chunks(), sort_keys="ascending", tiebreaker="first") \
         .to_numpy(zero_copy_only=False).astype(np.int64) if n else np.zeros(0, np.int64)
+    evals = _evaluate_terms(tags, rules, rep)
+    keep_terms = [t for t in rules.keep_if_any if t in evals]
+    prune_terms = [t for t in rules.prune_if_any if t in evals]
+    low, value = _value(evals, keep_terms, n)
+    fired = _fire(tags, rules, evals, keep_terms, prune_terms, low, n, rep)
+    strata, protected = _protection(tags, n)
+    weights = np.array([rules.terms[t].weight for t in prune_terms], np.float64)
+    penalty = fired.counted[:, len(keep_terms):].astype(np.float64) @ weights if prune_terms else np.zeros(n)
+    priority = (value - penalty).astype(np.float32)
+    codes, sizes = _source_codes(tags, n)
+    pruned, held_night, held_src = _caps(fired.candidate & ~protected, priority.astype(np.float64), id_rank, codes,
+                                         sizes, rules.cap, n)
+    reasons = _reasons(fired, rep.skipped, strata, protected, held_night, held_src, n)
+    prune_reasons = _lists(n, [(fired.texts[j].filter(pa.array(fired.counted[fired.mask[:, j], j])), fired.counted[:, j])
+                               for j in range(len(fired.terms))])
+    rep.n_candidates = int(fired.candidate.sum())
+    rep.n_pruned = int(pruned.sum())
+    rep.n_protected = int(protected.sum())
+    rep.n_overridden = int((fired.candidate & protected).sum())
+    rep.n_held_night = int(held_night.sum())
+    rep.n_held_source = int(held_src.sum())
+    table = pa.table({
+        "doc_id": tags["doc_id"].combine_chunks().cast(pa.string()),
+        "action": pa.array(np.where(pruned, PRUNE, KEEP).astype(object), pa.string()),
+        "reasons": reasons,
+        "protected": pa.array(protected),
+        "strata": strata,
+        "priority": pa.array(priority, pa.float32()),
+        "prune_reasons": prune_reasons,
+    })
+    return Decided(table, rep)
+
+
+def _evaluate_terms(tags: pa.Table, rules: Rules, rep: Report) -> dict[str, _Eval]:
+    """Every keep and prune term whose column is present, evaluated; the others noted as
+    skipped in ``rep`` (or, with ``missing = "error"``, a :class:`MissingTagError`)."""
     evals: dict[str, _Eval] = {}
     for name in (*rules.keep_if_any, *rules.prune_if_any):
         term = rules.terms[name]
@@ -507,26 +543,42 @@ def decide(tags: pa.Table, rules: Rules) -> Decided:
             raise RuleError(f"rule term {name!r}: column {term.column!r} of {term.output!r} is "
                             f"{tags.schema.field(term.column).type}, which {term.op} cannot compare ({exc})") from None
         rep.thresholds[name] = evals[name].resolved
+    return evals
 
-    keep_terms = [t for t in rules.keep_if_any if t in evals]
-    prune_terms = [t for t in rules.prune_if_any if t in evals]
-    if keep_terms:
-        known_any = np.any([evals[t].known for t in keep_terms], axis=0)
-        has_value = np.any([evals[t].fires for t in keep_terms], axis=0)
-        low = known_any & ~has_value
-        scores = np.stack([evals[t].score for t in keep_terms], axis=1)
-        with np.errstate(all="ignore"):
-            value = np.where(np.isnan(scores).all(axis=1), 0.5, np.nanmax(np.where(np.isnan(scores), -np.inf, scores), axis=1))
-    else:
-        low = np.zeros(n, bool)
-        value = np.full(n, 0.5)
 
-    # Fired reasons, one column per term: keep terms fire their miss reason on low documents.
+def _value(evals: dict[str, _Eval], keep_terms: list[str], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Which documents no keep term fires for (though one could judge them: ``low``), and each
+    document's value, its best keep-term score (0.5 where none scores it)."""
+    if not keep_terms:
+        return np.zeros(n, bool), np.full(n, 0.5)
+    known_any = np.any([evals[t].known for t in keep_terms], axis=0)
+    has_value = np.any([evals[t].fires for t in keep_terms], axis=0)
+    scores = np.stack([evals[t].score for t in keep_terms], axis=1)
+    with np.errstate(all="ignore"):
+        value = np.where(np.isnan(scores).all(axis=1), 0.5, np.nanmax(np.where(np.isnan(scores), -np.inf, scores), axis=1))
+    return known_any & ~has_value, value
+
+
+@dataclass
+class _Fired:
+    """The reasons that fired, one column per term (keep terms, then prune terms)."""
+
+    terms: list[str]
+    mask: np.ndarray  # (n, terms) bool: the term fired (a keep term: its miss reason on a low document)
+    texts: list[pa.Array]  # per term: the reason text of the rows where it fired
+    suppressed: np.ndarray  # (n, terms) bool: fired, but the user restored the document from that reason
+    counted: np.ndarray  # mask & ~suppressed
+    candidate: np.ndarray  # (n,) bool: any counted reason
+
+
+def _fire(tags: pa.Table, rules: Rules, evals: dict[str, _Eval], keep_terms: list[str], prune_terms: list[str],
+          low: np.ndarray, n: int, rep: Report) -> _Fired:
+    """Fired reasons (keep terms fire their miss reason on low documents), less those the user
+    restored the document from (unless ``requeue_restored``); counts into ``rep``."""
     fired_terms = [*keep_terms, *prune_terms]
     fired = [evals[t].known & ~evals[t].fires & low for t in keep_terms] + [evals[t].fires for t in prune_terms]
     fired_m = np.stack(fired, axis=1) if fired else np.zeros((n, 0), bool)
     texts = [_reason_strings(rules.terms[t], evals[t], fired_m[:, j]) for j, t in enumerate(fired_terms)]
-
     if "restored" in tags.column_names and not rules.requeue_restored and fired_terms:
         rest = tags["restored"]
         suppressed = np.stack([_list_contains(rest, [rules.terms[t].key, "*"], n) for t in fired_terms], axis=1) & fired_m
@@ -536,65 +588,48 @@ def decide(tags: pa.Table, rules: Rules) -> Decided:
     candidate = counted.any(axis=1) if fired_terms else np.zeros(n, bool)
     rep.n_suppressed = int((fired_m.any(axis=1) & ~candidate).sum()) if fired_terms else 0
     rep.fired = {t: int(fired_m[:, j].sum()) for j, t in enumerate(fired_terms)}
+    return _Fired(fired_terms, fired_m, texts, suppressed, counted, candidate)
 
+
+def _protection(tags: pa.Table, n: int) -> tuple[pa.ListArray, np.ndarray]:
+    """Each document's protected strata (an empty list when none) and whether it has any."""
     if "strata" in tags.column_names:
         strata = tags["strata"].combine_chunks().cast(pa.list_(pa.string()))
         strata = pc.fill_null(strata, pa.scalar([], pa.list_(pa.string())))
-        protected = (pc.list_value_length(strata).to_numpy(zero_copy_only=False) > 0)
-    else:
-        strata = pa.ListArray.from_arrays(pa.array(np.zeros(n + 1, np.int32)), pa.array([], pa.string()))
-        protected = np.zeros(n, bool)
+        return strata, (pc.list_value_length(strata).to_numpy(zero_copy_only=False) > 0)
+    return pa.ListArray.from_arrays(pa.array(np.zeros(n + 1, np.int32)), pa.array([], pa.string())), np.zeros(n, bool)
 
-    weights = np.array([rules.terms[t].weight for t in prune_terms], np.float64)
-    penalty = counted[:, len(keep_terms):].astype(np.float64) @ weights if prune_terms else np.zeros(n)
-    priority = (value - penalty).astype(np.float32)
 
-    if "source" in tags.column_names:
-        src = pc.fill_null(tags["source"].combine_chunks().cast(pa.string()), "")
-        enc = src.dictionary_encode()
-        codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-        sizes = np.bincount(codes, minlength=len(enc.dictionary))
-    else:
-        codes, sizes = np.zeros(n, np.int64), np.array([n])
-    pruned, held_night, held_src = _caps(candidate & ~protected, priority.astype(np.float64), id_rank, codes, sizes,
-                                         rules.cap, n)
+def _source_codes(tags: pa.Table, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each document's source as a code, and each source's size (one source without ``source``)."""
+    if "source" not in tags.column_names:
+        return np.zeros(n, np.int64), np.array([n])
+    src = pc.fill_null(tags["source"].combine_chunks().cast(pa.string()), "")
+    enc = src.dictionary_encode()
+    codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    return codes, np.bincount(codes, minlength=len(enc.dictionary))
 
-    # Reasons: notes, fired reasons, protection and restore overrides, cap holds.
+
+def _reasons(fired: _Fired, skipped: list[str], strata: pa.ListArray, protected: np.ndarray,
+             held_night: np.ndarray, held_src: np.ndarray, n: int) -> pa.ListArray:
+    """Each document's reasons: notes, fired reasons, protection and restore overrides, cap holds."""
+    texts, fired_m, counted = fired.texts, fired.mask, fired.counted
     parts: list[tuple[pa.Array, np.ndarray]] = []
-    for name in rep.skipped:
+    for name in skipped:
         parts.append((pa.repeat(pa.scalar(f"no_{name}_tag"), n), np.ones(n, bool)))
-    parts += [(texts[j], fired_m[:, j]) for j in range(len(fired_terms))]
-    if fired_terms and protected.any():
+    parts += [(texts[j], fired_m[:, j]) for j in range(len(fired.terms))]
+    if fired.terms and protected.any():
         joined = pc.binary_join(strata, ",")
-        for j in range(len(fired_terms)):
+        for j in range(len(fired.terms)):
             mask = counted[:, j] & protected
             over = pc.binary_join_element_wise("protected:", joined.filter(pa.array(mask)), " overrode ",
                                                texts[j].filter(pa.array(mask[fired_m[:, j]])), "")
             parts.append((over, mask))
-    for j in range(len(fired_terms)):
-        mask = suppressed[:, j]
+    for j in range(len(fired.terms)):
+        mask = fired.suppressed[:, j]
         if mask.any():
             parts.append((pc.binary_join_element_wise("restored overrode ", texts[j].filter(pa.array(mask[fired_m[:, j]])),
                                                       ""), mask))
     parts.append((pa.repeat(pa.scalar("held_by_cap:source"), int(held_src.sum())), held_src))
     parts.append((pa.repeat(pa.scalar("held_by_cap:night"), int(held_night.sum())), held_night))
-    reasons = _lists(n, parts)
-    prune_reasons = _lists(n, [(texts[j].filter(pa.array(counted[fired_m[:, j], j])), counted[:, j])
-                               for j in range(len(fired_terms))])
-
-    rep.n_candidates = int(candidate.sum())
-    rep.n_pruned = int(pruned.sum())
-    rep.n_protected = int(protected.sum())
-    rep.n_overridden = int((candidate & protected).sum())
-    rep.n_held_night = int(held_night.sum())
-    rep.n_held_source = int(held_src.sum())
-    table = pa.table({
-        "doc_id": tags["doc_id"].combine_chunks().cast(pa.string()),
-        "action": pa.array(np.where(pruned, PRUNE, KEEP).astype(object), pa.string()),
-        "reasons": reasons,
-        "protected": pa.array(protected),
-        "strata": strata,
-        "priority": pa.array(priority, pa.float32()),
-        "prune_reasons": prune_reasons,
-    })
-    return Decided(table, rep)
+    return _lists(n, parts)

@@ -24,6 +24,7 @@ Summary metric names (``run_metrics.metric``); ``@<source>`` restricts one to a 
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -124,7 +125,12 @@ def tonight_metrics(record: RunRecord) -> dict[str, float]:
     out: dict[str, float] = {}
     con = duckdb.connect()
     try:
-        d = f"(SELECT doc_id, coalesce(source, '{NO_SOURCE}') AS source FROM {parquet_scan(sorted(docs))}) AS d"
+        # Tonight's documents and each tagger's columns are read once into memory: every column's
+        # metric queries them again (a Parquet scan and decode per query cost a third of a
+        # 20k-document dedup night's commit step).
+        con.execute(f"CREATE TEMP TABLE _summary_docs AS SELECT doc_id, coalesce(source, '{NO_SOURCE}') AS source "
+                    f"FROM {parquet_scan(sorted(docs))}")
+        d = "_summary_docs AS d"
         for src, n in _grouped(con, "count(*)", d):
             out[_name(f"{PREFIX}docs", src)] = float(n)
         decided = False
@@ -133,7 +139,9 @@ def tonight_metrics(record: RunRecord) -> dict[str, float]:
             cols = [c for c in src.public_columns if c in src.schema.names]
             if not cols:
                 continue
-            from_ = f"{d} JOIN {parquet_scan(sorted(files[key]))} AS t USING (doc_id)"
+            con.execute(f"CREATE OR REPLACE TEMP TABLE _summary_tags AS SELECT doc_id, "
+                        f"{', '.join(identifier(c) for c in cols)} FROM {parquet_scan(sorted(files[key]))}")
+            from_ = f"{d} JOIN _summary_tags AS t USING (doc_id)"
             for col in cols:
                 typ = src.schema.field(col).type
                 if col == DECISION_COLUMN and pa.types.is_string(typ):
@@ -178,10 +186,32 @@ class RunSummary:
     decisions: dict[str, dict[str | None, float]] = field(default_factory=dict)        # action -> source -> n
 
 
-def split_metric(metric: str) -> tuple[str, str | None]:
-    """``"summary.tag.x.true@kjv"`` -> ``("summary.tag.x.true", "kjv")``; no source -> None."""
-    base, at, source = metric.partition("@")
-    return base, (source if at else None)
+def split_metric(metric: str, sources: Iterable[str] = ()) -> tuple[str, str | None]:
+    """``"summary.tag.x.true@kjv"`` -> ``("summary.tag.x.true", "kjv")``; no source -> None.
+
+    A tag's value may hold ``@`` itself (a model id such as ``lstm-tox_block@452c457c``), so the
+    suffix is a source only if it is one of ``sources`` (the longest that fits); without
+    ``sources`` the text after the last ``@`` is taken."""
+    known = [s for s in sources if metric.endswith(f"@{s}")]
+    if known:
+        source = max(known, key=len)
+        return metric[: -len(source) - 1], source
+    if sources:
+        return metric, None
+    base, at, source = metric.rpartition("@")
+    return (base, source) if at else (metric, None)
+
+
+_DOCS = f"{PREFIX}docs@"
+
+
+def _step_label(owner: str, taggers: set[str], stages: set[str]) -> str:
+    """``lm`` -> ``tagger lm``, ``dedup`` -> ``stage dedup``, by the run's configuration."""
+    if owner in stages:
+        return f"stage {owner}"
+    if owner in taggers:
+        return f"tagger {owner}"
+    return owner
 
 
 def read_summary(con: duckdb.DuckDBPyConnection, run_id: int | None = None) -> RunSummary | None:
@@ -193,28 +223,28 @@ def read_summary(con: duckdb.DuckDBPyConnection, run_id: int | None = None) -> R
         run_id = int(row[0])
     run = con.execute(
         "SELECT status, started_at, seconds, n_docs, n_exact_dups, n_near_dups, n_shards_new, n_shards_changed, "
-        "n_shards_rejected, n_skipped_rows FROM runs WHERE run_id = ?", [run_id]).fetchone()
+        "n_shards_rejected, n_skipped_rows, config FROM runs WHERE run_id = ?", [run_id]).fetchone()
     if run is None:
         return None
     names = ("docs", "exact_dups", "near_dups", "shards_new", "shards_changed", "shards_rejected", "skipped_rows")
-    s = RunSummary(run_id, run[0], run[1], run[2], dict(zip(names, (int(v or 0) for v in run[3:]))), {}, {})
-    metrics = con.execute("SELECT metric, value FROM run_metrics WHERE run_id = ? ORDER BY metric", [run_id]).fetchall()
-    sources: set[str] = set()
+    s = RunSummary(run_id, run[0], run[1], run[2], dict(zip(names, (int(v or 0) for v in run[3:10]))), {}, {})
+    config = json.loads(run[10]).get("run", {}) if run[10] else {}
+    taggers, stages = set(config.get("taggers", [])), set(config.get("stages", []))
+    metrics = con.execute("SELECT metric, value FROM run_metrics WHERE run_id = ? AND value IS NOT NULL "
+                          "ORDER BY metric", [run_id]).fetchall()
+    # The sources are those documents were counted for: their names end the other metrics.
+    sources = {m.removeprefix(_DOCS) for m, _ in metrics if m.startswith(_DOCS)}
     for metric, value in metrics:
-        if value is None:
-            continue
         if metric.startswith("seconds."):
             s.steps[metric.removeprefix("seconds.")] = value
         elif not metric.startswith(PREFIX):
-            stage, _, what = metric.partition(".")
+            owner, _, what = metric.partition(".")
             if what == "seconds":
-                s.steps[f"stage {stage}"] = value
+                s.steps[_step_label(owner, taggers, stages)] = value
             else:
                 s.stage_counts[metric] = value
         else:
-            base, source = split_metric(metric)
-            if source is not None:
-                sources.add(source)
+            base, source = split_metric(metric, sources)
             kind, _, rest = base.removeprefix(PREFIX).partition(".")
             if kind == "docs":
                 s.docs[source] = value
@@ -223,9 +253,10 @@ def read_summary(con: duckdb.DuckDBPyConnection, run_id: int | None = None) -> R
             elif kind == "decision":
                 s.decisions.setdefault(rest, {})[source] = value
     s.sources = sorted(sources)
-    # Pipeline order: prepare, tag, the stages (in the order they ran), then anything else.
+    # Pipeline order: prepare, tag, the taggers, the stages, then anything else.
     order = {"prepare": 0, "tag": 1}
-    s.steps = dict(sorted(s.steps.items(), key=lambda kv: (order.get(kv[0], 2 if kv[0].startswith("stage ") else 3))))
+    s.steps = dict(sorted(s.steps.items(), key=lambda kv: order.get(kv[0], 2 if kv[0].startswith("tagger ")
+                                                                     else 3 if kv[0].startswith("stage ") else 4)))
     return s
 
 
@@ -271,5 +302,5 @@ def to_markdown(s: RunSummary, db_path: Path | str | None = None) -> str:
                   table(["tag", *cols], [
                       [k, *(_fmt(by.get(None if c == "all" else c)) for c in cols)] for k, by in sorted(s.tags.items())]), ""]
     if s.stage_counts:
-        parts += ["## Stage counts", "", table(["metric", "value"], [[k, _fmt(v)] for k, v in s.stage_counts.items()]), ""]
+        parts += ["## Tagger and stage counts", "", table(["metric", "value"], [[k, _fmt(v)] for k, v in s.stage_counts.items()]), ""]
     return "\n".join(parts).rstrip() + "\n"

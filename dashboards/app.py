@@ -75,10 +75,13 @@ def _markdown_table(df: pd.DataFrame) -> str:
 
 def overview(db: Db) -> None:
     st.title("Glia: the latest night")
-    s = db.summary()
+    night, reruns = db.latest_completed()
+    s = db.summary(night)
     if s is None:
         st.info("No runs yet.")
         return
+    if reruns:
+        st.caption(f"{reruns} later run(s) found nothing new; this is the last night that changed the catalog.")
     trend = data.trend(db)
     last = trend[trend.run_id == s.run_id]
     cols = st.columns(6)

@@ -74,6 +74,13 @@ class Db:
     def summary(self, run_id: int | None = None) -> RunSummary | None:
         return self._with(read_summary, run_id)
 
+    def latest_completed(self) -> tuple[int | None, int]:
+        """The latest completed run, and how many ``nothing_new`` reruns came after it."""
+        row = self.rows("SELECT max(run_id) FILTER (WHERE status = 'completed') AS night, count(*) FILTER "
+                        "(WHERE status = 'nothing_new' AND run_id > (SELECT coalesce(max(run_id), 0) FROM runs "
+                        "WHERE status = 'completed')) FROM runs")[0]
+        return (None if row[0] is None else int(row[0])), int(row[1] or 0)
+
     def _with(self, fn: Any, *args: Any) -> Any:
         """``fn(con, *args)`` on a connection opened for this call only."""
         cat = self._open()
@@ -93,7 +100,8 @@ def runs(db: Db) -> pd.DataFrame:
 
 def trend(db: Db) -> pd.DataFrame:
     """Per completed night: documents, pruned (queued tonight), protected, replayed (documents in
-    tonight's replay set). A column is null where its stage is not configured."""
+    tonight's replay set). A column is null where its stage is not configured. A ``nothing_new``
+    rerun changed nothing, so it is no night of its own here."""
     have = db.relations()
     parts = ["SELECT r.run_id, r.n_docs AS docs"]
     joins = []
@@ -109,7 +117,7 @@ def trend(db: Db) -> pd.DataFrame:
     else:
         parts.append("CAST(NULL AS BIGINT) AS replayed")
     return db.df(f"{', '.join(parts)} FROM runs r {' '.join(joins)} "
-                 "WHERE r.status IN ('completed', 'nothing_new') ORDER BY r.run_id")
+                 "WHERE r.status = 'completed' ORDER BY r.run_id")
 
 
 def docs_per_source(db: Db) -> pd.DataFrame:

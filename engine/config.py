@@ -24,41 +24,24 @@ Example ``glia.toml``::
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import importlib.util
 import json
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from glia.core.context import Columns
 from glia.core.extras import install_hint, missing_extra
 from glia.core.params import ConfigError, build_params
-from glia.curation.dedup import NearDup
 
 log = logging.getLogger(__name__)
 
 
-
-
-@dataclass(frozen=True)
-class Columns:
-    """Shard column names. ``id`` and ``text`` are required in every shard."""
-
-    id: str = "id"
-    text: str = "text"
-    source: str = "source"
-    timestamp: str = "timestamp"
-    label: str = "label"
-    extra: tuple[str, ...] = ()
-
-    def optional(self) -> dict[str, str]:
-        """Canonical name -> shard column for the optional metadata columns."""
-        out = {"source": self.source, "timestamp": self.timestamp, "label": self.label}
-        out.update({c: c for c in self.extra})
-        return out
 
 
 @dataclass(frozen=True)
@@ -104,18 +87,26 @@ _SECRET_NAMES = {"key", "secret", "token", "password", "account_key", "connectio
 _SECRET_PARTS = ("secret", "token", "password", "access_key", "credential")
 
 
+# Sections renamed since a release: old name -> the night stage whose table it is now. The old
+# name still reads, with a notice. ``runs.config`` keeps recording that stage's parameters (with
+# their defaults) under the old name, as every Glia so far has, so recorded configurations and
+# their hashes stay comparable across versions.
+RENAMED_SECTIONS: dict[str, str] = {"near_dup": "dedup"}
+
+
 @dataclass(frozen=True)
 class GliaConfig:
     columns: Columns = field(default_factory=Columns)
     run: RunOptions = field(default_factory=RunOptions)
-    # The dedup stage's parameters ([stages.dedup]; the old [near_dup] still reads, with a
-    # notice). Kept here because the MinHash tagger's signature shape follows them too.
-    near_dup: NearDup = field(default_factory=NearDup)
-    tagger_params: dict[str, dict[str, Any]] = field(default_factory=dict)
-    stage_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tagger_params: dict[str, dict[str, Any]] = field(default_factory=dict)  # [taggers.<name>]
+    stage_params: dict[str, dict[str, Any]] = field(default_factory=dict)  # [stages.<name>]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The configuration as ``runs.config`` records it (see :data:`RENAMED_SECTIONS`)."""
+        stages = copy.deepcopy(self.stage_params)
+        renamed = {old: asdict(stage_params(stage, stages.pop(stage, {}))) for old, stage in RENAMED_SECTIONS.items()}
+        return {"columns": asdict(self.columns), "run": asdict(self.run), **renamed,
+                "tagger_params": copy.deepcopy(self.tagger_params), "stage_params": stages}
 
     def hash(self) -> str:
         """A short, stable hash of everything that changes results."""
@@ -125,20 +116,23 @@ class GliaConfig:
         return hashlib.sha256(blob).hexdigest()[:16]
 
     def stage_params_for(self, stage: str) -> dict[str, Any]:
-        """A stage's ``[stages.<name>]`` table; for ``dedup``, :attr:`near_dup` (the scheme the
-        stored history was built with may have replaced the file's values: engine.reindex)."""
-        if stage == "dedup":
-            return asdict(self.near_dup)
+        """A stage's ``[stages.<name>]`` table (its constructor arguments)."""
         return dict(self.stage_params.get(stage, {}))
 
     def params_for(self, tagger: str) -> dict[str, Any]:
-        """Constructor arguments for a tagger: its ``[taggers.<name>]`` table, and for MinHash
-        the signature shape implied by ``[stages.dedup]``."""
-        params = dict(self.tagger_params.get(tagger, {}))
-        if tagger == "minhash":
-            nd = self.near_dup
-            params.update(num_perm=nd.num_perm, ngram=nd.ngram, seed=nd.seed)
-        return params
+        """A tagger's ``[taggers.<name>]`` table (a night's stages may set more: ``NightStage.tagger_params``)."""
+        return dict(self.tagger_params.get(tagger, {}))
+
+    def with_stage_params(self, stage: str, **values: Any) -> GliaConfig:
+        """This configuration with ``values`` set in ``[stages.<stage>]``."""
+        return replace(self, stage_params={**self.stage_params, stage: {**self.stage_params.get(stage, {}), **values}})
+
+
+def stage_params(stage: str, table: Mapping[str, Any], where: str | None = None) -> Any:
+    """``table`` as the ``Params`` of the registered stage ``stage`` (``ConfigError`` naming the key)."""
+    from glia.stages import registry as stages  # here, not at import: the registry imports the stage
+
+    return build_params(stages.stage_class(stage).Params, table, where or f"[stages.{stage}]")
 
 
 def _check_taggers(cfg: GliaConfig, path: Path) -> None:
@@ -189,7 +183,9 @@ def _check_clash(cfg: GliaConfig, what: str, columns: list[str], path: Path) -> 
 
 
 def _check_stages(cfg: GliaConfig, path: Path) -> None:
-    from glia.stages import base as stages
+    """Fail on unknown stages, bad parameters, unmet needs, or a tagger table that contradicts
+    what a stage sets on that tagger (``NightStage.tagger_params``)."""
+    from glia.stages import registry as stages
 
     known = stages.available()
     for name in list(cfg.run.stages) + list(cfg.stage_params):
@@ -200,9 +196,16 @@ def _check_stages(cfg: GliaConfig, path: Path) -> None:
         stage = _built(path, "stage", name, lambda: stages.stage_class(name)(**cfg.stage_params_for(name)))
         _check_requires(f"stage {name!r}", stage.requires, f"{path} [run].stages")
     try:
-        stages.build(cfg.run.stages, {n: cfg.stage_params_for(n) for n in cfg.run.stages}, cfg.run.taggers)
+        built = stages.build(cfg.run.stages, {n: cfg.stage_params_for(n) for n in cfg.run.stages}, cfg.run.taggers)
     except stages.UnmetNeedsError as exc:
         raise ConfigError(f"{path} [run].stages: {exc}") from None
+    for stage in built:
+        for tagger, values in stage.tagger_params().items():
+            own = cfg.params_for(tagger)
+            for key in sorted(k for k in values if k in own and own[k] != values[k]):
+                raise ConfigError(f"{path} [taggers.{tagger}].{key} = {own[key]!r}, but stage {stage.name!r} needs "
+                                  f"{values[key]!r} there ([stages.{stage.name}] sets it); leave {key} out of "
+                                  f"[taggers.{tagger}]")
 
 
 def _check_requires(what: str, modules: tuple[str, ...], where: str) -> None:
@@ -231,17 +234,45 @@ def check_storage_options(options: Any, where: str) -> None:
             check_storage_options(value, f"{where}.{name}")
 
 
-def _near_dup(data: dict[str, Any], path: Path) -> NearDup:
-    """The near-dup parameters: ``[stages.dedup]``, or the section's old name ``[near_dup]``."""
-    stages_table = data.get("stages", {})
-    new, old = stages_table.get("dedup") if isinstance(stages_table, dict) else None, data.get("near_dup")
-    if new is not None and old is not None:
-        raise ConfigError(f"{path}: [near_dup] and [stages.dedup] both set the near-dup parameters; keep "
-                          "[stages.dedup] ([near_dup] is its old name)")
-    if old is not None:
-        log.warning("%s: [near_dup] is the old name of [stages.dedup]; rename the section (it still works)", path)
-        return build_params(NearDup, old, f"{path} [near_dup]")
-    return build_params(NearDup, new or {}, f"{path} [stages.dedup]")
+def _stage_tables(data: dict[str, Any], path: Path) -> dict[str, dict[str, Any]]:
+    """The ``[stages.<name>]`` tables, a renamed section's under its stage's name (with a notice).
+    A stage that ``runs.config`` records under a renamed section is checked even when it does not
+    run, since every run records its parameters."""
+    tables = {k: dict(v) for k, v in data.get("stages", {}).items()}
+    for old, stage in RENAMED_SECTIONS.items():
+        where = f"{path} [stages.{stage}]"
+        if old in data:
+            if stage in tables:
+                raise ConfigError(f"{path}: [{old}] and [stages.{stage}] both set the parameters of stage {stage!r}; "
+                                  f"keep [stages.{stage}] ([{old}] is its old name)")
+            log.warning("%s: [%s] is the old name of [stages.%s]; rename the section (it still works)", path, old, stage)
+            tables[stage], where = dict(data[old]), f"{path} [{old}]"
+        stage_params(stage, tables.get(stage, {}), where)
+    return tables
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    """The rules file's tables, or a ConfigError naming what is wrong with the file."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"rules file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    known = {"columns", "run", "taggers", "stages", *RENAMED_SECTIONS}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{path}: unknown section(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return data
+
+
+def _runnable_default_stages(cfg: GliaConfig) -> GliaConfig:
+    """Without ``[run].stages`` the default stages run when the taggers they need do (listed
+    stages must be runnable: :func:`_check_stages`)."""
+    from glia.stages import registry as stages
+
+    runnable = tuple(s for s in cfg.run.stages if set(stages.stage_class(s).needs) <= set(cfg.run.taggers))
+    return replace(cfg, run=replace(cfg.run, stages=runnable))
 
 
 def load_config(path: Path | str | None) -> GliaConfig:
@@ -249,30 +280,16 @@ def load_config(path: Path | str | None) -> GliaConfig:
     if path is None:
         return GliaConfig()
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"rules file not found: {path}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    known = {"columns", "run", "near_dup", "taggers", "stages"}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"{path}: unknown section(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    data = _read_toml(path)
     cfg = GliaConfig(
         columns=build_params(Columns, data.get("columns", {}), f"{path} [columns]"),
         run=build_params(RunOptions, data.get("run", {}), f"{path} [run]"),
-        near_dup=_near_dup(data, path),
         tagger_params={k: dict(v) for k, v in data.get("taggers", {}).items()},
-        stage_params={k: dict(v) for k, v in data.get("stages", {}).items() if k != "dedup"},
+        stage_params=_stage_tables(data, path),
     )
     check_storage_options(cfg.run.storage_options, f"{path} [run].storage_options")
     if "stages" not in data.get("run", {}):
-        # The default stages run when the taggers they need do; listed stages must be runnable.
-        from glia.stages import base as stages
-
-        runnable = tuple(s for s in cfg.run.stages if set(stages.stage_class(s).needs) <= set(cfg.run.taggers))
-        cfg = replace(cfg, run=replace(cfg.run, stages=runnable))
+        cfg = _runnable_default_stages(cfg)
     _check_taggers(cfg, path)
     _check_stages(cfg, path)
     if cfg.run.batch_size < 1:

@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from glia.core.strings import as_utf8, id_strings, is_integer_like, is_string_like, is_utf8_like, plain_strings
 from glia.engine.config import Columns, RunOptions
 from glia.storage.shards import ShardFile, StorageOptions, is_storage_error, open_parquet
 from glia.storage.catalog import SKIPPED_SCHEMA
@@ -37,16 +38,15 @@ def _check_schema(shard: ShardFile, schema: pa.Schema, cols: Columns) -> dict[st
                 f"{shard.path}: missing required {role} column {col!r} (columns: {', '.join(schema.names)}); "
                 f"set [columns].{role} in the rules file if it has another name"
             )
+    # Any string encoding is text: plain, large, view, dictionary (categoricals), binary holding UTF-8.
     text_type = schema.field(cols.text).type
-    if not (_is_text(text_type) or pa.types.is_binary(text_type) or pa.types.is_large_binary(text_type)):
+    if not is_string_like(text_type):
         raise ShardRejected(
             f"{shard.path}: text column {cols.text!r} has type {text_type}, expected a string column "
-            "(or binary holding UTF-8)"
+            "(string, large_string, string_view, dictionary of strings, or binary holding UTF-8)"
         )
     id_type = schema.field(cols.id).type
-    if not (
-        pa.types.is_string(id_type) or pa.types.is_large_string(id_type) or pa.types.is_integer(id_type)
-    ):
+    if not (is_string_like(id_type) or is_integer_like(id_type)):
         raise ShardRejected(f"{shard.path}: id column {cols.id!r} has type {id_type}, expected string or integer")
     present = {}
     for canon, col in cols.optional().items():
@@ -54,44 +54,12 @@ def _check_schema(shard: ShardFile, schema: pa.Schema, cols: Columns) -> dict[st
             present[canon] = col
     if "timestamp" in present:
         ts = schema.field(present["timestamp"]).type
-        if not (pa.types.is_timestamp(ts) or pa.types.is_date(ts) or pa.types.is_string(ts)):
+        if not (pa.types.is_timestamp(ts) or pa.types.is_date(ts) or is_utf8_like(ts)):
             raise ShardRejected(
                 f"{shard.path}: timestamp column {present['timestamp']!r} has type {ts}; "
                 "expected a timestamp, a date or an ISO-8601 string"
             )
     return present
-
-
-def _is_text(t: pa.DataType) -> bool:
-    return pa.types.is_string(t) or pa.types.is_large_string(t)
-
-
-def as_utf8(values: pa.Array) -> tuple[pa.Array, list[tuple[int, str]]]:
-    """``values`` (string or binary) as a string array whose values are all valid UTF-8, and
-    ``(index, reason)`` for each value that is not (nulled in the result).
-
-    Parquet readers do not check that a string column holds UTF-8, and a binary column may
-    hold anything; one bad value would otherwise fail a tagger (and the night) much later.
-    The check is one vectorised pass; only a batch that fails it is looked at value by value.
-    """
-    large = pa.types.is_large_string(values.type) or pa.types.is_large_binary(values.type)
-    as_string = values.view(pa.large_string() if large else pa.string())
-    try:
-        as_string.validate(full=True)
-        return as_string, []
-    except pa.ArrowInvalid:
-        pass
-    bad: list[tuple[int, str]] = []
-    for i, raw in enumerate(values.view(pa.large_binary() if large else pa.binary()).to_pylist()):
-        if raw is None:
-            continue
-        try:
-            raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            bad.append((i, f"not valid UTF-8 ({exc.reason} at byte {exc.start})"))
-    mask = np.zeros(len(values), dtype=bool)
-    mask[[i for i, _ in bad]] = True
-    return pc.if_else(pa.array(mask), pa.nulls(len(values), as_string.type), as_string), bad
 
 
 def _skips(shard: ShardFile, rows: np.ndarray, ids: pa.Array | None, reason: str) -> pa.Table:
@@ -139,8 +107,7 @@ def scan_ids(shard: ShardFile, cols: Columns,
         if is_storage_error(exc):
             raise
         raise ShardRejected(f"{shard.path}: cannot read column {cols.id!r}: {exc}") from exc
-    ids = pc.cast(raw, pa.string()).combine_chunks() if raw.num_chunks else pa.array([], pa.string())
-    ids, bad_ids = as_utf8(ids)
+    ids, bad_ids = id_strings(raw) if raw.num_chunks else (pa.array([], pa.string()), [])
     rows = np.arange(len(ids), dtype=np.int64)
     skipped = [empty_skips()]
     bad = np.zeros(len(ids), dtype=bool)
@@ -214,14 +181,14 @@ def read_documents(spec: ReadSpec, with_skips: list[pa.Table] | None = None) -> 
         n = batch.num_rows
         rows = np.arange(offset, offset + n, dtype=np.int64)
         offset += n
-        ids = pc.cast(batch.column(cols.id), pa.string())
+        ids, _ = id_strings(batch.column(cols.id))  # ids that are not UTF-8 were reported by scan_ids
         null_text = pc.is_null(batch.column(cols.text)).to_numpy(zero_copy_only=False)
         text, bad_utf8 = as_utf8(batch.column(cols.text))
         nbytes = pc.fill_null(pc.binary_length(text), 0).to_numpy(zero_copy_only=False)
         too_big = nbytes > spec.max_doc_bytes if spec.max_doc_bytes > 0 else np.zeros(n, dtype=bool)
-        # A too-big text is not trimmed: that would copy it once more just to be dropped.
-        small = pc.if_else(pa.array(too_big), "", text) if too_big.any() else text
-        blank = pc.fill_null(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(small)), 0), False).to_numpy(
+        # Blank: empty or only whitespace (utf8_is_space is false for ""; it is one read-only
+        # pass, where trimming copied every text; the two agree on every code point).
+        blank = pc.fill_null(pc.or_(pc.equal(pc.binary_length(text), 0), pc.utf8_is_space(text)), False).to_numpy(
             zero_copy_only=False) & ~too_big & ~null_text
         bad = np.zeros(n, dtype=bool)
         bad[[i for i, _ in bad_utf8]] = True
@@ -246,6 +213,8 @@ def read_documents(spec: ReadSpec, with_skips: list[pa.Table] | None = None) -> 
         out = {"doc_id": ids.filter(sel), "row": pa.array(rows[keep]), "text": text.filter(sel)}
         for canon, col in meta.items():
             values = batch.column(col).filter(sel)
+            if is_string_like(values.type):  # a categorical source or label reads as plain strings
+                values = plain_strings(values)
             if canon == "timestamp":
                 values = _to_utc(shard, col, values)
             out[canon] = values
@@ -255,7 +224,7 @@ def read_documents(spec: ReadSpec, with_skips: list[pa.Table] | None = None) -> 
 def _to_utc(shard: ShardFile, col: str, values: pa.Array) -> pa.Array:
     t = values.type
     try:
-        if pa.types.is_string(t):
+        if pa.types.is_string(t) or pa.types.is_large_string(t):
             values = pc.cast(values, pa.timestamp("us"))
         elif pa.types.is_date(t):
             values = pc.cast(values, pa.timestamp("us"))

@@ -20,22 +20,24 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from glia.core import faults
 from glia.core import progress
 from glia.stages import base as stages_mod
+from glia.stages import registry as stage_registry
 from glia.engine.config import GliaConfig
 from glia.engine.ingest import ReadSpec, ShardRejected
 from glia.engine.reindex import config_for_history
-from glia.storage.shards import is_storage_error
+from glia.storage.shards import ShardPlan, is_storage_error
 from glia.engine.pipeline import (
-    IngestResult, NightOutcome, RunContext, build_record, collect_garbage, default_state_dir, ingest_shard,
-    load_stage_states, night_info, now, prepare, run_stages, stage_inputs, stages_for, tag_shard, taggers_for,
+    IngestResult, NightContext, NightOutcome, NightParts, NightPlan, RunContext, build_record, collect_garbage,
+    default_state_dir, ingest_shard, load_stage_states, night_info, prepare, run_stages, stage_inputs, tag_shard,
     view_sources,
 )
-from glia.storage.catalog import Catalog, RunRecord, TagFile
+from glia.storage.catalog import Catalog, RunRecord, ShardRow, TagFile
 from glia.storage.lock import RunLock
 from glia.taggers.base import Tagger
 
@@ -135,7 +137,7 @@ def _resolve(arg: Any) -> Any:
 # -- the steps ----------------------------------------------------------------------------
 
 
-def ingest_step(ctx: RunContext, spec: ReadSpec) -> IngestResult:
+def ingest_step(ctx: NightContext, spec: ReadSpec) -> IngestResult:
     """Write one shard's ``documents`` index (:func:`engine.pipeline.ingest_shard`)."""
     res = ingest_shard(ctx, spec)
     faults.point("ingest.done")  # crash-test hooks (core.faults): a no-op normally
@@ -203,67 +205,12 @@ def run_night(shards_root: str | Path, db_path: str | Path, cfg: GliaConfig, sta
     ctx = None
     try:
         with Catalog(db) as cat:  # fails at once if another process holds the file
-            # A history built with the previous default near-dup scheme keeps its scheme.
-            cfg, notice = config_for_history(cfg, cat.con)
-            if notice:
-                log.warning("glia: %s", notice)
-            cat.migrate(view_sources(cfg), stages_mod.migrations_for([s.name for s in stages_for(cfg)]))
-            ctx = RunContext(root, db, state, cfg, cat.next_run_id(), now())
+            ctx, parts = _begin(cat, cfg, root, db, state)
             lock.update(ctx.run_id)
-            night = prepare(ctx, cat)
-            registry = cat.shards()
-            stages = stages_for(cfg)
-            states = load_stage_states(cat.con, ctx, stages)
-        sp = night.shard_plan
-        gone = {old.shard_id for _, old in sp.changed} | {r.shard_id for r in sp.missing}
-        gone |= {old.shard_id for _, old in sp.rejected if old is not None}
-        history_active = [r.shard_id for r in registry if r.status == "active" and r.shard_id not in gone]
-        history_active += [r.shard_id for r in sp.reactivated]
-        seconds: dict[str, float] = {"prepare": time.monotonic() - t0}
-
-        t1 = time.monotonic()
-        taggers = taggers_for(cfg, night_info(ctx, night))
-        specs = night.specs
-        progress.start("ingest", len(specs))
-        for t in taggers:
-            progress.start(t.name, len(specs) + sum(1 for _, name in night.backfill if name == t.name))
-        ingests = [executor.submit(ingest_step, ctx, spec) for spec in specs]
-        tagged: dict[str, list[Pending[TagFile | None]]] = {}
-        for t in taggers:  # dependency order: a tagger's needs are submitted before it
-            tagged[t.name] = []
-            for i, (spec, ing) in enumerate(zip(specs, ingests)):
-                needed = [tagged[n][i] for n in t.needs] or None  # this shard's files of those taggers
-                tagged[t.name].append(executor.submit(tag_step, ctx, spec, t, ing, needed))
-        backfill = []
-        by_name = {t.name: t for t in taggers}
-        for spec, name in night.backfill:  # old shards that lack a tagger added or bumped since
-            t = by_name[name]
-            needed = [ctx.tag_path(by_name[n].key, spec.shard.shard_id) for n in t.needs]
-            inputs = [TagFile(n, by_name[n].version, spec.shard.shard_id, str(p), 0) for n, p in zip(t.needs, needed)]
-            backfill.append(executor.submit(tag_step, ctx, spec, t, None, inputs or None))
-        ingest_results: list[IngestResult] = [f.result() for f in ingests]
-        tag_files: list[TagFile] = [tf for futs in tagged.values() for tf in (f.result() for f in futs) if tf]
-        tag_files += [tf for tf in (f.result() for f in backfill) if tf]
-        seconds["tag"] = time.monotonic() - t1
-
-        def run_one(c: RunContext, stage: stages_mod.NightStage, st: Any,
-                    inp: stages_mod.StageInputs) -> stages_mod.StageResult:
-            t2 = time.monotonic()
-            res = executor.call(stage_step, c, stage, st, inp)
-            res.counts["seconds"] = round(time.monotonic() - t2, 3)
-            return res
-
-        stage_results = []
-        if any(i.error is None for i in ingest_results):
-            for s in stages:
-                progress.start(s.name, 1)
-            stage_results = run_stages(ctx, stages, states,
-                                       stage_inputs(night.first_seen, ingest_results, tag_files, history_active), run_one=run_one)
-
-        nothing = sp.nothing_to_do and not night.backfill
-        record = build_record(ctx, night, ingest_results, tag_files, stage_results,
-                              "nothing_new" if nothing else "completed", seconds)
-        record.metrics.update(summary_metrics(record))  # per source / tag / decision, same commit
+            tonight = _plan(cat, ctx, parts, t0)
+        ingests, tag_files = _tag(executor, tonight)
+        stage_results = _run_stages(executor, tonight, ingests, tag_files)
+        record = _record(tonight, ingests, tag_files, stage_results)
         progress.start("finalize", 1)
         executor.call(finalize_step, ctx, record)
         rejected = {s.path: s.error or "" for s in record.new_shards if s.status == "rejected"}
@@ -275,6 +222,107 @@ def run_night(shards_root: str | Path, db_path: str | Path, cfg: GliaConfig, sta
         raise
     finally:
         lock.release()
+
+
+@dataclass
+class _Tonight:
+    """What the night's steps after prepare work from (read while the catalog is open)."""
+
+    ctx: NightContext
+    parts: NightParts
+    plan: NightPlan
+    history_active: list[str]  # shards whose earlier documents count as history tonight
+    states: dict[str, Any]  # each stage's catalog state (NightStage.load)
+    seconds: dict[str, float]  # step timings, recorded as seconds.<step>
+
+
+def _begin(cat: Catalog, cfg: GliaConfig, root: str, db: Path, state: Path) -> tuple[NightContext, NightParts]:
+    """The night's configuration (a history built with the previous default near-dup scheme
+    keeps its scheme), its taggers and stages (built once), the catalog migrated for them, and
+    the run's context."""
+    cfg, notice = config_for_history(cfg, cat.con)
+    if notice:
+        log.warning("glia: %s", notice)
+    parts = NightParts.build(cfg)
+    cat.migrate(view_sources(parts), stage_registry.migrations_for([s.name for s in parts.stages]))
+    return NightContext.start(root, db, state, cfg, cat.next_run_id()), parts
+
+
+def _plan(cat: Catalog, ctx: NightContext, parts: NightParts, t0: float) -> _Tonight:
+    """Prepare tonight (:func:`engine.pipeline.prepare`) and read what the stages keep."""
+    night = prepare(ctx, cat, parts.taggers)
+    history_active = _history_active(cat.shards(), night.shard_plan)
+    states = load_stage_states(cat.con, ctx, parts.stages)
+    return _Tonight(ctx, parts, night, history_active, states, {"prepare": time.monotonic() - t0})
+
+
+def _history_active(registry: list[ShardRow], sp: ShardPlan) -> list[str]:
+    """Active shards not replaced, missing or rejected tonight, and shards that came back."""
+    gone = {old.shard_id for _, old in sp.changed} | {r.shard_id for r in sp.missing}
+    gone |= {old.shard_id for _, old in sp.rejected if old is not None}
+    history_active = [r.shard_id for r in registry if r.status == "active" and r.shard_id not in gone]
+    return history_active + [r.shard_id for r in sp.reactivated]
+
+
+def _tag(executor: Executor, tonight: _Tonight) -> tuple[list[IngestResult], list[TagFile]]:
+    """Ingest and tag tonight's shards, and tag old shards that lack a tagger added or bumped
+    since. Steps are submitted after every step they wait for (see :class:`ThreadExecutor`)."""
+    t1 = time.monotonic()
+    ctx, night = tonight.ctx, tonight.plan
+    taggers = tonight.parts.for_night(night_info(ctx, night))
+    specs = night.specs
+    progress.start("ingest", len(specs))
+    for t in taggers:
+        progress.start(t.name, len(specs) + sum(1 for _, name in night.backfill if name == t.name))
+    ingests = [executor.submit(ingest_step, ctx, spec) for spec in specs]
+    tagged: dict[str, list[Pending[TagFile | None]]] = {}
+    for t in taggers:  # dependency order: a tagger's needs are submitted before it
+        tagged[t.name] = []
+        for i, (spec, ing) in enumerate(zip(specs, ingests)):
+            needed = [tagged[n][i] for n in t.needs] or None  # this shard's files of those taggers
+            tagged[t.name].append(executor.submit(tag_step, ctx, spec, t, ing, needed))
+    backfill = []
+    by_name = {t.name: t for t in taggers}
+    for spec, name in night.backfill:  # old shards that lack a tagger added or bumped since
+        t = by_name[name]
+        needed = [ctx.tag_path(by_name[n].key, spec.shard.shard_id) for n in t.needs]
+        inputs = [TagFile(n, by_name[n].version, spec.shard.shard_id, str(p), 0) for n, p in zip(t.needs, needed)]
+        backfill.append(executor.submit(tag_step, ctx, spec, t, None, inputs or None))
+    ingest_results: list[IngestResult] = [f.result() for f in ingests]
+    tag_files: list[TagFile] = [tf for futs in tagged.values() for tf in (f.result() for f in futs) if tf]
+    tag_files += [tf for tf in (f.result() for f in backfill) if tf]
+    tonight.seconds["tag"] = time.monotonic() - t1
+    return ingest_results, tag_files
+
+
+def _run_stages(executor: Executor, tonight: _Tonight, ingests: list[IngestResult],
+                tag_files: list[TagFile]) -> list[stages_mod.StageResult]:
+    """Run the night stages over tonight (none when every shard was rejected), each timed."""
+    if not any(i.error is None for i in ingests):
+        return []
+
+    def run_one(c: RunContext, stage: stages_mod.NightStage, st: Any,
+                inp: stages_mod.StageInputs) -> stages_mod.StageResult:
+        t2 = time.monotonic()
+        res = executor.call(stage_step, c, stage, st, inp)
+        res.counts["seconds"] = round(time.monotonic() - t2, 3)
+        return res
+
+    for s in tonight.parts.stages:
+        progress.start(s.name, 1)
+    inputs = stage_inputs(tonight.plan.first_seen, ingests, tag_files, tonight.history_active)
+    return run_stages(tonight.ctx, tonight.parts.stages, tonight.states, inputs, run_one=run_one)
+
+
+def _record(tonight: _Tonight, ingests: list[IngestResult], tag_files: list[TagFile],
+            stage_results: list[stages_mod.StageResult]) -> RunRecord:
+    """The run's record for the commit, with tonight's summary metrics in it."""
+    night = tonight.plan
+    nothing = night.shard_plan.nothing_to_do and not night.backfill
+    record = build_record(tonight.ctx, tonight.parts, night, ingests, tag_files, stage_results,
+                          "nothing_new" if nothing else "completed", tonight.seconds)
+    record.metrics.update(summary_metrics(record))  # per source / tag / decision, same commit
+    return record
 
 
 def summary_metrics(record: RunRecord) -> dict[str, float]:
@@ -289,7 +337,7 @@ def summary_metrics(record: RunRecord) -> dict[str, float]:
         return {}
 
 
-def record_failure(ctx: RunContext, exc: BaseException) -> None:
+def record_failure(ctx: NightContext, exc: BaseException) -> None:
     """Best effort: note the failed run in the catalog. Only the ``runs`` row is written:
     no shards, tags or segments, so none of the run's work becomes visible."""
     try:

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from glia.core.version import __version__
 from glia.engine.config import GliaConfig
 from glia.stages import base as stages_mod
+from glia.stages import registry as stage_registry
 from glia.core import faults
 from glia.core.context import RunContext
 from glia.engine.ingest import ReadSpec, ShardRejected, TIMESTAMP, empty_skips, read_documents, scan_ids
@@ -66,12 +67,52 @@ def default_state_dir(db_path: Path) -> Path:
     return db_path.with_name(f"{db_path.stem}_data")
 
 
-def taggers_for(cfg: GliaConfig, night: NightInfo | None = None) -> list[Tagger]:
-    """The configured taggers, bound to tonight (``Tagger.for_night``) when ``night`` is given,
-    ordered so that every tagger comes after those it ``needs``."""
-    taggers = registry.build(cfg.run.taggers, {name: cfg.params_for(name) for name in cfg.run.taggers})
-    if night is not None:
-        taggers = [t.for_night(night) for t in taggers]
+@dataclass(frozen=True)
+class NightContext(RunContext):
+    """A :class:`~core.context.RunContext` with the run's whole configuration, for the engine's
+    own steps (a night stage sees only the ``RunContext`` part)."""
+
+    config: GliaConfig = field(default_factory=GliaConfig)
+
+    @classmethod
+    def start(cls, root: str, db_path: Path, state_dir: Path, config: GliaConfig, run_id: int) -> NightContext:
+        """The context of run ``run_id``, started now."""
+        return cls(root, db_path, state_dir, run_id, now(), config.columns, config)
+
+
+@dataclass(frozen=True)
+class NightParts:
+    """What a configuration builds for a night, once: its taggers (not yet bound to a night)
+    and its stages, each in dependency order."""
+
+    taggers: list[Tagger]
+    stages: list[NightStage]
+
+    @classmethod
+    def build(cls, cfg: GliaConfig) -> NightParts:
+        stages = stages_for(cfg)
+        return cls(taggers_for(cfg, stages), stages)
+
+    def for_night(self, night: NightInfo) -> list[Tagger]:
+        """The taggers bound to tonight (``Tagger.for_night``)."""
+        return [t.for_night(night) for t in self.taggers]
+
+
+def tagger_params(cfg: GliaConfig, stages: Sequence[NightStage]) -> dict[str, dict[str, Any]]:
+    """Each configured tagger's parameters: its ``[taggers.<name>]`` table, and what the night's
+    stages set on it (``NightStage.tagger_params``: the dedup stage's MinHash signature shape)."""
+    params = {name: cfg.params_for(name) for name in cfg.run.taggers}
+    for stage in stages:
+        for name, values in stage.tagger_params().items():
+            if name in params:
+                params[name].update(values)
+    return params
+
+
+def taggers_for(cfg: GliaConfig, stages: Sequence[NightStage] = ()) -> list[Tagger]:
+    """The configured taggers (with what ``stages`` set on them), ordered so that every tagger
+    comes after those it ``needs``."""
+    taggers = registry.build(cfg.run.taggers, tagger_params(cfg, stages))
     names = {t.name for t in taggers}
     for t in taggers:
         missing = set(t.needs) - names
@@ -90,10 +131,11 @@ def night_info(ctx: RunContext, night: NightPlan) -> NightInfo:
     return NightInfo(ctx.run_id, ctx.started_at, sum(night.n_rows.values()))
 
 
-def view_sources(cfg: GliaConfig) -> list[ViewSource]:
+def view_sources(parts: NightParts) -> list[ViewSource]:
+    """The files each ``tags_<name>`` view reads: the documents index, every tagger's and every stage output's."""
     srcs = [ViewSource(DOCUMENTS, DOCUMENTS_VERSION, documents_schema())]
-    srcs += [ViewSource(t.name, t.version, t.schema()) for t in taggers_for(cfg)]
-    for stage in stages_for(cfg):
+    srcs += [ViewSource(t.name, t.version, t.schema()) for t in parts.taggers]
+    for stage in parts.stages:
         srcs += [ViewSource(name, stage.version, schema) for name, schema in stage.outputs().items()]
     return srcs
 
@@ -117,7 +159,24 @@ class NightPlan:
     first_seen: dict[str, int] = field(default_factory=dict)
 
 
-def prepare(ctx: RunContext, catalog: Catalog) -> NightPlan:
+def _scan_ids(night: NightPlan, shards: Sequence[ShardFile], cfg: GliaConfig) -> list[tuple[ShardFile, pa.Table, pa.Table]]:
+    """Each shard's ids and the rows ``scan_ids`` already skips; a shard it rejects goes into
+    ``night.rejected``, the skips and row counts of the others into ``night``."""
+    id_tables: list[tuple[ShardFile, pa.Table, pa.Table]] = []
+    for shard in shards:
+        try:
+            ids, skips = scan_ids(shard, cfg.columns, cfg.run.storage_options)
+        except ShardRejected as exc:
+            night.rejected[shard.path] = str(exc)
+            night.rejected_files.append(shard)
+            continue
+        night.skipped.append(skips)
+        night.n_rows[shard.shard_id] = ids.num_rows + skips.num_rows
+        id_tables.append((shard, ids, skips))
+    return id_tables
+
+
+def prepare(ctx: NightContext, catalog: Catalog, taggers: Sequence[Tagger]) -> NightPlan:
     """Discover shards, diff them with the registry and settle id conflicts up front, so the
     per-shard tasks are pure functions of (shard, excluded rows, config)."""
     cfg = ctx.config
@@ -129,17 +188,7 @@ def prepare(ctx: RunContext, catalog: Catalog) -> NightPlan:
         night.rejected_files.append(f)
 
     superseded = {row.shard_id for _, row in sp.changed}
-    id_tables: list[tuple[ShardFile, pa.Table, pa.Table]] = []
-    for shard in sp.to_ingest:
-        try:
-            ids, skips = scan_ids(shard, cfg.columns, cfg.run.storage_options)
-        except ShardRejected as exc:
-            night.rejected[shard.path] = str(exc)
-            night.rejected_files.append(shard)
-            continue
-        night.skipped.append(skips)
-        night.n_rows[shard.shard_id] = ids.num_rows + skips.num_rows
-        id_tables.append((shard, ids, skips))
+    id_tables = _scan_ids(night, sp.to_ingest, cfg)
 
     # Ids already used by an active document (outside shards replaced tonight), or by an
     # earlier shard (by path) tonight, are skipped with the place they were first seen.
@@ -177,7 +226,7 @@ def prepare(ctx: RunContext, catalog: Catalog) -> NightPlan:
                                     cfg.run.max_doc_bytes, cfg.run.storage_options))
 
     # Active shards that lack a tagger's current version (a tagger added or bumped since).
-    wanted = {(t.name, t.version) for t in taggers_for(cfg)}
+    wanted = {(t.name, t.version) for t in taggers}
     have = {(f.tagger, f.version, f.shard_id) for f in catalog.tag_files()}
     for row in sp.unchanged:
         if row.status != "active":
@@ -210,7 +259,7 @@ class IngestResult:
     error: str | None = None
 
 
-def ingest_shard(ctx: RunContext, spec: ReadSpec) -> IngestResult:
+def ingest_shard(ctx: NightContext, spec: ReadSpec) -> IngestResult:
     """Write the shard's ``documents`` index (ids, rows, metadata); report text skips."""
     shard = spec.shard
     out = ctx.tag_path(f"{DOCUMENTS}@{DOCUMENTS_VERSION}", shard.shard_id)
@@ -323,7 +372,7 @@ def _join_inputs(batch: pa.Table, needed: pa.Table, shard_path: str) -> pa.Table
 
 def stages_for(cfg: GliaConfig) -> list[NightStage]:
     """The configured night stages whose needs tonight's taggers meet, in dependency order."""
-    return stages_mod.build(cfg.run.stages, {n: cfg.stage_params_for(n) for n in cfg.run.stages}, cfg.run.taggers)
+    return stage_registry.build(cfg.run.stages, {n: cfg.stage_params_for(n) for n in cfg.run.stages}, cfg.run.taggers)
 
 
 def tonight_documents(ingests: list[IngestResult]) -> pa.Table:
@@ -388,8 +437,9 @@ class NightOutcome:
     metrics: dict[str, float] = field(default_factory=dict)  # run_metrics of the run (stage counts)
 
 
-def build_record(ctx: RunContext, night: NightPlan, ingests: list[IngestResult], tag_files: list[TagFile],
-                 stage_results: list[StageResult], status: str, seconds: dict[str, float] | None = None) -> RunRecord:
+def build_record(ctx: NightContext, parts: NightParts, night: NightPlan, ingests: list[IngestResult],
+                 tag_files: list[TagFile], stage_results: list[StageResult], status: str,
+                 seconds: dict[str, float] | None = None) -> RunRecord:
     sp = night.shard_plan
     cfg = ctx.config
     rec = RunRecord(
@@ -454,7 +504,7 @@ def build_record(ctx: RunContext, night: NightPlan, ingests: list[IngestResult],
         "exact_dups": int(stage_counts.get("exact_dups", 0)), "near_dups": int(stage_counts.get("near_dups", 0)),
         "skipped_rows": int(sum(1 for r in rec.skipped["row"].to_pylist() if r is not None)),
     }
-    rec.view_sources = view_sources(cfg)
+    rec.view_sources = view_sources(parts)
     return rec
 
 

@@ -30,9 +30,9 @@ env.tie_embedded_server_to_process()
 
 from glia.engine import night as engine  # noqa: E402
 from glia.stages import base as stages_mod  # noqa: E402
-from glia.engine.config import load_config  # noqa: E402
+from glia.engine.config import GliaConfig, load_config  # noqa: E402
 from glia.engine.ingest import ReadSpec  # noqa: E402
-from glia.engine.pipeline import IngestResult, NightOutcome, RunContext  # noqa: E402
+from glia.engine.pipeline import IngestResult, NightContext, NightOutcome  # noqa: E402
 from glia.flows import artifacts, runners  # noqa: E402
 from glia.storage.catalog import RunRecord, TagFile  # noqa: E402
 from glia.taggers.base import Tagger  # noqa: E402
@@ -53,14 +53,14 @@ def _spec_key(spec: ReadSpec) -> str:
 
 
 def _ingest_key(ctx: TaskRunContext, params: dict[str, Any]) -> str | None:
-    c: RunContext = params["ctx"]
+    c: NightContext = params["ctx"]
     spec: ReadSpec = params["spec"]
     out = c.tag_path("documents@1", spec.shard.shard_id)
     return f"glia-ingest:{c.state_dir}:{_spec_key(spec)}" if out.exists() else None
 
 
 def _tag_key(ctx: TaskRunContext, params: dict[str, Any]) -> str | None:
-    c: RunContext = params["ctx"]
+    c: NightContext = params["ctx"]
     spec: ReadSpec = params["spec"]
     t: Tagger = params["tagger"]
     out = c.tag_path(t.key, spec.shard.shard_id)
@@ -70,25 +70,25 @@ def _tag_key(ctx: TaskRunContext, params: dict[str, Any]) -> str | None:
 
 @task(name="ingest", retries=engine.RETRIES, retry_delay_seconds=engine.RETRY_DELAY_S, retry_condition_fn=_transient,
       cache_key_fn=_ingest_key, persist_result=True)
-def ingest_task(ctx: RunContext, spec: ReadSpec) -> IngestResult:
+def ingest_task(ctx: NightContext, spec: ReadSpec) -> IngestResult:
     return engine.ingest_step(ctx, spec)
 
 
 @task(name="tag", retries=engine.RETRIES, retry_delay_seconds=engine.RETRY_DELAY_S, retry_condition_fn=_transient,
       cache_key_fn=_tag_key, persist_result=True, task_run_name="tag-{tagger.name}")
-def tag_task(ctx: RunContext, spec: ReadSpec, tagger: Tagger, ingest: IngestResult | None = None,
+def tag_task(ctx: NightContext, spec: ReadSpec, tagger: Tagger, ingest: IngestResult | None = None,
              inputs: list[TagFile | None] | None = None) -> TagFile | None:
     return engine.tag_step(ctx, spec, tagger, ingest, inputs)
 
 
 @task(name="stage", task_run_name="stage-{stage.name}")
-def stage_task(ctx: RunContext, stage: stages_mod.NightStage, state: Any,
+def stage_task(ctx: NightContext, stage: stages_mod.NightStage, state: Any,
                inputs: stages_mod.StageInputs) -> stages_mod.StageResult:
     return engine.stage_step(ctx, stage, state, inputs)
 
 
 @task(name="finalize", retries=1, retry_delay_seconds=5)
-def finalize_task(ctx: RunContext, record: RunRecord) -> None:
+def finalize_task(ctx: NightContext, record: RunRecord) -> None:
     engine.finalize_step(ctx, record)
 
 
@@ -114,10 +114,14 @@ class PrefectExecutor:
 
 @flow(name="nightly_hygiene", task_runner=ThreadPoolTaskRunner(max_workers=2), validate_parameters=False)
 def nightly_hygiene(shards_root: str, db_path: str = "glia.duckdb", rules_path: str | None = None,
-                    state_dir: str | None = None) -> NightOutcome:
+                    state_dir: str | None = None, config: GliaConfig | None = None) -> NightOutcome:
     """One nightly hygiene run: new and changed shards under ``shards_root`` are tagged and
-    deduplicated against every earlier night, and the results land in ``db_path``."""
-    outcome = engine.run_night(shards_root, db_path, load_config(rules_path), state_dir, PrefectExecutor())
+    deduplicated against every earlier night, and the results land in ``db_path``.
+
+    ``config`` is the rules file already loaded (``glia run`` passes it, so the file is read
+    once); a scheduled run reads ``rules_path`` (``None``: the defaults)."""
+    cfg = config if config is not None else load_config(rules_path)
+    outcome = engine.run_night(shards_root, db_path, cfg, state_dir, PrefectExecutor())
     artifacts.publish_summary(outcome.db_path, outcome.run_id)  # the Markdown table on the flow run's page
     return outcome
 

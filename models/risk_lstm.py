@@ -26,7 +26,7 @@ toxic-comment-classifier does not), or the raw mean, or one output.
 As the ``risk`` tagger's default (:data:`DEFAULT_MODEL`), a document is cut into chunks of at
 most :data:`DEFAULT_MAX_CHARS` characters at sentence ends (the LSTM reads only the last 100
 words of what it is given) and scored as its worst chunk. Measured on data none of it was trained
-or tuned on in ``bench/quality_risk.py`` (README, "Risk quality").
+or tuned on in ``bench/quality_risk.py`` (docs/quality.md, "Risk quality").
 """
 
 from __future__ import annotations

@@ -15,13 +15,13 @@ Nothing a stage returns touches the database before ``Catalog.commit_run``: the 
 tags, segments and table rows become visible in one transaction, or not at all, so a crash
 anywhere costs a rerun and never leaves half a night behind.
 
-Adding a stage is one class and one line in ``_BUILTIN`` (see :func:`register`).
+Adding a stage is one class and one line in ``stages.registry.STAGES``.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -31,7 +31,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from glia.core.context import RunContext
-from glia.core.extras import import_for
 from glia.core.params import NoParams, build_params
 from glia.storage.catalog import Segment, TableWrite, TagFile
 from glia.storage.migrations import StageMigration
@@ -130,6 +129,12 @@ class NightStage(abc.ABC):
         """Parameters that change the output (recorded with the run)."""
         return {}
 
+    def tagger_params(self) -> dict[str, dict[str, Any]]:
+        """Parameters this stage sets on the taggers it needs, where their output must match what
+        the stage keeps across nights (the dedup stage sets MinHash's signature shape). The
+        engine passes them to those taggers beside their own ``[taggers.<name>]`` tables."""
+        return {}
+
     def load(self, con: duckdb.DuckDBPyConnection, ctx: RunContext) -> Any:
         """Read the state this stage keeps from the catalog, read-only, before tagging starts."""
         return None
@@ -137,81 +142,6 @@ class NightStage(abc.ABC):
     @abc.abstractmethod
     def run(self, ctx: RunContext, state: Any, inputs: StageInputs) -> StageOutput:
         """Do tonight's work. Write files only under ``ctx.state_dir``, named by ``ctx.run_id``."""
-
-
-# -- registry -------------------------------------------------------------------------------
-
-# name -> "module:Class"; imported lazily so a stage's heavy dependencies (faiss, torch) load
-# only when it runs.
-_BUILTIN: dict[str, str | type[NightStage]] = {
-    "dedup": "glia.stages.dedup:DedupStage",
-    "surprise": "glia.stages.surprise:SurpriseStage",
-    "novelty": "glia.stages.novelty:NoveltyStage",
-    "replay": "glia.stages.replay:ReplayStage",
-    "decide": "glia.stages.decide:DecideStage",
-    "semantic_dedup": "glia.stages.semantic_dedup:SemanticDedupStage",
-}
-
-
-def available() -> list[str]:
-    return sorted(_BUILTIN)
-
-
-def register(name: str, target: str | type[NightStage]) -> None:
-    """Register a stage as ``"module:Class"`` (imported on first use) or as the class itself
-    (raises if the name is taken)."""
-    if name in _BUILTIN:
-        raise ValueError(f"a stage named {name!r} is already registered")
-    _BUILTIN[name] = target
-
-
-def stage_class(name: str) -> type[NightStage]:
-    if name not in _BUILTIN:
-        raise KeyError(f"unknown stage {name!r}; registered stages: {', '.join(available())}")
-    target = _BUILTIN[name]
-    if not isinstance(target, str):
-        return target
-    module, cls = target.split(":")
-    return getattr(import_for(f"stage {name!r}", module), cls)
-
-
-class UnmetNeedsError(ValueError):
-    """A configured stage needs a tagger or stage output that tonight's configuration lacks."""
-
-
-def build(names: Iterable[str], params: Mapping[str, Mapping[str, Any]], have: Iterable[str]) -> list[NightStage]:
-    """Instantiate the configured stages in dependency order.
-
-    A stage runs after every output it ``needs`` (tagger names in ``have``, or earlier stages'
-    outputs) and after every configured stage it ``reads`` (optional inputs it uses when they
-    run tonight); otherwise the configured order holds. A stage whose needs no configured tagger
-    or stage provides raises :class:`UnmetNeedsError` naming them: it is never dropped silently.
-    """
-    names = list(names)
-    stages = {n: stage_class(n)(**dict(params.get(n, {}))) for n in names}
-    outputs_of = {n: {n, *s.outputs()} for n, s in stages.items()}
-    provided = set(have).union(*outputs_of.values())
-    for n, s in stages.items():
-        missing = [x for x in s.needs if x not in provided]
-        if missing:
-            raise UnmetNeedsError(
-                f"stage {n!r} needs {', '.join(map(repr, missing))}, which no tagger in [run].taggers or stage in "
-                f"[run].stages produces; add {'it' if len(missing) == 1 else 'them'} or remove {n!r} from [run].stages")
-    available_outputs = set(have)
-    pending = list(names)
-    ordered: list[NightStage] = []
-    while pending:
-        for n in pending:
-            s = stages[n]
-            blocked = any(m in s.reads or outputs_of[m] & set(s.needs) for m in pending if m != n)
-            if not blocked and set(s.needs) <= available_outputs:
-                ordered.append(s)
-                available_outputs |= outputs_of[n]
-                pending.remove(n)
-                break
-        else:
-            raise UnmetNeedsError(f"stages {', '.join(map(repr, pending))} need or read each other in a cycle")
-    return ordered
 
 
 # -- running a stage ------------------------------------------------------------------------
@@ -256,8 +186,3 @@ def run_stage(ctx: RunContext, stage: NightStage, state: Any, inputs: StageInput
     out = stage.run(ctx, state, inputs)
     files = write_stage_tags(ctx, stage, out.tags)
     return StageResult(stage.name, files, out.segments, out.writes, out.counts, dict(out.tags))
-
-
-def migrations_for(names: Sequence[str]) -> dict[str, tuple[StageMigration, ...]]:
-    """The schema migrations of the named stages' own tables (for ``Catalog.migrate``)."""
-    return {n: stage_class(n).migrations for n in names if stage_class(n).migrations}

@@ -26,13 +26,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from glia.core.context import RunContext
 from glia.curation import prune as pr
 from glia.curation.protect import (
     TAG_RARITY,
     ClusterModel, Protect, cluster_strata, embedding_matrix, empty_strata, explicit_id_strata, explicit_where_strata,
     fit_clusters, rarity_strata, sample_mask, sample_predicate, strata_lists,
 )
-from glia.curation.rules import DECISION_SCHEMA, DEFAULT_KEEP, DEFAULT_PRUNE, MissingTagError, Rules, decide
+from glia.curation.rules import DECISION_SCHEMA, DEFAULT_KEEP, DEFAULT_PRUNE, MissingTagError, Report, Rules, decide
 from glia.stages.base import NightStage, StageInputs, StageOutput
 from glia.storage.catalog import TableWrite
 from glia.storage.sql import identifier, parquet_scan
@@ -103,7 +104,7 @@ class DecideStage(NightStage):
 
     # -- catalog state ----------------------------------------------------------------------
 
-    def load(self, con: duckdb.DuckDBPyConnection, ctx: Any) -> DecideState:
+    def load(self, con: duckdb.DuckDBPyConnection, ctx: RunContext) -> DecideState:
         queue = con.sql(
             "SELECT q.doc_id, q.run_id, q.reasons, q.priority, q.status, q.changed_run, q.changed_at, q.note, "
             "CAST(d.source AS VARCHAR) AS source, CAST(d.label AS VARCHAR) AS label, d.shard_id "
@@ -135,8 +136,42 @@ class DecideStage(NightStage):
 
     # -- tonight ----------------------------------------------------------------------------
 
-    def run(self, ctx: Any, state: DecideState, inputs: StageInputs) -> StageOutput:
+    def run(self, ctx: RunContext, state: DecideState, inputs: StageInputs) -> StageOutput:
         run_id = ctx.run_id
+        tags = self._tonight_tags(inputs)
+        ids = tags["doc_id"].combine_chunks()
+        queue = state.queue
+        population = _population(state.population, inputs.history_active, tags, state.tag_population)
+        notes: list[str] = []
+        tonight_strata, queue_strata, emb = self._strata(inputs, state, tags, population, notes)
+        tags = tags.append_column("strata", strata_lists(ids, tonight_strata))
+        tags = tags.append_column("restored", _restored_kinds(queue, ids))
+        try:
+            decided = decide(tags, self.rules)
+        except MissingTagError as exc:
+            raise ValueError(f"[stages.decide] {exc}") from None
+        dec, rep = decided.table, decided.report
+        change = pr.advance(queue, dec, _protected_now(queue_strata), state.night_runs, self.lifecycle, run_id,
+                            ctx.started_at)
+        after = pr.queue_after(queue, change)
+        prot_rows = _protected_rows(tonight_strata, queue_strata, change, run_id)
+        cov = self._coverage(run_id, rep, change, after, population, tags, queue, emb, notes)
+        decisions = dec.select(DECISION_SCHEMA.names).cast(DECISION_SCHEMA)
+        return StageOutput(
+            tags={DECISION: decisions.append_column("shard_id", tags["shard_id"])},
+            writes=[
+                TableWrite("decisions", decisions.add_column(0, "run_id", pa.array(np.full(dec.num_rows, run_id, np.int32)))),
+                TableWrite("prune_queue", change.rows, key=("doc_id",)),
+                TableWrite("prune_events", change.events),
+                TableWrite("protected", prot_rows.select(["run_id", "doc_id", "stratum", "reason"])),
+                TableWrite("coverage", pa.Table.from_pylist([cov])),
+            ],
+            counts=_counts(rep, change, cov),
+        )
+
+    def _tonight_tags(self, inputs: StageInputs) -> pa.Table:
+        """Tonight's documents with their metadata, the columns the rule's terms read and the
+        tag columns rarity strata are drawn from."""
         docs = inputs.documents
         ids = docs["doc_id"].combine_chunks().cast(pa.string())
         tags = pa.table({"doc_id": ids, "source": docs["source"].cast(pa.string()),
@@ -150,18 +185,21 @@ class DecideStage(NightStage):
                 val = _read_column(inputs, TAG_RARITY[col], col, ids)
                 if val is not None:
                     tags = tags.append_column(col, val.cast(pa.string()))
+        return tags
 
+    def _strata(self, inputs: StageInputs, state: DecideState, tags: pa.Table,
+                population: Mapping[str, Mapping[str, int]], notes: list[str]) -> tuple[pa.Table, pa.Table, _Embeddings]:
+        """Protected strata (doc_id, stratum, reason) of tonight's documents and of documents
+        already in the queue, and the embeddings the clusters were fitted on. A queued document's
+        protection is re-checked tonight: all strata before it is applied; only the user's
+        explicit strata once applied (rarity shifts night to night)."""
+        ids = tags["doc_id"].combine_chunks()
         queue = state.queue
         active = pc.is_in(queue["status"], value_set=pa.array(pr.ACTIVE))
         pending = pc.is_in(queue["status"], value_set=pa.array([pr.QUEUED, pr.QUARANTINED]))
-        # Documents already queued whose protection is re-checked tonight: all strata before they
-        # are applied; only the user's explicit strata once applied (rarity shifts night to night).
         not_tonight = pc.invert(pc.is_in(queue["doc_id"], value_set=ids))
         recheck = queue.filter(pc.and_(active, not_tonight))
         recheck_pending = queue.filter(pc.and_(pending, not_tonight))
-
-        population = _population(state.population, inputs.history_active, tags, state.tag_population)
-        notes: list[str] = []
         # One pass over the id lists (an id file is read once a night) for tonight and the queue.
         by_id = explicit_id_strata(pa.concat_arrays([ids, recheck["doc_id"].combine_chunks().cast(pa.string())]),
                                    self.protect.explicit)
@@ -175,59 +213,9 @@ class DecideStage(NightStage):
         if emb.model is not None:
             t_rows.append(cluster_strata(emb.model, emb.tonight_ids, emb.tonight, self.protect.clusters))
             q_rows.append(cluster_strata(emb.model, emb.queue_ids, emb.queue, self.protect.clusters))
-        tonight_strata = _merge_strata(t_rows)
-        tags = tags.append_column("strata", strata_lists(ids, tonight_strata))
-        tags = tags.append_column("restored", _restored_kinds(queue, ids))
+        return _merge_strata(t_rows), _merge_strata(q_rows), emb
 
-        try:
-            decided = decide(tags, self.rules)
-        except MissingTagError as exc:
-            raise ValueError(f"[stages.decide] {exc}") from None
-        dec = decided.table
-        rep = decided.report
-
-        queue_strata = _merge_strata(q_rows)
-        qs = queue_strata.sort_by([("doc_id", "ascending"), ("stratum", "ascending")]) \
-            .group_by("doc_id", use_threads=False).aggregate([("stratum", "list")])
-        prot_now = pa.table({"doc_id": qs["doc_id"], "strata": pc.binary_join(qs["stratum_list"], ",")})
-        change = pr.advance(queue, dec, prot_now, state.night_runs, self.lifecycle, run_id, ctx.started_at)
-        after = pr.queue_after(queue, change)
-
-        restored_by_protection = change.rows.filter(pc.match_substring(pc.fill_null(change.rows["note"], ""), "protected:"))
-        prot_rows = pa.concat_tables([
-            tonight_strata,
-            queue_strata.filter(pc.is_in(queue_strata["doc_id"], value_set=restored_by_protection["doc_id"].combine_chunks())),
-        ])
-        prot_rows = prot_rows.append_column("run_id", pa.array(np.full(prot_rows.num_rows, run_id, np.int32)))
-
-        cov = self._coverage(run_id, rep, change, after, population, tags, queue, emb, notes)
-        decisions = dec.select(DECISION_SCHEMA.names).cast(DECISION_SCHEMA)
-        counts: dict[str, int | float] = {
-            "decided": rep.n_docs, "candidates": rep.n_candidates, "pruned": rep.n_pruned, "protected": rep.n_protected,
-            "overridden": rep.n_overridden, "held_by_cap": rep.n_held, "held_by_cap_night": rep.n_held_night,
-            "held_by_cap_source": rep.n_held_source, "requeue_suppressed": rep.n_suppressed,
-            "quarantined": change.counts["quarantined"], "applied": change.counts["applied"],
-            "restored": change.counts["restored"], "skipped_terms": len(rep.skipped),
-        }
-        counts.update({f"fired.{t}": n for t, n in rep.fired.items()})
-        counts.update({f"threshold.{t}": float(v) for t, v in rep.thresholds.items()
-                       if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)})
-        for key in ("pruned_share", "cluster_coverage", "mean_pruned_to_kept"):
-            if cov.get(key) is not None:
-                counts[key] = float(cov[key])
-        return StageOutput(
-            tags={DECISION: decisions.append_column("shard_id", tags["shard_id"])},
-            writes=[
-                TableWrite("decisions", decisions.add_column(0, "run_id", pa.array(np.full(dec.num_rows, run_id, np.int32)))),
-                TableWrite("prune_queue", change.rows, key=("doc_id",)),
-                TableWrite("prune_events", change.events),
-                TableWrite("protected", prot_rows.select(["run_id", "doc_id", "stratum", "reason"])),
-                TableWrite("coverage", pa.Table.from_pylist([cov])),
-            ],
-            counts=counts,
-        )
-
-    def _coverage(self, run_id: int, rep: Any, change: pr.QueueChange, after: pa.Table,
+    def _coverage(self, run_id: int, rep: Report, change: pr.QueueChange, after: pa.Table,
                   population: Mapping[str, Mapping[str, int]], tags: pa.Table, queue: pa.Table, emb: _Embeddings,
                   notes: list[str]) -> dict[str, Any]:
         """Tonight's row of ``coverage``: compression (how much is pruned) against coverage
@@ -264,6 +252,41 @@ class DecideStage(NightStage):
 
 
 # -- helpers ------------------------------------------------------------------------------------
+
+
+def _protected_now(queue_strata: pa.Table) -> pa.Table:
+    """doc_id and its strata (comma-joined, sorted) for queued documents protected tonight."""
+    qs = queue_strata.sort_by([("doc_id", "ascending"), ("stratum", "ascending")]) \
+        .group_by("doc_id", use_threads=False).aggregate([("stratum", "list")])
+    return pa.table({"doc_id": qs["doc_id"], "strata": pc.binary_join(qs["stratum_list"], ",")})
+
+
+def _protected_rows(tonight_strata: pa.Table, queue_strata: pa.Table, change: pr.QueueChange, run_id: int) -> pa.Table:
+    """Rows for ``protected``: tonight's strata, and those of queued documents they restored."""
+    restored_by_protection = change.rows.filter(pc.match_substring(pc.fill_null(change.rows["note"], ""), "protected:"))
+    prot_rows = pa.concat_tables([
+        tonight_strata,
+        queue_strata.filter(pc.is_in(queue_strata["doc_id"], value_set=restored_by_protection["doc_id"].combine_chunks())),
+    ])
+    return prot_rows.append_column("run_id", pa.array(np.full(prot_rows.num_rows, run_id, np.int32)))
+
+
+def _counts(rep: Report, change: pr.QueueChange, cov: Mapping[str, Any]) -> dict[str, int | float]:
+    """The stage's counts for run_metrics (decide.<count>)."""
+    counts: dict[str, int | float] = {
+        "decided": rep.n_docs, "candidates": rep.n_candidates, "pruned": rep.n_pruned, "protected": rep.n_protected,
+        "overridden": rep.n_overridden, "held_by_cap": rep.n_held, "held_by_cap_night": rep.n_held_night,
+        "held_by_cap_source": rep.n_held_source, "requeue_suppressed": rep.n_suppressed,
+        "quarantined": change.counts["quarantined"], "applied": change.counts["applied"],
+        "restored": change.counts["restored"], "skipped_terms": len(rep.skipped),
+    }
+    counts.update({f"fired.{t}": n for t, n in rep.fired.items()})
+    counts.update({f"threshold.{t}": float(v) for t, v in rep.thresholds.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)})
+    for key in ("pruned_share", "cluster_coverage", "mean_pruned_to_kept"):
+        if cov.get(key) is not None:
+            counts[key] = float(cov[key])
+    return counts
 
 
 def _read_column(inputs: StageInputs, output: str, column: str, ids: pa.Array) -> pa.Array | None:

@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from glia.core.context import RunContext
 from glia.core.runtime import check_device
 from glia.stages.base import NightStage, StageInputs, StageOutput
 from glia.storage.bank import BANK_KIND, INDEX_KINDS, Bank, bank_dir, bank_root
@@ -84,14 +85,14 @@ class NoveltyStage(NightStage):
     def config(self) -> dict[str, Any]:
         return {"capacity": self.capacity, "index": self.index, "seed": self.seed, "on_model_change": self.on_model_change}
 
-    def load(self, con: duckdb.DuckDBPyConnection, ctx: Any) -> list[Segment]:
+    def load(self, con: duckdb.DuckDBPyConnection, ctx: RunContext) -> list[Segment]:
         """Committed bank segments, oldest first (the last one is the current bank)."""
         from glia.storage.catalog import Catalog
 
         banks = [s for s in Catalog.segments_of(con) if s.kind == BANK_KIND]
         return sorted(banks, key=lambda s: int(s.params["run_id"]))
 
-    def run(self, ctx: Any, state: list[Segment] | None, inputs: StageInputs) -> StageOutput:
+    def run(self, ctx: RunContext, state: list[Segment] | None, inputs: StageInputs) -> StageOutput:
         state = state or []
         files = inputs.files.get("embedding", [])
         if not files:

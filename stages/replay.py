@@ -17,10 +17,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from glia.core.context import RunContext
 from glia.curation.replay import (
-    MIGRATIONS, POOL_SCHEMA, CatalogState, Pool, ReplayParams, attach, build_set, combine_pools,
-    concat_lists, metadata_strata, rarity_label,
+    Pool, ReplayParams, attach, build_set, combine_pools, concat_lists, metadata_strata, pool_from_catalog,
 )
+from glia.storage.replay import MIGRATIONS, POOL_SCHEMA, ReplayCatalog, rarity_label, read_replay_catalog
 from glia.storage.views import DOCUMENTS, DOCUMENTS_VERSION
 from glia.stages.base import NightStage, StageInputs, StageOutput
 
@@ -45,13 +46,13 @@ class ReplayStage(NightStage):
     def config(self) -> dict[str, Any]:
         return self.params.to_dict()
 
-    def load(self, con: duckdb.DuckDBPyConnection, ctx: Any) -> CatalogState:
-        return CatalogState.read(con, self.params, ctx.run_id)
+    def load(self, con: duckdb.DuckDBPyConnection, ctx: RunContext) -> ReplayCatalog:
+        return read_replay_catalog(con, self.params)
 
-    def run(self, ctx: Any, state: CatalogState, inputs: StageInputs) -> StageOutput:
+    def run(self, ctx: RunContext, state: ReplayCatalog, inputs: StageInputs) -> StageOutput:
         # The catalog's pool already leaves out the ids queued on earlier nights (state.pruned_ids);
         # tonight's prunes are read from the decide stage's `action` column (tonight_pool).
-        old = state.pool
+        old = pool_from_catalog(state, ctx.run_id)
         # Earlier documents count only while their shard is still active tonight.
         in_history = pc.is_in(old.table["shard_id"], value_set=pa.array(inputs.history_active, pa.string()))
         old = Pool(old.table.filter(in_history), ctx.run_id, old.n_excluded, old.rarity_source)
@@ -59,7 +60,7 @@ class ReplayStage(NightStage):
         pool = combine_pools(old, new)
         if pool.table.num_rows == 0:
             return StageOutput(counts={"pool": 0, "excluded": pool.n_excluded})
-        cols = ctx.config.columns
+        cols = ctx.columns
         rs = build_set(pool, state.state, self.params, state.next_set_id, state.n_sets, "flow", cols.text, cols.id)
         row = rs.set_row
         return StageOutput(writes=rs.writes(), counts={
@@ -79,7 +80,7 @@ def _outputs(inputs: StageInputs, wanted: set[str]) -> list[pa.Table]:
     return out
 
 
-def _document_metadata(ctx: Any, inputs: StageInputs, columns: list[str]) -> pa.Table:
+def _document_metadata(ctx: RunContext, inputs: StageInputs, columns: list[str]) -> pa.Table:
     """``doc_id`` plus metadata ``columns`` of tonight's documents: the canonical ones from the
     stage inputs, extra ones from tonight's ``documents`` index files."""
     docs = inputs.documents
@@ -100,7 +101,7 @@ def _document_metadata(ctx: Any, inputs: StageInputs, columns: list[str]) -> pa.
     return out
 
 
-def tonight_pool(ctx: Any, inputs: StageInputs, params: ReplayParams, importance: pa.Table | None,
+def tonight_pool(ctx: RunContext, inputs: StageInputs, params: ReplayParams, importance: pa.Table | None,
                  pruned: pa.Array) -> Pool:
     """Tonight's documents with their term columns, minus duplicates, prunes and queued ids."""
     docs = inputs.documents

@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from glia.core.context import RunContext
 from glia.curation.semantic_dedup import normalize, resolve
 from glia.stages.base import NightStage, StageInputs, StageOutput
 from glia.stages.novelty import MODEL_IDENTITY, _duplicates, _matrix, _model_identity
@@ -48,7 +49,7 @@ class SemanticDedupStage(NightStage):
     @dataclass(frozen=True)
     class Params:
         """``eps``: a document is a duplicate at cosine >= 1 - eps (0.05: measured on the example
-        corpus with MiniLM, README); ``k``: neighbours each document looks at; ``exact_max``:
+        corpus with MiniLM, docs/benchmarks.md); ``k``: neighbours each document looks at; ``exact_max``:
         nights up to this many documents are searched exactly, larger ones with an IVF index
         searching ``nprobe`` lists; ``seed``: the IVF training sample's; ``use_bank``: compare
         with the novelty bank of earlier nights when there is one."""
@@ -77,14 +78,14 @@ class SemanticDedupStage(NightStage):
         p = self.params
         return {"eps": p.eps, "k": p.k, "exact_max": p.exact_max, "nprobe": p.nprobe, "seed": p.seed, "use_bank": p.use_bank}
 
-    def load(self, con: duckdb.DuckDBPyConnection, ctx: Any) -> Segment | None:
+    def load(self, con: duckdb.DuckDBPyConnection, ctx: RunContext) -> Segment | None:
         """The latest committed novelty bank, if any (read-only)."""
         from glia.storage.catalog import Catalog
 
         banks = [s for s in Catalog.segments_of(con) if s.kind == BANK_KIND]
         return max(banks, key=lambda s: int(s.params["run_id"])) if banks and self.params.use_bank else None
 
-    def run(self, ctx: Any, state: Segment | None, inputs: StageInputs) -> StageOutput:
+    def run(self, ctx: RunContext, state: Segment | None, inputs: StageInputs) -> StageOutput:
         files = inputs.files.get("embedding", [])
         if not files:
             return StageOutput()

@@ -56,6 +56,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from glia.core.context import RunContext
 from glia.stages.base import NightStage, StageInputs, StageOutput
 from glia.storage.catalog import TableWrite
 from glia.storage.parquet_io import read_metadata
@@ -146,7 +147,7 @@ class SurpriseStage(NightStage):
 
     # -- state ----------------------------------------------------------------------------
 
-    def load(self, con: duckdb.DuckDBPyConnection, ctx: Any) -> TraceState:
+    def load(self, con: duckdb.DuckDBPyConnection, ctx: RunContext) -> TraceState:
         def read(scope: str) -> pa.Table:
             return con.sql(f"SELECT key, n, mean, var FROM loss_traces WHERE scope = '{scope}'").to_arrow_table()
 
@@ -154,7 +155,7 @@ class SurpriseStage(NightStage):
 
     # -- tonight --------------------------------------------------------------------------
 
-    def run(self, ctx: Any, state: TraceState, inputs: StageInputs) -> StageOutput:
+    def run(self, ctx: RunContext, state: TraceState, inputs: StageInputs) -> StageOutput:
         if not inputs.files.get("lm"):
             return StageOutput()
         lm = inputs.read("lm", ["loss", "lm_scored", "lm_tokens", "utility_params", "_lm_seconds"])

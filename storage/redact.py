@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from glia.core.pii import DEFAULT_PLACEHOLDER, redact_array
+from glia.core.strings import as_utf8
 from glia.storage.shards import open_parquet
 
 
@@ -34,7 +35,7 @@ def with_redacted_text(rows: pa.Table, text_column: str = "text", placeholder: s
         if text_column not in pf.schema_arrow.names:
             raise ValueError(f"shard {path} has no column {text_column!r}; pass the corpus's text column "
                              f"(its columns: {', '.join(pf.schema_arrow.names)})")
-        text = pf.read(columns=[text_column])[text_column]
+        text = as_utf8(pf.read(columns=[text_column])[text_column])[0]  # any string encoding
         ok = (row_idx[where] >= 0) & (row_idx[where] < len(text))
         taken = redact_array(text.take(pa.array(row_idx[where][ok])), placeholder)
         out[where[ok]] = taken.to_pylist()

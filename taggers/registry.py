@@ -1,19 +1,17 @@
-"""Registry of taggers by name. Adding a tagger is one file plus one line in ``_BUILTIN``."""
+"""Registry of taggers by name. Adding a tagger is one file plus one line in :data:`TAGGERS`."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from glia.core.extras import import_for
+from glia.core.registry import Registry
 from glia.taggers.base import Tagger
 
 TaggerFactory = Callable[..., Tagger]
 
-# Built-ins are named as "module:Class" and imported on first use: the model taggers pull in
-# torch, datatrove or sentence-transformers, which a night that only deduplicates never needs
-# (and `glia --help` should not pay for).
-_BUILTIN: dict[str, TaggerFactory | str] = {
+# Built-ins are named as "module:Class" and imported on first use (core.registry).
+TAGGERS: Registry[TaggerFactory] = Registry("tagger", {
     "exact": "glia.taggers.exact:ExactHashTagger",
     "minhash": "glia.taggers.minhash:MinHashTagger",
     "embedding": "glia.taggers.embedding:EmbeddingTagger",
@@ -24,31 +22,14 @@ _BUILTIN: dict[str, TaggerFactory | str] = {
     "decontaminate": "glia.taggers.decontaminate:DecontaminateTagger",
     "pii": "glia.taggers.pii:PIITagger",
     "lang": "glia.taggers.lang:LangTagger",
-}
+})
 
-
-def factory(name: str) -> TaggerFactory:
-    """The class (or callable) registered under ``name``, imported on first use."""
-    if name not in _BUILTIN:
-        raise KeyError(f"unknown tagger {name!r}; registered taggers: {', '.join(available())}")
-    entry = _BUILTIN[name]
-    if isinstance(entry, str):
-        module, _, attr = entry.partition(":")
-        entry = getattr(import_for(f"tagger {name!r}", module), attr)
-        _BUILTIN[name] = entry
-    return entry
-
-
-def available() -> list[str]:
-    """Names of every registered tagger."""
-    return sorted(_BUILTIN)
-
-
-def register(name: str, factory: TaggerFactory) -> None:
-    """Register a third-party tagger under ``name`` (raises if the name is taken)."""
-    if name in _BUILTIN:
-        raise ValueError(f"a tagger named {name!r} is already registered")
-    _BUILTIN[name] = factory
+# The class (or callable) registered under a name, imported on first use.
+factory = TAGGERS.get
+# Names of every registered tagger.
+available = TAGGERS.names
+# Register a third-party tagger under a name (raises if the name is taken).
+register = TAGGERS.register
 
 
 def build(names: Iterable[str], params: Mapping[str, Mapping[str, Any]] | None = None) -> list[Tagger]:

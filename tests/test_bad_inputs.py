@@ -12,7 +12,7 @@ night 1 and rewrites the drifting shards.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -22,8 +22,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import NIGHTS, glia, query, run_night
-from glia.engine.config import ConfigError, GliaConfig, NearDup, RunOptions, load_config
-from glia.engine.ingest import ReadSpec, as_utf8, read_documents
+from glia.core.strings import as_utf8
+from glia.curation.dedup import NearDup
+from glia.engine.config import ConfigError, GliaConfig, RunOptions, load_config
+from glia.engine.ingest import ReadSpec, read_documents
+from glia.engine.pipeline import NightParts
+from glia.engine.reindex import dedup_stage
 from glia.storage.shards import discover
 from glia.core.text import hash_strings, normalize
 
@@ -252,7 +256,7 @@ def test_bad_shards_are_rejected_with_a_reason_naming_file_and_problem(bad_run: 
     assert "(columns: id, body, source, timestamp, label)" in rejected[str(c.no_text)]
     assert rejected[str(c.not_parquet)].startswith("not a Parquet file")
     assert rejected[str(c.int_text)] == (f"{c.int_text}: text column 'text' has type int64, expected a string column "
-                                         "(or binary holding UTF-8)")
+                                         "(string, large_string, string_view, dictionary of strings, or binary holding UTF-8)")
     assert rejected[str(c.corrupt)].startswith(f"{c.corrupt}: unreadable data after row 0")
     assert rejected[str(m.truncated)].startswith("truncated Parquet file: it starts like Parquet but has no footer")
     assert rejected[str(m.no_id)].startswith(f"{m.no_id}: missing required id column 'id' (columns: text, source")
@@ -368,7 +372,7 @@ def test_schema_change_between_nights_keeps_night_one_and_takes_the_new_version(
     broken = query(bad_run.db, "SELECT status, first_run, error FROM v_shards WHERE path = ? ORDER BY first_run",
                    [str(m.drift_broken)])
     assert broken == [("superseded", 1, None), ("rejected", 2, f"{m.drift_broken}: text column 'text' has type "
-                                                                  "int64, expected a string column (or binary holding UTF-8)")]
+                                                                  "int64, expected a string column (string, large_string, string_view, dictionary of strings, or binary holding UTF-8)")]
     assert bad_run.second.rejected == {str(m.drift_broken): broken[1][2]}
     assert query(bad_run.db, "SELECT count(*) FROM v_documents WHERE shard_path = ?", [str(m.drift_broken)]) == [(0,)]
     old_files = query(bad_run.db, "SELECT f.path FROM tag_files f JOIN shards s USING (shard_id) "
@@ -535,7 +539,8 @@ def test_good_rules_file_is_applied(tmp_path: Path) -> None:
                      '[run]\nbatch_size = 500\n')
     cfg = load_config(rules)
     assert cfg.columns.text == "body" and cfg.columns.extra == ("lang",)
-    assert cfg.near_dup.threshold == 1.0 and cfg.near_dup.num_perm == 8 * NearDup().rows  # rows: the default
+    dedup = dedup_stage(cfg).params
+    assert dedup.threshold == 1.0 and dedup.num_perm == 8 * NearDup().rows  # rows: the default
     assert cfg.run.batch_size == 500
     assert cfg.hash() != GliaConfig().hash()
     assert load_config(None) == GliaConfig()
@@ -568,18 +573,27 @@ def test_near_dup_parameters_live_under_stages_dedup(tmp_path: Path, caplog: pyt
     rules = tmp_path / "glia.toml"
     rules.write_text("[stages.dedup]\nthreshold = 0.6\nbands = 20\nrows = 5\n")
     new = load_config(rules)
-    assert (new.near_dup.threshold, new.near_dup.num_perm) == (0.6, 100)
-    assert new.params_for("minhash")["num_perm"] == 100 and new.stage_params_for("dedup")["threshold"] == 0.6
+    assert (dedup_stage(new).params.threshold, dedup_stage(new).params.num_perm) == (0.6, 100)
+    # The dedup stage hands its signature shape to the MinHash tagger of the night.
+    (minhash,) = [t for t in NightParts.build(new).taggers if t.name == "minhash"]
+    assert minhash.config() == {"num_perm": 100, "ngram": 3, "seed": 1}
+    # Runs record the stage's parameters, with their defaults, where every Glia so far has.
+    assert new.to_dict()["near_dup"] == asdict(NearDup(threshold=0.6, bands=20, rows=5))
+    assert "dedup" not in new.to_dict()["stage_params"]
     rules.write_text("[near_dup]\nthreshold = 0.6\nbands = 20\nrows = 5\n")
     with caplog.at_level("WARNING"):
         old = load_config(rules)
     assert old == new and old.hash() == new.hash()
     assert "[near_dup] is the old name of [stages.dedup]" in caplog.text
     rules.write_text("[near_dup]\nthreshold = 0.6\n[stages.dedup]\nthreshold = 0.6\n")
-    with pytest.raises(ConfigError, match=r"both set the near-dup parameters"):
+    with pytest.raises(ConfigError, match=r"\[near_dup\] and \[stages.dedup\] both set"):
         load_config(rules)
     rules.write_text("[stages.dedup]\nbandz = 20\n")
     with pytest.raises(ConfigError, match=r"\[stages.dedup\]: unknown key\(s\) bandz"):
+        load_config(rules)
+    # A MinHash table that contradicts the shape the dedup stage sets is refused, not overridden.
+    rules.write_text("[stages.dedup]\nbands = 20\nrows = 5\n[taggers.minhash]\nnum_perm = 64\n")
+    with pytest.raises(ConfigError, match=r"\[taggers.minhash\].num_perm = 64, but stage 'dedup' needs 100"):
         load_config(rules)
 
 

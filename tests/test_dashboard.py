@@ -22,7 +22,9 @@ import pytest
 
 from conftest import NIGHTS, cli_env, free_port, query, run_night, wait_healthy
 
-RULES = '[run]\nstages = ["dedup", "decide", "replay"]\n'
+# The risk tagger's string tag (risk_model, e.g. "lstm-tox_block@452c457c") holds an "@", as the
+# per-source summary metrics do ("...@<source>"): the pages must not take it for a source.
+RULES = '[run]\ntaggers = ["exact", "minhash", "risk"]\nstages = ["dedup", "decide", "replay"]\n'
 
 
 def _browser() -> tuple[str, str]:
@@ -47,6 +49,7 @@ def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for n in (1, 2):
         shutil.copytree(NIGHTS[n], root / f"night{n}")
         assert run_night(root, path, rules).status == "completed"
+    assert run_night(root, path, rules).status == "nothing_new"  # run 3: no night of its own on the pages
     return path
 
 
@@ -115,9 +118,20 @@ def test_pages_show_the_numbers_in_the_database(app: str, db: Path, browser, tmp
     latest = trend[-1]
     keep, prune = (query(db, "SELECT count(*) FROM decisions WHERE run_id = ? AND action = ?", [latest[0], a])[0][0]
                    for a in ("keep", "prune"))
-    page_text(browser, f"{app}/", "Trend over nights",
+    sources = [s for (s,) in query(db, "SELECT DISTINCT CAST(source AS VARCHAR) FROM documents ORDER BY 1")]
+    text = page_text(browser, f"{app}/", "Trend over nights",
                      *(f"{run_id} {n(docs)} {n(pruned)} {n(prot)} {n(replayed)}" for run_id, docs, pruned, prot, replayed in trend),
-                     f"documents tonight {n(latest[1])}", f"keep {n(keep)}", f"prune {n(prune)}")
+                     f"documents tonight {n(latest[1])}", f"keep {n(keep)}", f"prune {n(prune)}",
+                     f"Summary of run {latest[0]}", "1 later run(s) found nothing new",
+                     "Documents per source all " + " ".join(sources), "Time per step")
+    # The nothing_new rerun (run 3) is no night of 0 documents in the trend.
+    trend_table = text[text.index("Trend over nights"):text.index(f"Summary of run {latest[0]}")]
+    assert "run_id docs pruned protected replayed 1 " in trend_table and " 3 0" not in trend_table, trend_table
+    # Columns per source are the sources, not pieces of a tag value that holds an "@".
+    (model,) = query(db, "SELECT DISTINCT risk_model FROM v_documents")[0]
+    assert "@" in model and f"{model.rpartition('@')[2]}@" not in text
+    # Time per step names taggers as taggers and stages as stages.
+    assert "tagger risk" in text and "stage dedup" in text and "stage risk" not in text
     shot = tmp_path / "dashboard.png"
     browser.save_screenshot(str(shot))
     assert shot.stat().st_size > 20_000
@@ -162,7 +176,7 @@ def test_busy_database_shows_a_message_then_recovers(app: str, db: Path, browser
         page_text(browser, f"{app}/", "Database busy")
     finally:
         writer.close()
-    docs = query(db, "SELECT n_docs FROM runs ORDER BY run_id DESC LIMIT 1")[0][0]
+    docs = query(db, "SELECT n_docs FROM runs WHERE status = 'completed' ORDER BY run_id DESC LIMIT 1")[0][0]
     page_text(browser, f"{app}/", f"documents tonight {n(docs)}")
 
 
@@ -178,4 +192,4 @@ def test_filters_are_parameters_not_sql(db: Path) -> None:
     assert data.document(d, evil) is None
     assert len(data.prune_queue(d, reason="near_dup_of")) > 0
     assert query(db, "SELECT count(*) FROM prune_queue")[0][0] == before
-    assert query(db, "SELECT count(*) FROM runs")[0][0] == 2
+    assert query(db, "SELECT count(*) FROM runs")[0][0] == 3

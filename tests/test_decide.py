@@ -24,7 +24,8 @@ import pytest
 from conftest import COMMONS, NIGHTS, REPO
 from glia.engine.config import ConfigError, GliaConfig, RunOptions, load_config
 from glia.stages.decide import DecideStage
-from glia.engine.pipeline import RunContext, stages_for, view_sources
+from glia.core.context import RunContext
+from glia.engine.pipeline import NightParts, stages_for, view_sources
 from glia.stages.base import StageInputs, StageOutput
 from glia.storage.catalog import Catalog, TagFile
 
@@ -51,7 +52,7 @@ def planted_near(ids: set[str]) -> dict[str, str]:
 
 
 def run_decide(tmp: Path, stage: DecideStage, docs: pa.Table, outputs: dict[str, pa.Table], run_id: int = 1,
-               setup_sql: list[tuple[str, list]] | None = None, config: GliaConfig | None = None) -> StageOutput:
+               setup_sql: list[tuple[str, list]] | None = None) -> StageOutput:
     """Write ``outputs`` as per-shard tag files, load the stage's state from a real catalog,
     and run the stage."""
     files: dict[str, list[TagFile]] = {}
@@ -64,9 +65,9 @@ def run_decide(tmp: Path, stage: DecideStage, docs: pa.Table, outputs: dict[str,
             pq.write_table(part, path)
             files.setdefault(name, []).append(TagFile(name, "1", shard, str(path), part.num_rows))
     db = tmp / "glia.duckdb"
-    ctx = RunContext(str(tmp), db, tmp / "state", config or GliaConfig(), run_id, datetime(2025, 1, 1, tzinfo=timezone.utc))
+    ctx = RunContext(str(tmp), db, tmp / "state", run_id, datetime(2025, 1, 1, tzinfo=timezone.utc))
     with Catalog(db) as cat:
-        cat.migrate(view_sources(GliaConfig()), {"decide": DecideStage.migrations})
+        cat.migrate(view_sources(NightParts.build(GliaConfig())), {"decide": DecideStage.migrations})
         for sql, params in setup_sql or []:
             cat.con.execute(sql, params)
         state = stage.load(cat.con, ctx)

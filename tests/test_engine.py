@@ -86,7 +86,7 @@ def test_dedup_only_glia_run_imports_no_prefect_and_no_model(tmp_path: Path) -> 
     """``glia run`` without a rules file (dedup only) and without a Prefect server runs the
     night as plain Python: Prefect, Dask and the model stacks are never imported."""
     script = ("import sys\n"
-              "from cli import main as cli\n"
+              "from glia.cli import main as cli\n"
               f"rc = cli.main(['run', {str(NIGHTS[1])!r}, '--db', 'glia.duckdb', '-q'])\n"
               f"print('MODULES', sorted({{m.split('.')[0] for m in sys.modules}} & set({sorted(HEAVY)!r})))\n"
               "sys.exit(rc)\n")
@@ -129,3 +129,35 @@ def test_orchestrator_is_not_part_of_the_config_hash(tmp_path: Path) -> None:
     rules.write_text('[run]\norchestrator = "prefect"\n')
     assert load_config(rules).hash() == load_config(None).hash()
     assert json.loads(json.dumps(load_config(rules).to_dict()))["run"]["orchestrator"] == "prefect"
+
+
+def test_glia_run_through_the_flow_reads_the_rules_file_and_builds_the_night_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``glia run`` hands the configuration it loaded to the Prefect flow, and a night builds its
+    taggers and stages once (NightParts), not again in the flow."""
+    from glia.cli.main import EXIT_OK, main
+    from glia.engine import config as config_module
+    from glia.engine.pipeline import NightParts
+
+    calls = {"read": 0, "build": 0}
+    read, build = config_module._read_toml, NightParts.build.__func__
+
+    def counted_read(path: Path) -> dict[str, Any]:
+        calls["read"] += 1
+        return read(path)
+
+    def counted_build(cls: type[NightParts], cfg: Any) -> NightParts:
+        calls["build"] += 1
+        return build(cls, cfg)
+
+    monkeypatch.setattr(config_module, "_read_toml", counted_read)
+    monkeypatch.setattr(NightParts, "build", classmethod(counted_build))
+    (tmp_path / "shards").mkdir()
+    shard = NIGHTS[1] / "part-00000.parquet"
+    pq.write_table(pq.read_table(shard).slice(0, 50), tmp_path / "shards" / shard.name)
+    rules = tmp_path / "glia.toml"
+    rules.write_text("[stages.dedup]\nthreshold = 0.6\n")
+    argv = ["run", str(tmp_path / "shards"), "--db", str(tmp_path / "glia.duckdb"), "--rules", str(rules), "-q",
+            "--orchestrator", "prefect"]
+    assert main(argv) == EXIT_OK
+    assert calls == {"read": 1, "build": 1}

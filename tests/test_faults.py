@@ -304,7 +304,6 @@ class Lab:
     reference: dict[int, Dump] = field(default_factory=dict)
     traces: dict[int, list[str]] = field(default_factory=dict)
     report: list[dict[str, Any]] = field(default_factory=list)
-    orphans: list[int] | None = None  # processes a killed plain `glia run` left running
     n_runs: int = 0
 
     @property
@@ -552,7 +551,7 @@ def test_comparison_sees_lost_doubled_and_changed_rows(lab: Lab, tmp_path: Path)
 
 def test_fault_point_kills_only_the_named_occurrence(tmp_path: Path) -> None:
     """``name@N`` kills at the Nth time, not before; other names pass; the trace lists all."""
-    script = ("from core import faults\n"
+    script = ("from glia.core import faults\n"
               "for i in range(5):\n"
               "    faults.point('other')\n"
               "    print(i, flush=True)\n"
@@ -598,41 +597,59 @@ def _outliving(token: str, grace: float) -> list[int]:
         time.sleep(0.2)
 
 
-@pytest.mark.parametrize("orchestrator", ["plain", "prefect"])
-def test_plain_cli_subprocess_killed(lab: Lab, orchestrator: str) -> None:
-    """``python -m cli.main run`` (as plain Python, or through the flow with Prefect's
-    default embedded server), killed in the middle of its commit: exit -9, nothing visible, and
-    the rerun completes identically."""
-    lab.restore(1)
+def _killed_cli(cwd: Path, shards: Path, db: Path, rules: Path | None, orchestrator: str,
+                log: Path, **env_vars: str) -> tuple[int, float, list[int]]:
+    """``python -m glia.cli.main run`` as a plain subprocess, the way cron would run it, killed
+    in the middle of its commit: its exit status, the seconds it ran, and the processes it
+    started that are still alive a minute later (killed here: they are this test's)."""
     token = uuid.uuid4().hex
-    env = {**cli_env(), "GLIA_FAULT": "commit.mid", "GLIA_FAULT_TEST_TOKEN": token}
+    env = {**cli_env(), **env_vars, "GLIA_FAULT": "commit.mid", "GLIA_FAULT_TEST_TOKEN": token}
     env.setdefault("GLIA_MODEL_CACHE", str(REPO / ".glia" / "models"))
-    args = [sys.executable, "-m", "glia.cli.main", "run", str(lab.work / "shards"), "--db", str(lab.db),
-            "--rules", str(lab.rules), "-q", "--orchestrator", orchestrator]
-    log = lab.base / "logs" / f"plain-cli-{orchestrator}.log"
+    args = [sys.executable, "-m", "glia.cli.main", "run", str(shards), "--db", str(db), "-q",
+            "--orchestrator", orchestrator, *(["--rules", str(rules)] if rules else [])]
     t0 = time.monotonic()
     # Output to a file, not a pipe: a process that outlives the killed run (Prefect's server)
     # would hold a pipe open and keep us waiting for its end.
     with log.open("w") as fh:
-        res = subprocess.run(args, cwd=lab.base, env=env, stdout=fh, stderr=subprocess.STDOUT, timeout=240)
+        res = subprocess.run(args, cwd=cwd, env=env, stdout=fh, stderr=subprocess.STDOUT, timeout=240)
     secs = time.monotonic() - t0
-    assert res.returncode == KILLED, log.read_text()
     orphans = _outliving(f"GLIA_FAULT_TEST_TOKEN={token}", grace=60.0)
     for pid in orphans:  # started by the killed run, so by this test: ours to stop
         os.kill(pid, signal.SIGKILL)
-    lab.orphans = (lab.orphans or []) + orphans
+    return res.returncode, secs, orphans
+
+
+@pytest.mark.parametrize("orchestrator", ["plain", "prefect"])
+def test_plain_cli_subprocess_killed(lab: Lab, orchestrator: str) -> None:
+    """``python -m glia.cli.main run`` (as plain Python, or through the flow with Prefect's
+    default embedded server), killed in the middle of its commit: exit -9, nothing visible, and
+    the rerun completes identically."""
+    lab.restore(1)
+    log = lab.base / "logs" / f"plain-cli-{orchestrator}.log"
+    rc, secs, orphans = _killed_cli(lab.base, lab.work / "shards", lab.db, lab.rules, orchestrator, log)
+    assert rc == KILLED, log.read_text()
     assert differences(lab.dump().db, lab.reference[1].db) == []
     rc, secs_rerun, out = lab.glia_run(f"n2-plain-cli-{orchestrator}-rerun")
     assert rc == 0, out
     got = lab.dump()
     assert differences(got.db, lab.reference[2].db) == []
     assert differences(got.disk, lab.reference[2].disk) == []
-    lab.report.append({"night": 2, "fault": f"commit.mid@1 (plain `python -m cli.main run --orchestrator {orchestrator}`)",
+    lab.report.append({"night": 2, "fault": f"commit.mid@1 (plain `python -m glia.cli.main run --orchestrator {orchestrator}`)",
                        "killed_after_seconds": round(secs, 2), "rerun_seconds": round(secs_rerun, 2),
                        "identical_to_uninterrupted": True, "processes_left_running_by_the_killed_run": len(orphans)})
 
 
-def test_killed_cli_leaves_no_process_behind(lab: Lab) -> None:
-    if lab.orphans is None:
-        pytest.skip("runs after test_plain_cli_subprocess_killed")
-    assert lab.orphans == [], f"processes left running by the killed glia run: {lab.orphans}"
+@pytest.mark.parametrize("orchestrator", ["plain", "prefect"])
+def test_killed_cli_leaves_no_process_behind(tmp_path: Path, orchestrator: str) -> None:
+    """Nothing a ``glia run`` starts outlives it when it is killed: through the flow, Prefect's
+    embedded server gets SIGTERM from the kernel when its parent dies (flows.deathsig)."""
+    shard = sorted(NIGHTS[1].glob("*.parquet"))[0]
+    (tmp_path / "shards").mkdir()
+    pq.write_table(pq.read_table(shard).slice(0, ROWS_PER_SHARD), tmp_path / "shards" / shard.name)
+    log, prefect_home = tmp_path / "glia-run.log", tmp_path / "prefect"
+    rc, _, orphans = _killed_cli(tmp_path, tmp_path / "shards", tmp_path / "glia.duckdb", None, orchestrator, log,
+                                 PREFECT_HOME=str(prefect_home))
+    assert rc == KILLED, log.read_text()  # it reached its commit
+    # Through the flow, Prefect's embedded server ran (it made its database in this fresh home).
+    assert (prefect_home / "prefect.db").exists() == (orchestrator == "prefect")
+    assert orphans == [], f"processes left running by the killed glia run: {orphans}"

@@ -88,7 +88,8 @@ def test_protected_documents_can_keep_their_upsampling() -> None:
     import numpy as np
     import pyarrow as pa
 
-    from glia.curation.replay import POOL_SCHEMA, STATE_SCHEMA, Pool, ReplayParams, build_set
+    from glia.curation.replay import Pool, ReplayParams, build_set
+    from glia.storage.replay import POOL_SCHEMA, STATE_SCHEMA
 
     t = pq.read_table(CORPUS / "night1", columns=["id", "source"])
     n = t.num_rows
@@ -117,7 +118,8 @@ def test_tied_scores_do_not_make_every_document_salient() -> None:
     import numpy as np
     import pyarrow as pa
 
-    from glia.curation.replay import POOL_SCHEMA, STATE_SCHEMA, Pool, ReplayParams, build_set
+    from glia.curation.replay import Pool, ReplayParams, build_set
+    from glia.storage.replay import POOL_SCHEMA, STATE_SCHEMA
 
     t = pq.read_table(CORPUS / "night1", columns=["id", "label"])
     n = t.num_rows

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import NIGHTS, glia, query, run_night
 from glia.engine.config import GliaConfig
-from glia.engine.pipeline import view_sources
+from glia.engine.pipeline import NightParts, view_sources
 from glia.storage.catalog import Catalog
 from glia.storage.lock import RunInProgressError, RunLock
 
@@ -84,7 +84,7 @@ def test_run_lock_held_by_another_process(tmp_path: Path) -> None:
 def test_database_open_in_another_process(tmp_path: Path) -> None:
     db = tmp_path / "glia.duckdb"
     with Catalog(db) as cat:  # an existing (empty) Glia database
-        cat.migrate(view_sources(GliaConfig()))
+        cat.migrate(view_sources(NightParts.build(GliaConfig())))
     with holder(HOLD_DUCKDB, db, tmp_path):
         res = glia(["run", str(NIGHTS[1]), "--db", str(db)], tmp_path)
         out = res.stdout + res.stderr

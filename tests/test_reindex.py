@@ -19,10 +19,10 @@ import pytest
 
 from conftest import NIGHTS, REPO, query, run_night
 from glia.cli import main as cli
-from glia.engine.config import GliaConfig, NearDup
+from glia.curation.dedup import NearDup
+from glia.engine.config import GliaConfig
 from glia.curation.dedup import band_keys
-from glia.stages.dedup import dedup_params
-from glia.engine.reindex import LEGACY_NEAR_DUP, SchemeMismatch
+from glia.engine.reindex import LEGACY_NEAR_DUP, SchemeMismatch, dedup_stage
 from glia.taggers.minhash import MinHashTagger
 from glia.core.text import shingle_hashes, word_hashes
 
@@ -65,8 +65,8 @@ def edited_copies(tmp: Path, n: int = 40) -> tuple[Path, dict[str, str]]:
 def test_an_old_default_database_keeps_its_scheme_and_reindex_moves_it(tmp_path: Path) -> None:
     legacy_rules = tmp_path / "legacy.toml"
     legacy_rules.write_text(LEGACY_RULES)
-    legacy_params = dedup_params(load(legacy_rules))
-    new_params = dedup_params(GliaConfig())
+    legacy_params = dedup_stage(load(legacy_rules)).scheme()
+    new_params = dedup_stage(GliaConfig()).scheme()
     assert legacy_params != new_params
 
     # An "old" database: nights 1-2 with the previous defaults; a reference run all legacy.
@@ -148,7 +148,7 @@ def test_legacy_scheme_constant_is_the_previous_default() -> None:
 
 
 def test_documented_curve_numbers_are_the_codes() -> None:
-    """The numbers config.py's docstring and the README state for the default come from its formula."""
+    """The numbers config.py's docstring and docs/reference.md state for the default come from its formula."""
     nd = NearDup()
     doc = " ".join((NearDup.__doc__ or "").split())
     stated = {float(s): float(p) for s, p in re.findall(r"Jaccard (0\.\d) becomes a candidate with probability (0\.\d+)", doc)}
@@ -156,8 +156,8 @@ def test_documented_curve_numbers_are_the_codes() -> None:
     assert len(stated) >= 4, doc
     for s, p in stated.items():
         assert nd.candidate_probability(s) == pytest.approx(p, abs=6e-4), s
-    readme = (REPO / "README.md").read_text()
-    table = re.findall(r"\| (0\.\d+) \| (0\.\d+) \|", readme.split("Candidate probability")[1][:2000])
+    reference = (REPO / "docs" / "reference.md").read_text()
+    table = re.findall(r"\| (0\.\d+) \| (0\.\d+) \|", reference.split("Candidate probability")[1][:2000])
     assert len(table) >= 5
     for s, p in table:
         assert nd.candidate_probability(float(s)) == pytest.approx(float(p), abs=6e-4), s

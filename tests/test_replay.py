@@ -14,10 +14,9 @@ import pytest
 from scipy.stats import chisquare
 
 from conftest import NIGHTS, open_db, query, run_night
-from glia.curation.replay import (
-    POOL_SCHEMA, STATE_SCHEMA, TERMS, Pool, ReplayParams, build_from_catalog, build_set, export_set,
-    retention_factor,
-)
+from glia.curation.replay import TERMS, Pool, ReplayParams, build_set, retention_factor
+from glia.engine.replay import build_from_catalog, export_set
+from glia.storage.replay import POOL_SCHEMA, STATE_SCHEMA
 
 
 def example_pool(n: int, run_id: int = 3, new_every: int = 4, seed: int = 7) -> Pool:

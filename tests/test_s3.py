@@ -30,7 +30,8 @@ from conftest import NIGHTS, free_port, glia, query, run_night, wait_healthy  # 
 from glia.engine.config import ConfigError, GliaConfig, load_config  # noqa: E402
 from glia.engine.night import is_transient  # noqa: E402
 from glia.curation.dataloader import ReplayPlan, ShardTextReader, iter_replay  # noqa: E402
-from glia.curation.replay import ReplayParams, build_from_catalog  # noqa: E402
+from glia.curation.replay import ReplayParams  # noqa: E402
+from glia.engine.replay import build_from_catalog  # noqa: E402
 from glia.engine.ingest import ReadSpec, ShardRejected, read_documents, scan_ids  # noqa: E402
 from glia.storage.shards import discover, fingerprint, is_storage_error  # noqa: E402
 

@@ -18,8 +18,8 @@ import pytest
 
 from conftest import query
 from glia.stages import base as stages
-from glia.engine.config import GliaConfig
-from glia.engine.pipeline import RunContext
+from glia.stages import registry as stage_registry
+from glia.core.context import RunContext
 from glia.stages.base import StageInputs
 from glia.stages.surprise import SurpriseStage
 from glia.storage.catalog import Catalog, RunRecord, TagFile
@@ -61,13 +61,13 @@ def run_night(db: Path, run_id: int, docs: dict[str, tuple[str | None, float | N
     """One night of the stage over ``doc_id -> (source, loss or None = not scored)``."""
     stage = stage or SurpriseStage()
     state_dir = db.with_name("glia_data")
-    ctx = RunContext("shards", db, state_dir, GliaConfig(), run_id, datetime.now(timezone.utc))
+    ctx = RunContext("shards", db, state_dir, run_id, datetime.now(timezone.utc))
     ids = sorted(docs)
     shard = f"shard{run_id}"
     documents = pa.table({"doc_id": ids, "source": [docs[d][0] for d in ids], "shard_id": [shard] * len(ids)})
     files = {"lm": [_lm_file(state_dir, shard, [(d, docs[d][1]) for d in ids], run_id)]}
     with Catalog(db) as cat:
-        cat.migrate((), stages.migrations_for(["surprise"]))
+        cat.migrate((), stage_registry.migrations_for(["surprise"]))
         state = stage.load(cat.con, ctx)
     # The night plan is not read by this stage; the flow passes the real one.
     res = stages.run_stage(ctx, stage, state, StageInputs(documents, files, {}, []))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import re
 import unicodedata
+from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
 
@@ -85,9 +86,12 @@ class ClashTagger(Tagger):
 
 
 @pytest.fixture
-def isolated_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+def isolated_registry() -> Iterator[None]:
     """Registrations made by a test are undone after it (the registry is module state)."""
-    monkeypatch.setattr(registry, "_BUILTIN", dict(registry._BUILTIN))
+    before = set(registry.available())
+    yield
+    for name in set(registry.available()) - before:
+        registry.TAGGERS.unregister(name)
 
 
 # -- interface and registry --------------------------------------------------------------------
