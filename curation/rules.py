@@ -2,7 +2,7 @@
 
 The default rule reproduces the issue's wording::
 
-    keep if (novelty high or utility high) and not a duplicate and risk <= 0.5
+    keep if (novelty high or utility high) and not a duplicate and risk <= 0.69
     else queue for pruning
 
 It is built from *terms*. A term reads one column (``column``) of one tagger or stage output
@@ -11,7 +11,7 @@ It is built from *terms*. A term reads one column (``column``) of one tagger or 
 - ``keep_if_any``: value terms. A document has value if any of them fires. When at least one
   of them could be evaluated for a document and none fires, each evaluated one records its
   miss reason (``low_novelty``, ``low_utility``) and the document becomes a prune candidate.
-- ``prune_if_any``: each firing term records its reason (``near_dup_of:<id>``, ``risk>0.5``)
+- ``prune_if_any``: each firing term records its reason (``near_dup_of:<id>``, ``risk>0.69``)
   and makes the document a candidate.
 
 Thresholds are numbers, booleans, or ``"qP"``: the ``P`` quantile of tonight's non-null values
@@ -91,10 +91,11 @@ DEFAULT_TERMS: dict[str, dict[str, Any]] = {
                   "weight": 1.0},
     "near_dup": {"output": "near_dup", "column": "near_dup_of", "op": "not_null", "reason": "near_dup_of:{value}",
                  "weight": 0.5},
-    # 0.5 is the default risk model's own flag threshold (models.risk_lstm.DEFAULT_THRESHOLD): the
-    # built-in rule prunes what the default tagger flags. 0.8 (before) was set for the n-gram head
-    # and let almost nothing through the LSTM's scale (bench/quality_risk.py: ETHOS TPR 2.8 %).
-    "risk": {"output": "risk", "column": "risk", "op": ">", "threshold": 0.5, "reason": "risk>{threshold}", "weight": 1.0},
+    # 0.69 is the default risk model's own flag threshold (taggers.risk.default_threshold(): the mean
+    # of fine-tuned MiniLM and the LSTM, chosen on clean prose, models/data/risk-minilm): the
+    # built-in rule prunes what the default tagger flags (tests/test_risk_default.py checks they
+    # agree). It was 0.5 for the LSTM alone, and 0.8 for the n-gram head before that.
+    "risk": {"output": "risk", "column": "risk", "op": ">", "threshold": 0.69, "reason": "risk>{threshold}", "weight": 1.0},
     # Available, not in the default rule: add them to prune_if_any to use them.
     "quality": {"output": "quality", "column": "quality_pass", "op": "==", "threshold": False, "reason": "quality_failed",
                 "weight": 0.5},
@@ -136,7 +137,7 @@ def fraction(raw: Mapping[str, Any], key: str, default: float, where: str) -> fl
 
 def reason_key(reason: str) -> str:
     """The kind of a reason: its leading identifier (``near_dup_of:x`` -> ``near_dup_of``,
-    ``risk>0.5`` -> ``risk``). ``glia undo --reason`` and the restore memory match on it."""
+    ``risk>0.69`` -> ``risk``). ``glia undo --reason`` and the restore memory match on it."""
     m = _KEY.match(reason)
     return m.group(0) if m else reason
 
