@@ -371,6 +371,8 @@ def speed(opts: list[Option], n_docs: int = 300) -> dict[str, dict[str, float]]:
             continue
         t = RiskTagger(**o.tagger, device="cpu") if o.tagger["backend"].startswith("minilm") else RiskTagger(**o.tagger)
         if o.tagger["backend"] == "minilm-head":
+            t.bind({"embedding": emb_tagger, "risk": t})  # as registry.build binds it in a night
+            assert t.needs == ("embedding",), "minilm-head would embed the documents itself"
             with_emb = timed(lambda b: t.tag(embedded.slice(0, b.num_rows)))
             out[o.name] = {"with_embeddings": with_emb, "from_text": 1.0 / (1.0 / with_emb + 1.0 / emb_rate)}
         else:
@@ -485,7 +487,9 @@ def report(quick: bool = False, only: list[str] | None = None, minilm: bool = Fa
         matched = calibrated(prose_scores["calibration"])
         thr = matched if o.threshold is None else o.threshold
         row: dict = {"flag_threshold": round(thr, 4), "matched_threshold": round(matched, 4), "trained_on": o.trained_on,
-                     "in_platform": [f"heldout_{s}" for s in o.trained_sets] + (["davidson_test"] if "davidson" in o.trained_sets else []),
+                     # A MiniLM option's held-out columns are its fold models' (trained without that set).
+                     "in_platform": ([] if o.minilm else [f"heldout_{s}" for s in o.trained_sets])
+                     + (["davidson_test"] if "davidson" in o.trained_sets else []),
                      "sets": {}, "prose": {}}
         for set_name, (texts, y, idx) in labelled.items():
             s = scores_of(o, set_name, texts, idx)
