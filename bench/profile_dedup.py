@@ -49,7 +49,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 from bench_dedup import history_copy  # noqa: E402
 from night_path import glia_night  # noqa: E402
 
-from glia.engine.config import GliaConfig  # noqa: E402
+from glia.engine.config import GliaConfig, stage_params  # noqa: E402
 
 TIMES: dict[str, float] = defaultdict(float)
 # CPU seconds of the calling thread inside each step: on a shared, loaded machine wall time
@@ -196,7 +196,7 @@ def main() -> None:
         finally:
             shutil.rmtree(work, ignore_errors=True)
         print(f"repetition {rep + 1}/{args.repeat}: night {runs[-1]['night (wall)']:.2f} s", flush=True)
-    nd = cfg.near_dup
+    nd = stage_params("dedup", cfg.stage_params_for("dedup"))
     fl = floor(shards, nd.ngram, nd.num_perm)
     load_after = os.getloadavg()
     med = {k: statistics.median(r.get(k, 0.0) for r in runs) for k in runs[0]}
