@@ -11,7 +11,7 @@
     glia prune status [--db ...]              the prune queue by status
     glia manifest export --out FILE [--db ...]  the clean manifest (v_manifest) as Parquet
     glia reindex [--db ...] [--rules ...]     rebuild the near-dup history under the [stages.dedup] scheme
-    glia models train-risk [--out DIR] [--force]  train the default toxicity head of the risk tagger
+    glia models train-risk [--out DIR] [--force]  train the risk tagger's n-gram head (backend "ngram")
 
 Each command is one module of this package with ``NAME``, ``HELP``, ``add_arguments(parser)``
 and ``run(args, console) -> int``; adding a command is one module and one line in

@@ -15,13 +15,13 @@ HELP = "build model artefacts ahead of a run"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="models_cmd", required=True)
-    train_risk = sub.add_parser("train-risk", help="train the risk tagger's default toxicity head")
+    train_risk = sub.add_parser("train-risk", help="train the risk tagger's n-gram toxicity head (backend \"ngram\"; the default ships trained)")
     train_risk.add_argument("--out", type=Path, help="folder for the head (default: the model cache, .glia/models/risk)")
     train_risk.add_argument("--force", action="store_true", help="retrain even if the head for the current data exists")
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
-    """Build the risk tagger's default head now and report its held-out numbers."""
+    """Build the risk tagger's n-gram head (backend "ngram") now and report its held-out numbers."""
     from glia.models import risk_head
 
     head, folder, trained = risk_head.ensure(args.out, force=args.force)

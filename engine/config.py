@@ -144,10 +144,19 @@ def _check_taggers(cfg: GliaConfig, path: Path) -> None:
         if name not in known:
             where = "[run].taggers" if name in cfg.run.taggers else f"[taggers.{name}]"
             raise ConfigError(f"{path} {where}: unknown tagger {name!r}; registered taggers: {', '.join(known)}")
+    built = {}
     for name in cfg.run.taggers:
-        tagger = _built(path, "tagger", name, lambda: registry.build([name], {name: cfg.params_for(name)})[0])
+        tagger = built[name] = _built(path, "tagger", name, lambda: registry.build([name], {name: cfg.params_for(name)})[0])
         _check_requires(f"tagger {name!r}", tagger.requires, f"{path} [run].taggers")
         _check_clash(cfg, f"tagger {name!r}", tagger.schema().names[1:], path)
+    for name, tagger in built.items():  # what a tagger reads from the others
+        try:
+            tagger.bind(built)
+        except ValueError as exc:
+            raise ConfigError(f"{path} [taggers.{name}]: {exc}") from None
+        missing = sorted(set(tagger.needs) - set(built))
+        if missing:
+            raise ConfigError(f"{path} [run].taggers: tagger {name!r} needs {', '.join(map(repr, missing))}: add it")
 
 
 def _built(path: Path, kind: str, name: str, build: Callable[[], Any]) -> Any:

@@ -122,13 +122,15 @@ _PARAGRAPHS = re.compile(r"\n\s*\n")
 _PIECES = re.compile(r"[^\n.!?;:]*(?:[.!?;:]+[\"')\]]*|\n+|$)")
 
 
-def _split_long(text: str, max_chars: int) -> list[str]:
+def _split_long(text: str, max_chars: int, paragraphs: bool = True) -> list[str]:
     """Chunks of at most ``max_chars`` characters that never cross a paragraph break (a blank
     line): inside a paragraph, sentence-like pieces are packed greedily; a piece longer than the
     limit is cut at its last space before it. A toxic paragraph thus stays its own chunk instead of
-    being averaged with the clean sentences around it."""
+    being averaged with the clean sentences around it. With ``paragraphs=False`` sentences are
+    packed across paragraph breaks too (fewer, fuller windows: a play's one-line speeches or a
+    dictionary's short entries do not each become a window of their own)."""
     chunks: list[str] = []
-    for paragraph in _PARAGRAPHS.split(text):
+    for paragraph in (_PARAGRAPHS.split(text) if paragraphs else [text]):
         cur = ""
         for piece in _PIECES.findall(paragraph):
             piece = piece.strip()
@@ -152,9 +154,10 @@ def _split_long(text: str, max_chars: int) -> list[str]:
     return chunks or [text[:max_chars]]
 
 
-def chunk(texts: pa.Array | pa.ChunkedArray, max_chars: int) -> tuple[pa.Array, np.ndarray]:
+def chunk(texts: pa.Array | pa.ChunkedArray, max_chars: int, paragraphs: bool = True) -> tuple[pa.Array, np.ndarray]:
     """``(chunks, owner)``: texts of at most ``max_chars`` characters pass whole; longer ones are
-    cut at sentence ends. ``owner[i]`` is the index of the text chunk ``i`` came from, ascending."""
+    cut at sentence ends (and at paragraph breaks unless ``paragraphs=False``, see :func:`_split_long`).
+    ``owner[i]`` is the index of the text chunk ``i`` came from, ascending."""
     if max_chars < 20:
         raise ValueError(f"max_chars must be at least 20 (a chunk needs a few words), got {max_chars}")
     texts = texts.combine_chunks() if isinstance(texts, pa.ChunkedArray) else texts
@@ -165,7 +168,7 @@ def chunk(texts: pa.Array | pa.ChunkedArray, max_chars: int) -> tuple[pa.Array, 
     pieces = texts.to_pylist()
     per_text: list[list[str]] = [[s] for s in pieces]
     for i in long_rows:  # only the long texts take the Python path
-        per_text[i] = _split_long(pieces[i], max_chars)
+        per_text[i] = _split_long(pieces[i], max_chars, paragraphs)
     counts = np.fromiter(map(len, per_text), np.int64, len(per_text))
     flat = [c for cs in per_text for c in cs]
     return pa.array(flat, pa.string()), np.repeat(np.arange(len(per_text)), counts)

@@ -90,6 +90,13 @@ class Tagger(abc.ABC):
         """Tag a batch. ``batch`` has ``doc_id`` and non-null ``text``; the result has one
         row per input document and exactly :meth:`schema`'s columns."""
 
+    def bind(self, taggers: Mapping[str, Tagger]) -> None:
+        """See the run's other taggers (``taggers``: every configured one by name, this one
+        included) once all are built, and add to :attr:`needs` an output worth reusing (e.g. a
+        head reads the embedding tagger's vectors if they are the model it was trained on, and
+        runs that model itself otherwise). Raise ``ValueError`` if the configuration cannot work.
+        Called by ``registry.build``; the default needs nothing more."""
+
     def for_night(self, night: NightInfo) -> Tagger:
         """The tagger as configured for one night (e.g. a sampling rate from tonight's size, or
         the run date). Whatever it binds must show up in :meth:`config`, which keys the cache.

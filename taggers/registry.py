@@ -35,13 +35,17 @@ register = TAGGERS.register
 def build(names: Iterable[str], params: Mapping[str, Mapping[str, Any]] | None = None) -> list[Tagger]:
     """Instantiate taggers by name, passing each its own parameter table (from the rules file).
 
-    Raises ``KeyError`` naming the unknown tagger and the known ones, and ``ValueError`` if two
-    taggers would write the same tag column (the ``v_documents`` join needs unique columns).
+    Each tagger then sees the others (``Tagger.bind``). Raises ``KeyError`` naming the unknown
+    tagger and the known ones, and ``ValueError`` if two taggers would write the same tag column
+    (the ``v_documents`` join needs unique columns) or one cannot work with the others.
     """
     params = params or {}
     taggers: list[Tagger] = []
     for name in names:
         taggers.append(factory(name)(**dict(params.get(name, {}))))
+    by_name = {t.name: t for t in taggers}
+    for t in taggers:
+        t.bind(by_name)
     seen: dict[str, str] = {}
     for t in taggers:
         for col in t.schema().names[1:]:

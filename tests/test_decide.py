@@ -119,7 +119,7 @@ def test_a_protected_document_with_every_prune_reason_is_never_queued(tmp_path: 
     out = run_decide(tmp_path, stage, docs, outputs)
     d = decisions(out)
     fired = ["low_novelty", "low_utility", f"exact_dup_of:{near[target]}", f"near_dup_of:{near[target]}",
-             "risk>0.5", "quality_failed", "stale"]
+             "risk>0.69", "quality_failed", "stale"]
     t = d[target]
     assert t["action"] == "keep" and t["protected"]
     assert {"key_memory", "safety_critical"} <= set(t["strata"])
@@ -136,7 +136,7 @@ def test_a_protected_document_with_every_prune_reason_is_never_queued(tmp_path: 
     assert c["action"] == "prune" and control in queued
     assert [r for r in c["reasons"] if not r.startswith("no_")] == [
         "low_novelty", "low_utility", f"exact_dup_of:{near[control]}", f"near_dup_of:{near[control]}",
-        "risk>0.5", "quality_failed", "stale"]
+        "risk>0.69", "quality_failed", "stale"]
     prot = w["protected"].to_pylist()
     assert {"run_id": 1, "doc_id": target, "stratum": "key_memory", "reason": f"id file {id_file}"} in prot
     assert {r["doc_id"] for r in prot} == {i for i, r in d.items() if r["protected"]}
@@ -180,7 +180,7 @@ def test_restored_documents_are_not_requeued_for_the_same_kind_of_reason(tmp_pat
     cap = {"night": 1.0, "source": 1.0}
     d = decisions(run_decide(tmp_path / "1", DecideStage(cap=cap), docs, outputs, run_id=2, setup_sql=restored))
     assert d[a]["action"] == "keep" and f"restored overrode near_dup_of:{near[a]}" in d[a]["reasons"]
-    assert d[b]["action"] == "prune" and "risk>0.5" in d[b]["reasons"]  # a new kind of reason queues it again
+    assert d[b]["action"] == "prune" and "risk>0.69" in d[b]["reasons"]  # a new kind of reason queues it again
     d = decisions(run_decide(tmp_path / "2", DecideStage(cap=cap, requeue_restored=True), docs, outputs, run_id=2,
                              setup_sql=restored))
     assert d[a]["action"] == "prune"

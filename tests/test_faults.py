@@ -339,7 +339,7 @@ class Lab:
 
 
 # Every tagger and stage, with the fast settings of each (static embeddings, a 4-document LM
-# sample of 32 tokens): the tables and files that only they write (bank, surprise traces,
+# sample of 32 tokens, the numpy LSTM for risk): the tables and files that only they write (bank, surprise traces,
 # decisions, queue, protected strata, replay sets) must come back identical too.
 FULL_RULES = """[run]
 batch_size = 24
@@ -349,6 +349,8 @@ stages = ["dedup", "novelty", "semantic_dedup", "surprise", "decide", "replay"]
 path = "%s"
 [taggers.embedding]
 model = "static"
+[taggers.risk]
+backend = "lstm"
 [taggers.lang]
 expected = ["en"]
 [taggers.lm]

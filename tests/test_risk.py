@@ -162,7 +162,7 @@ def test_empty_batch_and_registry(tagger) -> None:
     assert empty.num_rows == 0 and empty.schema == tagger.schema()
     (t,) = registry.build(["risk"], {"risk": {"threshold": 0.9, "max_chars": 500}})
     assert isinstance(t, RiskTagger) and t.config()["threshold"] == 0.9 and t.config()["max_chars"] == 500
-    with pytest.raises(ValueError, match=r"\[taggers.risk\].backend: expected one of 'default', 'ngram', 'detoxify'"):
+    with pytest.raises(ValueError, match=r"\[taggers.risk\].backend: expected one of 'default', 'minilm-lstm', 'minilm', 'minilm-head', 'lstm', 'ngram', 'detoxify'"):
         RiskTagger(backend="perspective")
     with pytest.raises(ValueError, match="needs checkpoint"):
         RiskTagger(backend="detoxify")

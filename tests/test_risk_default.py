@@ -1,9 +1,13 @@
-"""The ``risk`` tagger's default: the Wikipedia-trained LSTM shipped in ``tox-block``, run in numpy.
+"""The ``risk`` tagger's default and its ``lstm`` backend, on posts their models never saw.
 
-It separates toxic from clean posts of another platform (``fixtures/risk_crossplatform.csv``:
-tweets from Davidson's train split, which no benchmark report uses; see the builder script),
-leaves clean prose alone, reproduces Keras' tokenizer and LSTM (checked against torch's LSTM on
-the same weights), and names its weights in the tags' cache key.
+- The default (``taggers.risk.DEFAULT_BACKEND``) separates toxic from clean posts none of its
+  models trained on (``fixtures/risk_heldout.csv``: 40 HateXplain posts, tweets and Gab, that
+  ``bench/risk_sets.py`` keeps out of every training set; see its builder script), leaves clean
+  prose alone, and the built-in prune term prunes exactly what it flags.
+- The ``lstm`` backend (the Wikipedia-trained LSTM shipped in ``tox-block``, run in numpy)
+  separates posts of another platform (``fixtures/risk_crossplatform.csv``: tweets from Davidson's
+  train split), reproduces Keras' tokenizer and LSTM (checked against torch's LSTM on the same
+  weights), and names its weights in the tags' cache key.
 """
 
 from __future__ import annotations
@@ -17,9 +21,11 @@ import pytest
 
 from glia.models import risk_head as risk_model
 from glia.models import risk_lstm
+from glia.taggers import risk as risk_tagger
 from glia.taggers.risk import RiskTagger
 
 FIXTURE = Path(__file__).parent / "fixtures" / "risk_crossplatform.csv"
+HELDOUT = Path(__file__).parent / "fixtures" / "risk_heldout.csv"
 SEED = 7
 
 
@@ -29,6 +35,11 @@ def docs(texts: list[str]) -> pa.Table:
 
 @pytest.fixture(scope="module")
 def tagger() -> RiskTagger:
+    return RiskTagger(backend="lstm")
+
+
+@pytest.fixture(scope="module")
+def default() -> RiskTagger:
     return RiskTagger()
 
 
@@ -38,34 +49,70 @@ def fixture() -> tuple[list[str], np.ndarray]:
     return t["text"].to_pylist(), t["label"].to_numpy()
 
 
-def test_the_default_is_the_packaged_lstm(tagger) -> None:
+@pytest.fixture(scope="module")
+def heldout() -> tuple[list[str], np.ndarray]:
+    t = pacsv.read_csv(HELDOUT)
+    return t["text"].to_pylist(), t["label"].to_numpy()
+
+
+def test_the_default_backend(default) -> None:
+    cfg = default.config()
+    assert RiskTagger.version == "3" and cfg["backend"] == risk_tagger.DEFAULT_BACKEND
+    assert cfg["model"].startswith("minilm-lstm-tox_block@") and len(cfg["model"].split("@")[1]) == 16
+    assert cfg["threshold"] == risk_tagger.default_threshold()
+    assert RiskTagger(backend="default").config() == cfg
+
+
+def test_the_lstm_backend_is_the_packaged_lstm(tagger) -> None:
     cfg = tagger.config()
-    assert RiskTagger.version == "2" and cfg["backend"] == "default"
+    assert cfg["backend"] == "lstm"
     assert cfg["model"].startswith("lstm-tox_block@") and len(cfg["model"].split("@")[1]) == 16
     assert cfg["threshold"] == risk_lstm.DEFAULT_THRESHOLD and cfg["max_chars"] == risk_lstm.DEFAULT_MAX_CHARS
-    other = RiskTagger(lstm_model="toxic_classifier").config()["model"]
+    other = RiskTagger(backend="lstm", lstm_model="toxic_classifier").config()["model"]
     assert other.startswith("lstm-toxic_classifier@") and other.split("@")[1] != cfg["model"].split("@")[1]
     with pytest.raises(ValueError, match="lstm_model must be one of"):
         RiskTagger(lstm_model="perspective")
 
 
-def test_the_built_in_prune_term_prunes_what_the_default_flags(tagger, fixture) -> None:
-    """The rule's ``risk`` term and the default tagger's flag share one threshold, so a flagged
-    document is a prune candidate (before, 0.8 was set for the n-gram head and the LSTM's scores
-    almost never passed it)."""
+def test_the_built_in_prune_term_prunes_what_the_default_flags(default, heldout) -> None:
+    """The rule's ``risk`` term and the default tagger's flag share one threshold (the default
+    model's own, chosen on clean prose), so a flagged document is a prune candidate."""
     from glia.curation.rules import Rules, decide
 
-    assert Rules.from_config({}).terms["risk"].threshold.value == tagger.threshold == risk_lstm.DEFAULT_THRESHOLD
-    texts, labels = fixture
-    risk = tagger.scores(pa.array(texts, pa.string()))
+    term = Rules.from_config({}).terms["risk"].threshold.value
+    assert term == default.threshold == risk_tagger.default_threshold()
+    texts, labels = heldout
+    risk = default.tag(docs(texts))["risk"].to_numpy()
     tags = pa.table({"doc_id": [f"d{i}" for i in range(len(texts))], "source": ["fixture"] * len(texts),
                      "risk": pa.array(risk, pa.float32())})
-    pruned = np.array(["risk>0.5" in r for r in decide(tags, Rules.from_config({})).table["prune_reasons"].to_pylist()])
-    np.testing.assert_array_equal(pruned, risk > tagger.threshold)
-    assert pruned[labels == 1].sum() > 0 and pruned[labels == 0].sum() == 0
+    pruned = np.array([f"risk>{term}" in r for r in decide(tags, Rules.from_config({})).table["prune_reasons"].to_pylist()])
+    np.testing.assert_array_equal(pruned, risk > default.threshold)
+    assert pruned[labels == 1].sum() >= 5 and pruned[labels == 0].sum() <= 1, risk
 
 
-def test_default_separates_posts_of_another_platform(tagger, fixture) -> None:
+def test_default_separates_posts_it_never_trained_on(default, heldout) -> None:
+    texts, labels = heldout
+    assert len(texts) == 40 and labels.sum() == 20
+    out = default.tag(docs(texts))
+    risk = out["risk"].to_numpy()
+    assert np.all((risk >= 0) & (risk <= 1)) and not np.isnan(risk).any()
+    # Measured 0.775 (HateXplain is lower-cased, without punctuation; the fold that held all of it
+    # out scored 0.69-0.70): well above chance, and above the LSTM it replaced (0.675 here).
+    auc = risk_model.roc_auc(labels, risk)
+    assert auc >= 0.75 and auc > risk_model.roc_auc(labels, RiskTagger(backend="lstm").scores(pa.array(texts))), risk
+    np.testing.assert_array_equal(out["risk_flag"].to_numpy(zero_copy_only=False), risk >= default.threshold)
+    assert set(out["risk_model"].to_pylist()) == {default.model_id()}
+
+
+def test_default_leaves_clean_prose_alone(default) -> None:
+    """Held-out literary paragraphs of the example corpus (nights 2-3): at most 1 % flagged."""
+    t = risk_model.heldout_prose()
+    rows = np.random.default_rng(SEED).choice(t.num_rows, 300, replace=False)
+    risk = default.tag(docs(t["text"].take(rows).to_pylist()))["risk"].to_numpy()
+    assert np.mean(risk >= default.threshold) <= 0.01 and np.median(risk) < 0.2
+
+
+def test_lstm_separates_posts_of_another_platform(tagger, fixture) -> None:
     texts, labels = fixture
     assert len(texts) == 40 and labels.sum() == 20
     out = tagger.tag(docs(texts))
@@ -80,7 +127,7 @@ def test_default_separates_posts_of_another_platform(tagger, fixture) -> None:
     assert set(out["risk_model"].to_pylist()) == {tagger.model_id()}
 
 
-def test_default_leaves_clean_prose_alone(tagger) -> None:
+def test_lstm_leaves_clean_prose_alone(tagger) -> None:
     """Held-out literary paragraphs of the example corpus (nights 2-3): at most 1 % flagged."""
     t = risk_model.heldout_prose()
     rows = np.random.default_rng(SEED).choice(t.num_rows, 300, replace=False)
@@ -98,7 +145,7 @@ def test_a_toxic_post_inside_a_long_document_is_found(tagger, fixture) -> None:
     out = tagger.tag(docs(["\n\n".join(prose), long_doc]))["risk"].to_numpy()
     assert out[0] < tagger.threshold <= out[1], out
     # Unchunked, the LSTM reads only the last 100 words and misses it: the reason for chunks.
-    whole = RiskTagger(max_chars=1_000_000).tag(docs([long_doc]))["risk"].to_numpy()
+    whole = RiskTagger(backend="lstm", max_chars=1_000_000).tag(docs([long_doc]))["risk"].to_numpy()
     assert whole[0] < tagger.threshold
 
 
@@ -135,4 +182,4 @@ def test_numpy_lstm_matches_torch_on_the_same_weights(fixture) -> None:
 def test_missing_package_says_how_to_install(monkeypatch) -> None:
     monkeypatch.setitem(risk_lstm.PACKAGES, "tox_block", ("tox-block==0.1.2", "no_such_module_here", "x", "y", "sigmoid"))
     with pytest.raises(FileNotFoundError, match="pip install --no-deps tox-block==0.1.2"):
-        RiskTagger()
+        RiskTagger(backend="lstm")

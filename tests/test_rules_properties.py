@@ -190,7 +190,7 @@ def test_a_protected_document_with_every_prune_reason_keeps_and_shows_each_overr
                      "strata": pa.array([["key_memory", "safety_critical"], [], [], []], pa.list_(pa.string()))})
     rows = rows_by_id(decide(tags, rules).table)
     a, b = rows["doc-a"], rows["doc-b"]
-    fired = ["low_novelty", "low_utility", "exact_dup_of:doc-c", "near_dup_of:doc-d", "risk>0.5", "quality_failed", "stale"]
+    fired = ["low_novelty", "low_utility", "exact_dup_of:doc-c", "near_dup_of:doc-d", "risk>0.69", "quality_failed", "stale"]
     assert a["action"] == KEEP and a["protected"] and a["prune_reasons"] == fired
     assert [x for x in a["reasons"] if "overrode" in x] == [f"protected:key_memory,safety_critical overrode {x}" for x in fired]
     assert b["action"] == PRUNE and b["prune_reasons"] == fired and not b["protected"]

@@ -106,7 +106,8 @@ def test_builtin_taggers_are_registered() -> None:
 # model taggers (embedding, lm) check the same contract in their own test files on fewer rows.
 CHEAP = ["exact", "minhash", "quality", "risk", "staleness", "pii", "decontaminate"]
 # decontaminate with the demo's eval set (Debian fortunes), so that its tags are not all empty.
-CHEAP_PARAMS = {"decontaminate": {"sets": {"fortunes": {"path": str(Path(__file__).resolve().parents[1] / "examples"
+# risk on its numpy LSTM backend (the default's MiniLM pass is tested in test_risk_minilm.py).
+CHEAP_PARAMS = {"risk": {"backend": "lstm"}, "decontaminate": {"sets": {"fortunes": {"path": str(Path(__file__).resolve().parents[1] / "examples"
                                                               / "eval" / "fortunes.parquet")}}}}
 
 
