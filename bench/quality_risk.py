@@ -378,6 +378,10 @@ def speed(opts: list[Option], n_docs: int = 300) -> dict[str, dict[str, float]]:
         else:
             rate = timed(t.tag)
             out[o.name] = {"with_embeddings": rate, "from_text": rate}
+        if o.tagger["backend"] in ("minilm", "minilm-lstm") and t.resolved_dtype() != "float32":
+            # The float32 reference beside the default dtype (bf16 on a CPU with native bf16).
+            rate = timed(RiskTagger(**o.tagger, device="cpu", dtype="float32").tag)
+            out[f"{o.name}, float32"] = {"with_embeddings": rate, "from_text": rate}
     return {k: {m: round(v, 1) for m, v in r.items()} for k, r in out.items()}
 
 

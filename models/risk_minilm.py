@@ -233,8 +233,13 @@ class FineTuned:
             cache[device] = top.to(device).eval()
         return cache[device]
 
-    def predict(self, texts: list[str], batch_size: int = 64, device: str = "cpu") -> np.ndarray:
-        """Probability of toxicity per text (each read to :data:`MAX_TOKENS` tokens), longest first in batches."""
+    def predict(self, texts: list[str], batch_size: int = 64, device: str = "cpu", dtype: str = "float32") -> np.ndarray:
+        """Probability of toxicity per text (each read to :data:`MAX_TOKENS` tokens), longest first in batches.
+
+        ``dtype = "bfloat16"`` runs the matrix products in bf16 (autocast; the weights stay float32):
+        3.2x faster on a CPU with native bf16, scores within 0.007 of float32 (``docs/risk.md``)."""
+        import contextlib
+
         import torch
 
         tok, base, lock = load_base(device)
@@ -243,7 +248,9 @@ class FineTuned:
         lengths = np.fromiter(map(len, ids), np.int64, len(ids))
         order = np.argsort(-lengths, kind="stable")
         out = np.empty(len(texts), np.float32)
-        with lock, torch.inference_mode():
+        precision = (torch.autocast("cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16)
+                     if dtype == "bfloat16" else contextlib.nullcontext())
+        with lock, torch.inference_mode(), precision:
             for start in range(0, len(order), batch_size):
                 idx = order[start:start + batch_size]
                 x, mask = padded(ids, lengths, idx)
@@ -252,13 +259,14 @@ class FineTuned:
                 out[idx] = torch.sigmoid(top_logits(base, top, h, mask)).float().cpu().numpy()
         return out
 
-    def score(self, texts: Any, max_chars: int | None = None, batch_size: int = 64, device: str = "cpu") -> np.ndarray:
+    def score(self, texts: Any, max_chars: int | None = None, batch_size: int = 64, device: str = "cpu",
+              dtype: str = "float32") -> np.ndarray:
         """Per document, its worst sentence window's probability (windows of at most ``max_chars``,
         default the model's own :attr:`max_chars`; ``models.risk_head.chunk``)."""
         from glia.models.risk_head import chunk, max_by_owner
 
         chunks, owner = chunk(texts, max_chars or self.max_chars, paragraphs=not self.packed)
-        return max_by_owner(self.predict(chunks.to_pylist(), batch_size, device), owner, len(texts))
+        return max_by_owner(self.predict(chunks.to_pylist(), batch_size, device, dtype), owner, len(texts))
 
 
 # -- the shipped models ------------------------------------------------------------------------------
