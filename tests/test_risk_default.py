@@ -104,14 +104,6 @@ def test_default_separates_posts_it_never_trained_on(default, heldout) -> None:
     assert set(out["risk_model"].to_pylist()) == {default.model_id()}
 
 
-def test_default_leaves_clean_prose_alone(default) -> None:
-    """Held-out literary paragraphs of the example corpus (nights 2-3): at most 1 % flagged."""
-    t = risk_model.heldout_prose()
-    rows = np.random.default_rng(SEED).choice(t.num_rows, 300, replace=False)
-    risk = default.tag(docs(t["text"].take(rows).to_pylist()))["risk"].to_numpy()
-    assert np.mean(risk >= default.threshold) <= 0.01 and np.median(risk) < 0.2
-
-
 def test_lstm_separates_posts_of_another_platform(tagger, fixture) -> None:
     texts, labels = fixture
     assert len(texts) == 40 and labels.sum() == 20
@@ -127,12 +119,16 @@ def test_lstm_separates_posts_of_another_platform(tagger, fixture) -> None:
     assert set(out["risk_model"].to_pylist()) == {tagger.model_id()}
 
 
-def test_lstm_leaves_clean_prose_alone(tagger) -> None:
-    """Held-out literary paragraphs of the example corpus (nights 2-3): at most 1 % flagged."""
+@pytest.mark.parametrize(("backend", "median_below"), [("default", 0.2), ("tagger", 0.1)],
+                         ids=["default", "lstm"])
+def test_leaves_clean_prose_alone(request, backend: str, median_below: float) -> None:
+    """Held-out literary paragraphs of the example corpus (nights 2-3): at most 1 % flagged, by
+    the default and by the ``lstm`` backend."""
+    scorer = request.getfixturevalue(backend)
     t = risk_model.heldout_prose()
     rows = np.random.default_rng(SEED).choice(t.num_rows, 300, replace=False)
-    risk = tagger.tag(docs(t["text"].take(rows).to_pylist()))["risk"].to_numpy()
-    assert np.mean(risk >= tagger.threshold) <= 0.01 and np.median(risk) < 0.1
+    risk = scorer.tag(docs(t["text"].take(rows).to_pylist()))["risk"].to_numpy()
+    assert np.mean(risk >= scorer.threshold) <= 0.01 and np.median(risk) < median_below
 
 
 def test_a_toxic_post_inside_a_long_document_is_found(tagger, fixture) -> None:
