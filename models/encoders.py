@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from glia.core.runtime import file_stamps, hash_files, model_cache_dir, native_bf16
+from glia.models import hf
 
 SENTENCE_TRANSFORMERS, MODEL2VEC = "sentence-transformers", "model2vec"
 # How a transformer model runs; a static (model2vec) model is a table lookup and has none.
@@ -294,11 +295,12 @@ _ONNX_COMPLETE = "glia-onnx.json"
 
 
 def _sentence_transformer(path: Path, device: str) -> Any:
-    from sentence_transformers import SentenceTransformer
-    from transformers.utils import logging as hf_logging
+    with hf.LOCK:  # transformers' lazy imports are not thread-safe (models.hf)
+        from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # a nightly log wants no weight-loading bars
-    m = SentenceTransformer(str(path), device=device, local_files_only=True)
+        hf_logging.disable_progress_bar()  # a nightly log wants no weight-loading bars
+        m = SentenceTransformer(str(path), device=device, local_files_only=True)
     m.eval()
     return m
 

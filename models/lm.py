@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from glia.core.runtime import dtype_name, model_cache_dir, pick_device
+from glia.models import hf
 
 if TYPE_CHECKING:
     import torch
@@ -505,7 +506,7 @@ def load_scoring_model(model: str = DEFAULT_MODEL, gguf_file: str | None = None,
     dev = pick_device(device)
     dtype = dtype_name(dev, dtype)
     key = (str(source.path), source.gguf_file, dev, dtype)
-    with _LOAD_LOCK:
+    with _LOAD_LOCK, hf.LOCK:  # hf.LOCK: transformers' lazy imports are not thread-safe
         if key in _LOADED:
             return _LOADED[key]
         import torch

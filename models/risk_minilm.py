@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from glia.models import hf
+
 MAX_TOKENS = 128  # what the embedding tagger reads by default ([taggers.embedding] max_tokens)
 DATA = Path(__file__).resolve().parent / "data" / "risk-minilm"
 
@@ -49,7 +51,7 @@ _BASE_LOCK = threading.Lock()
 
 def load_base(device: str = "cpu") -> tuple[Any, Any, threading.Lock]:
     """``(tokenizer, BertModel, lock)`` of the base model, loaded once per process and device."""
-    with _BASE_LOCK:
+    with _BASE_LOCK, hf.LOCK:  # hf.LOCK: transformers' lazy imports are not thread-safe
         if device not in _BASE:
             from transformers import AutoTokenizer, BertModel
             from transformers.utils import logging as hf_logging
@@ -122,7 +124,8 @@ def encode(texts: list[str], layers: tuple[int, ...] = (), batch_size: int = 64,
 def run_layers(model: Any, layers: Any, hidden: Any, mask: Any) -> Any:
     """``hidden`` through ``layers`` (BertLayer modules of ``model``) with padding masked as
     the model itself masks it."""
-    from transformers.masking_utils import create_bidirectional_mask
+    with hf.LOCK:
+        from transformers.masking_utils import create_bidirectional_mask
 
     attn = create_bidirectional_mask(config=model.config, inputs_embeds=hidden, attention_mask=mask)
     for layer in layers:
