@@ -32,6 +32,7 @@ import functools
 import inspect
 import json
 import os
+import resource
 import shutil
 import statistics
 import sys
@@ -55,6 +56,14 @@ TIMES: dict[str, float] = defaultdict(float)
 # CPU seconds of the calling thread inside each step: on a shared, loaded machine wall time
 # mostly measures waiting for a core, CPU time the step's own work.
 CPU: dict[str, float] = defaultdict(float)
+# Minor page faults of the calling thread inside each step. On a VM whose memory the host
+# backs lazily (this machine's), a first touch of a page costs ~10-30 us of system time, so
+# fresh memory is a cost of its own beside the arithmetic.
+FAULTS: dict[str, float] = defaultdict(float)
+
+
+def _thread_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
 
 
 def timed(label: str, fn):
@@ -66,26 +75,29 @@ def timed(label: str, fn):
         def gen(*a, **k):
             it = fn(*a, **k)
             while True:
-                t0, c0 = time.perf_counter(), time.thread_time()
+                t0, c0, f0 = time.perf_counter(), time.thread_time(), _thread_faults()
                 try:
                     item = next(it)
                 except StopIteration:
                     TIMES[label] += time.perf_counter() - t0
                     CPU[label] += time.thread_time() - c0
+                    FAULTS[label] += _thread_faults() - f0
                     return
                 TIMES[label] += time.perf_counter() - t0
                 CPU[label] += time.thread_time() - c0
+                FAULTS[label] += _thread_faults() - f0
                 yield item
         return gen
 
     @functools.wraps(fn)
     def wrapper(*a, **k):
-        t0, c0 = time.perf_counter(), time.thread_time()
+        t0, c0, f0 = time.perf_counter(), time.thread_time(), _thread_faults()
         try:
             return fn(*a, **k)
         finally:
             TIMES[label] += time.perf_counter() - t0
             CPU[label] += time.thread_time() - c0
+            FAULTS[label] += _thread_faults() - f0
     return wrapper
 
 
@@ -176,6 +188,7 @@ def main() -> None:
     cfg = GliaConfig()
     runs: list[dict[str, float]] = []
     cpus: list[dict[str, float]] = []
+    faults: list[dict[str, float]] = []
     for rep in range(args.repeat):
         work = Path(tempfile.mkdtemp(prefix="glia-profile-"))
         try:
@@ -189,10 +202,13 @@ def main() -> None:
                 shutil.copy2(s, bench_root / s.name)
             TIMES.clear()
             CPU.clear()
-            c0 = time.process_time()
+            FAULTS.clear()
+            c0, r0 = time.process_time(), resource.getrusage(resource.RUSAGE_SELF)
             seconds, _ = glia_night(bench_root, db, cfg, args.workers)
+            r1 = resource.getrusage(resource.RUSAGE_SELF)
             runs.append({"night (wall)": seconds, **TIMES})
-            cpus.append({"night (wall)": time.process_time() - c0, **CPU})
+            cpus.append({"night (wall)": time.process_time() - c0, "night: system": r1.ru_stime - r0.ru_stime, **CPU})
+            faults.append({"night (wall)": r1.ru_minflt - r0.ru_minflt, **FAULTS})
         finally:
             shutil.rmtree(work, ignore_errors=True)
         print(f"repetition {rep + 1}/{args.repeat}: night {runs[-1]['night (wall)']:.2f} s", flush=True)
@@ -201,6 +217,7 @@ def main() -> None:
     load_after = os.getloadavg()
     med = {k: statistics.median(r.get(k, 0.0) for r in runs) for k in runs[0]}
     cpu = {k: statistics.median(r.get(k, 0.0) for r in cpus) for k in cpus[0]}
+    flt = {k: statistics.median(r.get(k, 0.0) for r in faults) for k in faults[0]}
     phases = ["phase: prepare", "phase: dedup stage", "phase: finalize", "finalize: summary", "finalize: record"]
     med["phase: ingest + tag (rest)"] = med["night (wall)"] - sum(med[p] for p in phases)
     cpu["phase: ingest + tag (rest)"] = float("nan")
@@ -208,6 +225,7 @@ def main() -> None:
     report = {"docs": sum(pq.read_metadata(s).num_rows for s in shards), "workers": args.workers,
               "repetitions": args.repeat, "median_seconds": {k: round(v, 3) for k, v in med.items()},
               "median_cpu_seconds": {k: round(v, 3) for k, v in cpu.items() if v == v},
+              "median_minor_faults": {k: int(v) for k, v in flt.items()},
               "each": [{k: round(v, 3) for k, v in r.items()} for r in runs], "floor": fl,
               "loadavg_before": [round(x, 2) for x in load_before], "loadavg_after": [round(x, 2) for x in load_after],
               "machine": state}
@@ -216,9 +234,11 @@ def main() -> None:
     print(f"\n{report['docs']} docs, {args.workers} workers, median of {args.repeat}; load "
           f"{load_before[0]:.1f} -> {load_after[0]:.1f} on {os.cpu_count()} cores: {state}")
     order = ["night (wall)", "phase: prepare", "phase: ingest + tag (rest)", "phase: dedup stage", "phase: finalize"]
-    print(f"  {'step':34s} {'wall s':>8s} {'CPU s':>8s}  (CPU: the step's thread; night: the process, all threads)")
+    print(f"  {'step':34s} {'wall s':>8s} {'CPU s':>8s} {'faults':>8s}  (CPU, faults: the step's thread; "
+          "night: the process, all threads)")
+    print(f"  {'night: system CPU':34s} {'':8s} {cpu['night: system']:8.3f}")
     for k in order + sorted(k for k in med if k not in order):
-        print(f"  {k:34s} {med[k]:8.3f} {cpu.get(k, float('nan')):8.3f}")
+        print(f"  {k:34s} {med[k]:8.3f} {cpu.get(k, float('nan')):8.3f} {flt.get(k, float('nan')):8.0f}")
     print(f"floor: {fl}")
 
 

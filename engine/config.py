@@ -37,6 +37,7 @@ from typing import Any
 
 from glia.core.context import Columns
 from glia.core.extras import install_hint, missing_extra
+from glia.core.hugepages import check_mode as check_huge_pages
 from glia.core.params import ConfigError, build_params
 
 log = logging.getLogger(__name__)
@@ -76,10 +77,15 @@ class RunOptions:
     # catalog, so those come from the environment or the provider's own files (see
     # `check_storage_options`). Not hashed: where the bytes come from is not what they say.
     storage_options: dict[str, Any] = field(default_factory=dict, hash=False)
+    # "off": the night opts its process out of transparent huge pages while it runs
+    # (core.hugepages: a fresh huge page is zeroed whole, a quarter of the dedup night's CPU on
+    # the benchmark VM); "system": leave the kernel's setting. Never changes results (not hashed).
+    huge_pages: str = "off"
 
 
 # RunOptions keys that choose where work runs, not what it computes (left out of the hash).
-EXECUTION_KEYS = ("orchestrator", "task_runner", "workers", "dask_address", "dask_gpu_resource", "storage_options")
+EXECUTION_KEYS = ("orchestrator", "task_runner", "workers", "dask_address", "dask_gpu_resource", "storage_options",
+                  "huge_pages")
 
 # Names (or parts of names) of fsspec arguments that carry secrets: s3fs key/secret/token,
 # botocore's aws_*, gcsfs token, adlfs account_key/sas_token/connection_string/client_secret.
@@ -294,4 +300,8 @@ def load_config(path: Path | str | None) -> GliaConfig:
     _check_stages(cfg, path)
     if cfg.run.batch_size < 1:
         raise ConfigError(f"{path} [run].batch_size must be >= 1")
+    try:
+        check_huge_pages(cfg.run.huge_pages, f"{path} [run].")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     return cfg

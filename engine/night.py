@@ -26,6 +26,7 @@ from typing import Any, Protocol, TypeVar
 
 from glia.core import faults
 from glia.core import progress
+from glia.core.hugepages import huge_pages
 from glia.stages import base as stages_mod
 from glia.stages import registry as stage_registry
 from glia.engine.config import GliaConfig
@@ -196,6 +197,12 @@ def run_night(shards_root: str | Path, db_path: str | Path, cfg: GliaConfig, sta
     if executor is None:
         with ThreadExecutor(cfg.run.workers) as own:
             return run_night(shards_root, db_path, cfg, state_dir, own)
+    with huge_pages(cfg.run.huge_pages):
+        return _run_night(shards_root, db_path, cfg, state_dir, executor)
+
+
+def _run_night(shards_root: str | Path, db_path: str | Path, cfg: GliaConfig, state_dir: str | Path | None,
+               executor: Executor) -> NightOutcome:
     t0 = time.monotonic()
     db = Path(db_path).resolve()
     state = Path(state_dir).resolve() if state_dir else default_state_dir(db)
