@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from glia.curation.dedup import (
-    NearDup, Tonight, clusters_and_matches, components, exact_groups, lsh_candidates, resolve, survivors,
+    NearDup, Tonight, _tonight_pairs, band_order, clusters_and_matches, components, exact_groups, lsh_candidates,
+    resolve, survivors,
 )
 from glia.storage.catalog import Segment
 from glia.storage.history import History, write_segments
@@ -198,3 +199,36 @@ def test_the_next_night_sees_one_cluster_after_a_merge(history) -> None:
     (row,) = res.near.to_pylist()
     assert row["near_dup_of"] == "x" and row["near_dup_cluster"] == "x" and row["near_dup_cluster_size"] == 4
     assert res.exact.to_pylist()[0]["exact_dup_of"] == "w" and res.segments["merges"].num_rows == 0
+
+
+# -- the sorts under the candidate step --------------------------------------------------------
+
+
+def _random_keys(seed: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Band keys with many ties (few distinct values), ascending row ids and a bucket cap."""
+    rng = np.random.default_rng(seed)
+    n, bands = int(rng.integers(0, 120)), int(rng.integers(1, 9))
+    keys = rng.integers(0, int(rng.choice([2, 5, 40, 2**63])), size=(n, bands), dtype=np.uint64)
+    idx = np.sort(rng.choice(5_000, size=n, replace=False)).astype(np.int64)
+    return keys, idx, int(rng.choice([2, 3, 6, 64]))
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_band_order_is_a_stable_sort_of_each_band(seed: int) -> None:
+    keys, _, _ = _random_keys(seed)
+    assert np.array_equal(band_order(keys), np.argsort(keys, axis=0, kind="stable").T)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_tonight_pairs_are_every_bucket_pair_or_the_star_on_its_smallest_id(seed: int) -> None:
+    keys, idx, cap = _random_keys(seed)
+    expected: set[tuple[int, int]] = set()
+    for b in range(keys.shape[1]):
+        for key in np.unique(keys[:, b]):
+            members = sorted(int(i) for i in idx[keys[:, b] == key])
+            if len(members) <= cap:
+                expected |= {(a, c) for k, a in enumerate(members) for c in members[k + 1:]}
+            else:
+                expected |= {(members[0], c) for c in members[1:]}
+    got = _tonight_pairs(keys, idx, cap)
+    assert [tuple(p) for p in got.tolist()] == sorted(expected)
