@@ -61,49 +61,86 @@ def _grouped(con: duckdb.DuckDBPyConnection, select: str, from_: str, extra_grou
     return con.execute(f"SELECT d.source, {select} FROM {from_} GROUP BY GROUPING SETS ((d.source), ())").fetchall()
 
 
-def _column_metrics(con: duckdb.DuckDBPyConnection, from_: str, col: str, typ: pa.DataType) -> dict[str, float]:
-    """Summary metrics of one tag column over the rows of ``from_`` (which joins ``d``)."""
+def _kind(typ: pa.DataType) -> str:
+    """How a tag column is summarised: ``true`` (booleans), ``mean`` (numbers), ``strings``
+    (per value when categorical, else a count), ``items`` (lists of reasons), ``skip`` (64-bit
+    hashes: an average says nothing) or ``count`` (timestamps, structs, binary: presence)."""
+    if pa.types.is_boolean(typ):
+        return "true"
+    if pa.types.is_uint64(typ):
+        return "skip"
+    if pa.types.is_integer(typ) or pa.types.is_floating(typ) or pa.types.is_decimal(typ):
+        return "mean"
+    if pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_dictionary(typ):
+        return "strings"
+    if pa.types.is_list(typ) or pa.types.is_large_list(typ):
+        value = typ.value_type
+        return "items" if pa.types.is_string(value) or pa.types.is_large_string(value) else "skip"
+    return "count"
+
+
+def _columns_metrics(con: duckdb.DuckDBPyConnection, from_: str, columns: Sequence[tuple[str, pa.DataType]]) -> dict[str, float]:
+    """Summary metrics of one tagger's tag columns over the rows of ``from_`` (which joins ``d``).
+
+    Every per-source aggregate of the tagger is one grouped scan, and the distinct counts of
+    its string columns one more: a query per column cost half of a dedup night's summary."""
+    out: dict[str, float] = {}
+    kinds = [(col, _kind(typ)) for col, typ in columns]
+    strings = [col for col, kind in kinds if kind == "strings"]
+    categorical = set()
+    if strings:
+        row = con.execute("SELECT " + ", ".join(f"count(DISTINCT t.{identifier(c)}), count(t.{identifier(c)})"
+                                                for c in strings) + f" FROM {from_}").fetchone()
+        for i, col in enumerate(strings):
+            # Categories repeat (keep/prune, a language); ids (exact_dup_of) mostly do not.
+            n_distinct, n_values = row[2 * i], row[2 * i + 1]
+            if 0 < n_distinct <= MAX_CATEGORIES and n_values >= 3 * n_distinct:
+                categorical.add(col)
+    aggregates: list[tuple[str, str, str]] = []  # (column, metric, SQL aggregate)
+    for col, kind in kinds:
+        c = f"t.{identifier(col)}"
+        if kind == "true":
+            aggregates.append((col, "true", f"count_if(coalesce({c}, false))"))
+        elif kind == "mean":
+            # fsum (Kahan) and 12 significant digits: a parallel scan adds in any order, and a
+            # rerun after a crash must record the same summary as an uninterrupted run.
+            aggregates.append((col, "mean", f"fsum(CASE WHEN isfinite({c}::DOUBLE) THEN {c}::DOUBLE END)"
+                                            f" / count(CASE WHEN isfinite({c}::DOUBLE) THEN 1 END)"))
+        elif kind == "count" or (kind == "strings" and col not in categorical):
+            aggregates.append((col, "count", f"count({c})"))
+    if aggregates:
+        for src, *values in _grouped(con, ", ".join(sql for _, _, sql in aggregates), from_):
+            for (col, metric, _), value in zip(aggregates, values):
+                if metric == "mean":
+                    if value is not None:
+                        out[_name(f"{PREFIX}tag.{col}.mean", src)] = float(f"{float(value):.12g}")
+                else:
+                    out[_name(f"{PREFIX}tag.{col}.{metric}", src)] = float(value)
+    for col, kind in kinds:
+        c = f"t.{identifier(col)}"
+        if col in categorical:
+            for src, value, n in _grouped(con, "count(*)", from_ + f" WHERE {c} IS NOT NULL", extra_group=c):
+                out[_name(f"{PREFIX}tag.{col}.value:{value}", src)] = float(n)
+        elif kind == "items":
+            out.update(_item_metrics(con, from_, col))
+    return out
+
+
+def _item_metrics(con: duckdb.DuckDBPyConnection, from_: str, col: str) -> dict[str, float]:
+    """Documents per reason kind of a list-of-strings tag column."""
     out: dict[str, float] = {}
     c = f"t.{identifier(col)}"
-    base = f"{PREFIX}tag.{col}"
-    if pa.types.is_boolean(typ):
-        for src, n in _grouped(con, f"count_if(coalesce({c}, false))", from_):
-            out[_name(f"{base}.true", src)] = float(n)
-    elif pa.types.is_uint64(typ):  # 64-bit hashes (text_hash): an average says nothing
-        pass
-    elif pa.types.is_integer(typ) or pa.types.is_floating(typ) or pa.types.is_decimal(typ):
-        # fsum (Kahan) and 12 significant digits: a parallel scan adds in any order, and a
-        # rerun after a crash must record the same summary as an uninterrupted run.
-        for src, mean in _grouped(con, f"fsum(CASE WHEN isfinite({c}::DOUBLE) THEN {c}::DOUBLE END)"
-                                       f" / count(CASE WHEN isfinite({c}::DOUBLE) THEN 1 END)", from_):
-            if mean is not None:
-                out[_name(f"{base}.mean", src)] = float(f"{float(mean):.12g}")
-    elif pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_dictionary(typ):
-        n_distinct, n_values = con.execute(f"SELECT count(DISTINCT {c}), count({c}) FROM {from_}").fetchone()
-        # Categories repeat (keep/prune, a language); ids (exact_dup_of) mostly do not.
-        if 0 < n_distinct <= MAX_CATEGORIES and n_values >= 3 * n_distinct:
-            for src, value, n in _grouped(con, "count(*)", from_ + f" WHERE {c} IS NOT NULL", extra_group=c):
-                out[_name(f"{base}.value:{value}", src)] = float(n)
-        else:
-            for src, n in _grouped(con, f"count({c})", from_):
-                out[_name(f"{base}.count", src)] = float(n)
-    elif pa.types.is_list(typ) or pa.types.is_large_list(typ):
-        if not (pa.types.is_string(typ.value_type) or pa.types.is_large_string(typ.value_type)):
-            return out
-        # A reason like "near_dup_of:<id>" or "risk>0.8" is counted by its kind (the leading word),
-        # once per document, so ids and thresholds do not make every reason its own row.
-        items = (f"(SELECT d.source, t.doc_id, regexp_extract(x.k, '^[A-Za-z_]+') AS k FROM {from_}, "
-                 f"unnest({c}) AS x(k)) AS i")
-        n_keys = con.execute(f"SELECT count(DISTINCT k) FROM {items}").fetchone()[0]
-        if 0 < n_keys <= MAX_CATEGORIES:
-            rows = con.execute(
-                f"SELECT source, k, count(DISTINCT doc_id) FROM {items} WHERE k <> '' "
-                "GROUP BY GROUPING SETS ((source, k), (k))").fetchall()
-            for src, key, n in rows:
-                out[_name(f"{base}.item:{key}", src)] = float(n)
-    else:  # timestamps, structs, binary: presence is what can be said generically
-        for src, n in _grouped(con, f"count({c})", from_):
-            out[_name(f"{base}.count", src)] = float(n)
+    # A reason like "near_dup_of:<id>" or "risk>0.8" is counted by its kind (the leading word),
+    # once per document, so ids and thresholds do not make every reason its own row.
+    items = (f"(SELECT d.source, t.doc_id, regexp_extract(x.k, '^[A-Za-z_]+') AS k FROM {from_}, "
+             f"unnest({c}) AS x(k)) AS i")
+    n_keys = con.execute(f"SELECT count(DISTINCT k) FROM {items}").fetchone()[0]
+    if 0 < n_keys <= MAX_CATEGORIES:
+        rows = con.execute(
+            f"SELECT source, k, count(DISTINCT doc_id) FROM {items} WHERE k <> '' "
+            "GROUP BY GROUPING SETS ((source, k), (k))").fetchall()
+        for src, key, n in rows:
+            out[_name(f"{PREFIX}tag.{col}.item:{key}", src)] = float(n)
     return out
 
 
@@ -142,13 +179,15 @@ def tonight_metrics(record: RunRecord) -> dict[str, float]:
             con.execute(f"CREATE OR REPLACE TEMP TABLE _summary_tags AS SELECT doc_id, "
                         f"{', '.join(identifier(c) for c in cols)} FROM {parquet_scan(sorted(files[key]))}")
             from_ = f"{d} JOIN _summary_tags AS t USING (doc_id)"
+            tags = []
             for col in cols:
                 typ = src.schema.field(col).type
                 if col == DECISION_COLUMN and pa.types.is_string(typ):
                     out.update(_decisions(con, from_, f"t.{identifier(col)}"))
                     decided = True
                 else:
-                    out.update(_column_metrics(con, from_, col, typ))
+                    tags.append((col, typ))
+            out.update(_columns_metrics(con, from_, tags))
         if not decided:
             for w in record.writes:
                 if {"doc_id", DECISION_COLUMN} <= set(w.rows.column_names):
