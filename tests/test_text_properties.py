@@ -41,6 +41,22 @@ def test_normalize_is_idempotent(values: list[str]) -> None:
 
 
 @SETTINGS
+@given(st.lists(any_text, max_size=8))
+def test_normalize_gives_each_text_what_it_gets_alone(values: list[str]) -> None:
+    # Space runs are folded over the whole buffer, across text boundaries.
+    assert normalize(pa.array(values, pa.string())).to_pylist() == [norm1(v) for v in values]
+
+
+@SETTINGS
+@given(st.lists(any_text, max_size=8))
+def test_word_hashes_give_each_text_what_it_gets_alone(values: list[str]) -> None:
+    hashes, offsets = word_hashes(pa.array(values, pa.string()))
+    for i, v in enumerate(values):
+        alone, _ = word_hashes(pa.array([v], pa.string()))
+        assert hashes[offsets[i]:offsets[i + 1]].tolist() == alone.tolist()
+
+
+@SETTINGS
 @given(any_text)
 def test_normalize_output_is_lower_case_trimmed_with_single_spaces(s: str) -> None:
     n = norm1(s)
