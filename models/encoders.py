@@ -232,6 +232,9 @@ class TransformerEncoder(_Encoder):
 
     tokenizer: Any = None
     run: Any = None
+    # A model compiled for fixed shapes (torch.compile, dynamic=False) sees at most four: every
+    # batch is padded to ``batch_size`` rows and its width up to a quarter step of max_tokens.
+    fixed_shapes: bool = False
 
     def embed(self, texts: list[str], max_tokens: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         with self.lock:
@@ -241,15 +244,20 @@ class TransformerEncoder(_Encoder):
             order = np.argsort(-n_tok, kind="stable")
             out = np.empty((len(texts), self.dim), np.float32)
             pad = self.tokenizer.pad_token_id or 0
+            step = -(-max_tokens // 4)
             for start in range(0, len(order), batch_size):
                 rows = order[start:start + batch_size]
                 width = int(n_tok[rows].max())
-                input_ids = np.full((len(rows), width), pad, np.int64)
-                mask = np.zeros((len(rows), width), np.int64)
+                height = len(rows)
+                if self.fixed_shapes:  # padded rows and positions are masked out of the mean
+                    width, height = min(max_tokens, -(-width // step) * step), batch_size
+                input_ids = np.full((height, width), pad, np.int64)
+                mask = np.zeros((height, width), np.int64)
                 for r, i in enumerate(rows):  # a few dozen rows per batch; the model is the work
                     input_ids[r, :n_tok[i]] = ids[i]
                     mask[r, :n_tok[i]] = 1
-                hidden = self.run(input_ids, mask, np.zeros_like(input_ids))
+                hidden = self.run(input_ids, mask, np.zeros_like(input_ids))[:len(rows)]
+                mask = mask[:len(rows)]
                 summed = np.einsum("btd,bt->bd", hidden, mask.astype(np.float32))
                 vecs = summed / np.maximum(mask.sum(1, keepdims=True), 1e-9).astype(np.float32)
                 out[rows] = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
@@ -412,10 +420,13 @@ def _transformer_encoder(path: Path, device: str, backend: str, compile_: bool) 
                 warnings.simplefilter("ignore")  # torch.ao's deprecation notice
                 model = torch.ao.quantization.quantize_dynamic(transformer.cpu(), {torch.nn.Linear}, dtype=torch.qint8)
         if compile_:
-            model = torch.compile(model, dynamic=True)
+            # Fixed shapes (see TransformerEncoder.fixed_shapes): a graph per shape runs ~1.45x
+            # the eager bf16 model on this CPU; dynamic=True gave ~1.0x.
+            model = torch.compile(model, dynamic=False)
         run = _torch_runner(model, device if backend == "torch-bf16" else "cpu")
     enc = TransformerEncoder(None, int(dim_of()), threading.Lock())
     enc.tokenizer, enc.run = st.tokenizer, run
+    enc.fixed_shapes = compile_ and not backend.startswith("onnx")
     return enc
 
 

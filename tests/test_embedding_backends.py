@@ -103,3 +103,21 @@ def test_bad_backend_settings_are_refused_by_name() -> None:
     path, kind = resolve_model("minilm")
     with pytest.raises(ValueError, match="runs on the CPU"):
         resolve_backend("onnx-fp32", kind, "cuda", path)
+
+
+def test_fixed_shape_batches_give_the_vectors_of_unpadded_ones(sample) -> None:
+    """What a model compiled for fixed shapes (``compile = true``) is fed: every batch padded to
+    the batch size and its width to a quarter step of max_tokens, the padding masked out."""
+    _, queries, _ = sample
+    enc = EmbeddingTagger(model="minilm", max_tokens=MAX_TOKENS, device="cpu", backend="torch-bf16").encoder()
+    texts = queries[:13] + ["short text", "a", "ten words that are not many words at all here"]
+    assert enc.fixed_shapes is False
+    fixed = type(enc)(enc.model, enc.dim, enc.lock)  # the same model, fed fixed shapes
+    fixed.tokenizer, fixed.run, fixed.fixed_shapes = enc.tokenizer, enc.run, True
+    seen: list[tuple[int, int]] = []
+    run = fixed.run
+    fixed.run = lambda ids, mask, tt: (seen.append(ids.shape), run(ids, mask, tt))[1]
+    got, n_tok = fixed.embed(texts, MAX_TOKENS, 6)
+    want, _ = enc.embed(texts, MAX_TOKENS, 6)
+    assert {h for h, _ in seen} == {6} and {w for _, w in seen} <= {32, 64, 96, 128}
+    assert np.min(np.sum(got * want, axis=1)) > 0.9999
