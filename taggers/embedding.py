@@ -46,7 +46,9 @@ class EmbeddingTagger(Tagger):
         device: str = "auto"  # auto | cpu | cuda | cuda:N
         # auto | torch-fp32 | torch-bf16 | torch-int8 | onnx-fp32 | onnx-int8 (models.encoders)
         backend: str = "auto"
-        compile: bool = False  # torch.compile a torch backend other than torch-fp32
+        # torch.compile a torch backend other than torch-fp32, for fixed shapes (batches padded;
+        # bf16: 3.9-4.1x fp32 against 3.7-4.1x eager). Needs a C++ compiler at run time.
+        compile: bool = False
 
         def __post_init__(self) -> None:
             for key in ("max_tokens", "batch_size"):
