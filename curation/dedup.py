@@ -96,6 +96,8 @@ def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
     """``(n, bands)`` uint64 keys: each band's ``rows`` signature values mixed into 64 bits."""
     n = sig.shape[0]
     s = sig[:, : bands * rows].reshape(n, bands, rows)
+    if s.dtype != np.uint32:  # what MinHash gives; anything else is mixed as its 64 bits
+        s = s.astype(np.uint64)
     h = np.full((n, bands), _U64(0x27D4EB2F165667C5), dtype=np.uint64)
     tmp = np.empty_like(h)
     with np.errstate(over="ignore"):
@@ -171,7 +173,9 @@ class Tonight:
         has = pc.is_valid(sigs).to_numpy(zero_copy_only=False)
         width = sigs.type.list_size
         # Null slots of a fixed-size list still occupy `width` child values, so this aligns.
-        vals = sigs.values.to_numpy(zero_copy_only=False)
+        # A text without words has a null signature whose child values may be null too: zeros
+        # keep the matrix uint32 (those rows are never read, has_sig is False for them).
+        vals = sigs.values.fill_null(0).to_numpy(zero_copy_only=False)
         sig = vals.reshape(len(t), width)
         doc_ids = t.column("doc_id").to_pylist()
         first_seen = first_seen or {}
