@@ -8,7 +8,7 @@ Prefect tasks, with result caching, a task runner such as Dask, and runs visible
 Prefect server). Prefect only wraps the night, as datatrove keeps its steps apart from its
 executors, so a night needs no Prefect import and no Prefect server unless asked for.
 
-The steps (:func:`ingest_step`, :func:`tag_step`, :func:`stage_step`, :func:`finalize_step`)
+The steps (:func:`ingest_step`, :func:`tag_step`, :func:`tag_group_step`, :func:`stage_step`, :func:`finalize_step`)
 are module-level functions of picklable arguments, so any executor can run them anywhere
 that sees the shards and the state folder; only prepare (reads) and finalize (the write)
 open DuckDB, both in this process.
@@ -35,7 +35,8 @@ from glia.engine.reindex import config_for_history
 from glia.storage.shards import ShardPlan, is_storage_error
 from glia.engine.pipeline import (
     IngestResult, NightContext, NightOutcome, NightParts, NightPlan, RunContext, build_record, collect_garbage,
-    default_state_dir, ingest_shard, load_stage_states, night_info, prepare, run_stages, stage_inputs, tag_shard,
+    default_state_dir, ingest_shard, load_stage_states, night_info, prepare, run_stages, stage_inputs, tag_groups,
+    tag_shard, tag_shard_many,
     view_sources,
 )
 from glia.storage.catalog import Catalog, RunRecord, ShardRow, TagFile
@@ -162,6 +163,23 @@ def tag_step(ctx: RunContext, spec: ReadSpec, tagger: Tagger, ingest: IngestResu
     return res
 
 
+def tag_group_step(ctx: RunContext, spec: ReadSpec, taggers: tuple[Tagger, ...],
+                   ingest: IngestResult | None = None) -> list[TagFile | None]:
+    """Run taggers that share one read of a shard (:func:`engine.pipeline.tag_shard_many`), a
+    file each; ``None`` for each when the shard was rejected."""
+    files: list[TagFile | None] = [None] * len(taggers)
+    if ingest is None or ingest.error is None:
+        try:
+            files = list(tag_shard_many(ctx, spec, taggers))
+            for t in taggers:
+                faults.point(f"tag.done.{t.name}")  # every file of the group whole
+        except ShardRejected:
+            pass
+    for t in taggers:
+        progress.advance(t.name)
+    return files
+
+
 def stage_step(ctx: RunContext, stage: stages_mod.NightStage, state: Any,
                inputs: stages_mod.StageInputs) -> stages_mod.StageResult:
     """Run one night stage over tonight (:func:`stages.base.run_stage`)."""
@@ -283,7 +301,12 @@ def _tag(executor: Executor, tonight: _Tonight) -> tuple[list[IngestResult], lis
         progress.start(t.name, len(specs) + sum(1 for _, name in night.backfill if name == t.name))
     ingests = [executor.submit(ingest_step, ctx, spec) for spec in specs]
     tagged: dict[str, list[Pending[TagFile | None]]] = {}
-    for t in taggers:  # dependency order: a tagger's needs are submitted before it
+    shared: list[Pending[list[TagFile | None]]] = []
+    for group in tag_groups(taggers, ctx.config.run.batch_size):  # a tagger's needs come before it
+        if len(group) > 1:  # one read of each shard for the whole group
+            shared += [executor.submit(tag_group_step, ctx, spec, group, ing) for spec, ing in zip(specs, ingests)]
+            continue
+        t = group[0]
         tagged[t.name] = []
         for i, (spec, ing) in enumerate(zip(specs, ingests)):
             needed = [tagged[n][i] for n in t.needs] or None  # this shard's files of those taggers
@@ -297,6 +320,7 @@ def _tag(executor: Executor, tonight: _Tonight) -> tuple[list[IngestResult], lis
         backfill.append(executor.submit(tag_step, ctx, spec, t, None, inputs or None))
     ingest_results: list[IngestResult] = [f.result() for f in ingests]
     tag_files: list[TagFile] = [tf for futs in tagged.values() for tf in (f.result() for f in futs) if tf]
+    tag_files += [tf for f in shared for tf in f.result() if tf]
     tag_files += [tf for tf in (f.result() for f in backfill) if tf]
     tonight.seconds["tag"] = time.monotonic() - t1
     return ingest_results, tag_files

@@ -35,7 +35,7 @@ from glia.engine.ingest import (
 from glia.storage.shards import ShardFile, ShardPlan, discover, plan
 from glia.storage.catalog import Catalog, RunRecord, ShardRow, TagFile
 from glia.storage.history import History
-from glia.storage.parquet_io import read_metadata, write_atomic
+from glia.storage.parquet_io import AtomicWriter, read_metadata, write_atomic
 from glia.storage.sql import registered
 from glia.storage.views import DOCUMENTS, DOCUMENTS_VERSION, ViewSource
 from glia.taggers import registry
@@ -312,51 +312,124 @@ def _chain(first: pa.Table | None, rest):
 
 
 def tag_shard(ctx: RunContext, spec: ReadSpec, tagger: Tagger, inputs: Sequence[TagFile] = ()) -> TagFile:
-    """Run one tagger over one shard into ``tags/<name>@<version>/<shard_id>.parquet``.
+    """Run one tagger over one shard into ``tags/<name>@<version>/<shard_id>.parquet``
+    (:func:`tag_shard_many` with one tagger)."""
+    return tag_shard_many(ctx, spec, [tagger], inputs)[0]
 
-    ``inputs`` are this shard's files of the taggers ``tagger.needs``; their columns are
-    joined into each batch by doc_id. Idempotent: a complete file from an earlier (crashed)
+
+def tag_shard_many(ctx: RunContext, spec: ReadSpec, taggers: Sequence[Tagger],
+                   inputs: Sequence[TagFile] = ()) -> list[TagFile]:
+    """Run ``taggers`` over one shard in one read, each into its own
+    ``tags/<name>@<version>/<shard_id>.parquet``; they must read batches of the same size.
+
+    ``inputs`` are this shard's files of the taggers they ``need``; their columns are joined
+    into each batch by doc_id. Idempotent per tagger: a complete file from an earlier (crashed)
     attempt with the same inputs is reused, since files only ever appear whole.
     """
     shard = spec.shard
-    out = ctx.tag_path(tagger.key, shard.shard_id)
-    missing = set(tagger.needs) - {f.tagger for f in inputs}
-    if missing:
-        raise ValueError(f"tagger {tagger.name!r} needs {sorted(missing)} for shard {shard.path}; add them to [run].taggers")
-    meta = {"tagger": tagger.name, "version": tagger.version, "config": tagger.config(),
-            "shard": shard.path, "shard_id": shard.shard_id, "excluded": len(spec.excluded_rows),
+    for tagger in taggers:
+        missing = set(tagger.needs) - {f.tagger for f in inputs}
+        if missing:
+            raise ValueError(f"tagger {tagger.name!r} needs {sorted(missing)} for shard {shard.path}; "
+                             "add them to [run].taggers")
+    metas = {t.name: _tag_meta(spec, t, inputs) for t in taggers}
+    done = {t.name: _reused(ctx, spec, t, metas[t.name]) for t in taggers}
+    todo = [t for t in taggers if done[t.name] is None]
+    if todo:
+        done.update(zip([t.name for t in todo], _tag_batches(ctx, spec, todo, metas, inputs)))
+    return [done[t.name] for t in taggers]
+
+
+def _tag_meta(spec: ReadSpec, tagger: Tagger, inputs: Sequence[TagFile]) -> dict[str, object]:
+    """What a tag file records about how it was made (and what a rerun must match to reuse it)."""
+    return {"tagger": tagger.name, "version": tagger.version, "config": tagger.config(),
+            "shard": spec.shard.path, "shard_id": spec.shard.shard_id, "excluded": len(spec.excluded_rows),
             "inputs": sorted(f"{f.tagger}@{f.version}" for f in inputs)}
-    if out.exists() and read_metadata(out) == meta:
-        # Reused after a crash: its counts are recomputed from the file (sums over batches equal
-        # the sum over the whole), so the rerun's run_metrics match an uninterrupted run's.
-        started = time.perf_counter()
-        done = pq.read_table(out)
-        counts = {k: float(v) for k, v in tagger.stats(done).items()} if done.num_rows else {}
-        counts.update(docs=float(done.num_rows), seconds=time.perf_counter() - started)
-        return TagFile(tagger.name, tagger.version, shard.shard_id, str(out), done.num_rows, tuple(sorted(counts.items())))
-    batch_size = min(spec.batch_size, tagger.resources.batch_size)
-    sized = replace(spec, batch_size=batch_size)
-    schema = tagger.schema()
 
-    needed = _read_inputs(inputs)
-    counts: dict[str, float] = {}
+
+def _reused(ctx: RunContext, spec: ReadSpec, tagger: Tagger, meta: dict[str, object]) -> TagFile | None:
+    """The tagger's complete file from an earlier (crashed) attempt, if its metadata matches.
+
+    Its counts are recomputed from the file (sums over batches equal the sum over the whole),
+    so the rerun's run_metrics match an uninterrupted run's."""
+    out = ctx.tag_path(tagger.key, spec.shard.shard_id)
+    if not (out.exists() and read_metadata(out) == meta):
+        return None
     started = time.perf_counter()
+    table = pq.read_table(out)
+    counts = {k: float(v) for k, v in tagger.stats(table).items()} if table.num_rows else {}
+    counts.update(docs=float(table.num_rows), seconds=time.perf_counter() - started)
+    return TagFile(tagger.name, tagger.version, spec.shard.shard_id, str(out), table.num_rows,
+                   tuple(sorted(counts.items())))
 
-    def batches():
+
+def _tag_batches(ctx: RunContext, spec: ReadSpec, taggers: Sequence[Tagger], metas: dict[str, dict[str, object]],
+                 inputs: Sequence[TagFile]) -> list[TagFile]:
+    """Read the shard once and feed every batch to each of ``taggers``, each streaming into its
+    own file; every file is renamed into place only after the whole shard went through."""
+    shard = spec.shard
+    sizes = {min(spec.batch_size, t.resources.batch_size) for t in taggers}
+    if len(sizes) != 1:
+        raise ValueError(f"taggers {[t.name for t in taggers]} read batches of different sizes {sorted(sizes)}")
+    sized = replace(spec, batch_size=sizes.pop())
+    needed = _read_inputs(inputs)
+    writers = [AtomicWriter(ctx.tag_path(t.key, shard.shard_id), t.schema(), metas[t.name]) for t in taggers]
+    counts: list[dict[str, float]] = [{} for _ in taggers]
+    spent = [0.0] * len(taggers)
+    started = time.perf_counter()
+    try:
         for b in read_documents(sized):
             if needed is not None:
                 b = _join_inputs(b, needed, shard.path)
-            out_b = tagger.tag(b)
-            if out_b.num_rows != b.num_rows:
-                raise RuntimeError(f"tagger {tagger.key} returned {out_b.num_rows} rows for {b.num_rows} documents")
-            for k, v in tagger.stats(out_b).items():
-                counts[k] = counts.get(k, 0.0) + float(v)
-            yield out_b
-            faults.point(f"tag.batch.{tagger.name}")  # crash-test hook: this file half-written
+            for k, tagger in enumerate(taggers):
+                t0 = time.perf_counter()
+                out_b = tagger.tag(b)
+                if out_b.num_rows != b.num_rows:
+                    raise RuntimeError(f"tagger {tagger.key} returned {out_b.num_rows} rows for {b.num_rows} documents")
+                for key, v in tagger.stats(out_b).items():
+                    counts[k][key] = counts[k].get(key, 0.0) + float(v)
+                writers[k].write(out_b)
+                spent[k] += time.perf_counter() - t0
+                faults.point(f"tag.batch.{tagger.name}")  # crash-test hook: this file half-written
+    except BaseException:
+        for w in writers:
+            w.abort()
+        raise
+    # The shared read is split evenly between the taggers' times.
+    read_share = (time.perf_counter() - started - sum(spent)) / len(taggers)
+    files = []
+    for k, (tagger, w) in enumerate(zip(taggers, writers)):
+        try:
+            rows = w.commit()
+        except BaseException:
+            for other in writers[k + 1:]:
+                other.abort()
+            raise
+        counts[k].update(docs=float(rows), seconds=spent[k] + read_share)
+        files.append(TagFile(tagger.name, tagger.version, shard.shard_id, str(w.path), rows,
+                             tuple(sorted(counts[k].items()))))
+    return files
 
-    rows = write_atomic(out, batches(), schema, meta)
-    counts.update(docs=float(rows), seconds=time.perf_counter() - started)
-    return TagFile(tagger.name, tagger.version, shard.shard_id, str(out), rows, tuple(sorted(counts.items())))
+
+def tag_groups(taggers: Sequence[Tagger], batch_size: int) -> list[tuple[Tagger, ...]]:
+    """``taggers`` (in dependency order) as the groups a night runs per shard: the CPU taggers
+    that need no other tagger's output, that no other tagger needs, and that read batches of the
+    same size share one read of each shard (:func:`tag_shard_many`); every other tagger is a
+    group of its own (a GPU tagger may be placed on another worker). Each group stands where
+    its first tagger stood, so a tagger still comes after those it needs."""
+    needed = {n for t in taggers for n in t.needs}
+    shared: dict[int, list[Tagger]] = {}
+    groups: list[list[Tagger]] = []
+    for t in taggers:
+        if t.resources.gpu or t.needs or t.name in needed:
+            groups.append([t])
+            continue
+        size = min(batch_size, t.resources.batch_size)
+        if size not in shared:
+            shared[size] = []
+            groups.append(shared[size])
+        shared[size].append(t)
+    return [tuple(g) for g in groups]
 
 
 def _read_inputs(inputs: Sequence[TagFile]) -> pa.Table | None:

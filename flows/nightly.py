@@ -81,6 +81,23 @@ def tag_task(ctx: NightContext, spec: ReadSpec, tagger: Tagger, ingest: IngestRe
     return engine.tag_step(ctx, spec, tagger, ingest, inputs)
 
 
+def _tag_group_key(ctx: TaskRunContext, params: dict[str, Any]) -> str | None:
+    c: NightContext = params["ctx"]
+    spec: ReadSpec = params["spec"]
+    taggers: tuple[Tagger, ...] = params["taggers"]
+    if not all(c.tag_path(t.key, spec.shard.shard_id).exists() for t in taggers):
+        return None
+    cfgs = ";".join(f"{t.key}:{json.dumps(t.config(), sort_keys=True)}" for t in taggers)
+    return f"glia-tags:{c.state_dir}:{cfgs}:{_spec_key(spec)}"
+
+
+@task(name="tag-group", retries=engine.RETRIES, retry_delay_seconds=engine.RETRY_DELAY_S,
+      retry_condition_fn=_transient, cache_key_fn=_tag_group_key, persist_result=True)
+def tag_group_task(ctx: NightContext, spec: ReadSpec, taggers: tuple[Tagger, ...],
+                   ingest: IngestResult | None = None) -> list[TagFile | None]:
+    return engine.tag_group_step(ctx, spec, taggers, ingest)
+
+
 @task(name="stage", task_run_name="stage-{stage.name}")
 def stage_task(ctx: NightContext, stage: stages_mod.NightStage, state: Any,
                inputs: stages_mod.StageInputs) -> stages_mod.StageResult:
@@ -93,7 +110,7 @@ def finalize_task(ctx: NightContext, record: RunRecord) -> None:
 
 
 TASKS: dict[Callable[..., Any], Task] = {
-    engine.ingest_step: ingest_task, engine.tag_step: tag_task,
+    engine.ingest_step: ingest_task, engine.tag_step: tag_task, engine.tag_group_step: tag_group_task,
     engine.stage_step: stage_task, engine.finalize_step: finalize_task,
 }
 

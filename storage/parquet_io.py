@@ -23,40 +23,72 @@ from glia.core import faults
 GLIA_META_KEY = b"glia"
 
 
+class AtomicWriter:
+    """One Parquet file written to a temporary name beside ``path`` and renamed into place by
+    :meth:`commit` (after an fsync), or removed by :meth:`abort`: the file appears whole or not
+    at all. Several can be open at once, so one pass over a shard can feed several files.
+
+    ``metadata`` is stored as JSON under the ``glia`` key of the Parquet footer (tagger name,
+    version, config, shard fingerprint), so a file says where it came from on its own.
+    """
+
+    def __init__(self, path: Path, schema: pa.Schema, metadata: Mapping[str, object] | None = None) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        if metadata is not None:
+            schema = schema.with_metadata({GLIA_META_KEY: json.dumps(metadata, sort_keys=True).encode()})
+        self.schema = schema
+        self.rows = 0
+        # Hash and signature columns are uniformly random: compressing or dictionary-encoding them
+        # costs time (a third of the dedup stage's writes) and saves nothing.
+        random = [f.name for f in schema if _is_hash_like(f)]
+        compression = {f.name: ("none" if f.name in random else "zstd") for f in schema}
+        dictionary = [f.name for f in schema if f.name not in random]
+        self._writer = pq.ParquetWriter(self.tmp, schema, compression=compression, use_dictionary=dictionary)
+
+    def write(self, batch: pa.Table) -> None:
+        self._writer.write_table(batch.cast(self.schema))
+        self.rows += batch.num_rows
+        faults.point("write_atomic.batch")  # crash-test hook: a half-written temp file
+
+    def commit(self) -> int:
+        """Close, fsync and rename into place; the number of rows written."""
+        try:
+            self._writer.close()
+            with open(self.tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            self.tmp.unlink(missing_ok=True)
+            raise
+        return self.rows
+
+    def abort(self) -> None:
+        """Close and remove the temporary file (safe to call after a failed commit)."""
+        try:
+            self._writer.close()
+        except Exception:  # the write that failed may have left the writer unusable
+            pass
+        self.tmp.unlink(missing_ok=True)
+
+
 def write_atomic(
     path: Path,
     batches: Iterable[pa.Table],
     schema: pa.Schema,
     metadata: Mapping[str, object] | None = None,
 ) -> int:
-    """Stream ``batches`` into ``path`` atomically; return the number of rows written.
-
-    ``metadata`` is stored as JSON under the ``glia`` key of the Parquet footer (tagger name,
-    version, config, shard fingerprint), so a file says where it came from on its own.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    if metadata is not None:
-        schema = schema.with_metadata({GLIA_META_KEY: json.dumps(metadata, sort_keys=True).encode()})
-    rows = 0
-    # Hash and signature columns are uniformly random: compressing or dictionary-encoding them
-    # costs time (a third of the dedup stage's writes) and saves nothing.
-    random = [f.name for f in schema if _is_hash_like(f)]
-    compression = {f.name: ("none" if f.name in random else "zstd") for f in schema}
-    dictionary = [f.name for f in schema if f.name not in random]
+    """Stream ``batches`` into ``path`` atomically (:class:`AtomicWriter`); return the number
+    of rows written."""
+    writer = AtomicWriter(path, schema, metadata)
     try:
-        with pq.ParquetWriter(tmp, schema, compression=compression, use_dictionary=dictionary) as writer:
-            for batch in batches:
-                writer.write_table(batch.cast(schema))
-                rows += batch.num_rows
-                faults.point("write_atomic.batch")  # crash-test hook: a half-written temp file
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        for batch in batches:
+            writer.write(batch)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        writer.abort()
         raise
-    return rows
+    return writer.commit()
 
 
 @dataclass(frozen=True)
