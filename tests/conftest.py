@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import csv
+import json
 import os
 import shutil
 import subprocess
@@ -121,6 +122,16 @@ def glia(args: list[str], tmp: Path, timeout: float = 240) -> subprocess.Complet
         [sys.executable, "-m", "glia.cli.main", *args], cwd=tmp, env=cli_env(),
         capture_output=True, text=True, timeout=timeout,
     )
+
+
+def run_quick_bench(script: str, out: Path, *args: str, timeout: float) -> tuple[dict, str]:
+    """``bench/<script> --quick --out <out> <args>`` as ``make`` runs the full benchmark (a
+    subprocess, one torch thread); the result JSON it wrote and its stdout."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / script), "--quick", "--out", str(out), *args],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(out.read_text()), proc.stdout
 
 
 def free_port() -> int:

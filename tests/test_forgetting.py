@@ -8,14 +8,13 @@ tokens across arms (counted from the loss masks, not from the configuration).
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+
+from conftest import run_quick_bench
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO / "examples" / "forgetting"
@@ -24,13 +23,7 @@ CORPUS = REPO / "examples" / "forgetting"
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
     tmp = tmp_path_factory.mktemp("forgetting")
-    out = tmp / "result.json"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "forgetting.py"), "--quick", "--out", str(out),
-                           "--workdir", str(tmp / "work")], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=240)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return json.loads(out.read_text()), proc.stdout
+    return run_quick_bench("forgetting.py", tmp / "result.json", "--workdir", str(tmp / "work"), timeout=240)
 
 
 def test_corpus_shifts_between_nights() -> None:

@@ -9,9 +9,6 @@ night, the metrics per stratum over the seeds, the tag table and the plot.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -24,6 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO / "tests" / "data" / "pruning_quick"
 sys.path.insert(0, str(REPO / "bench"))
 
+from conftest import run_quick_bench  # noqa: E402
 from tinylm import pack_windows  # noqa: E402
 
 JUNK = ("boilerplate", "spam", "repetitive", "encoding", "gibberish", "toxic", "contaminated", "non_english")
@@ -33,12 +31,8 @@ JUNK = ("boilerplate", "spam", "repetitive", "encoding", "gibberish", "toxic", "
 def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str, Path]:
     tmp = tmp_path_factory.mktemp("pruning")
     out = tmp / "result.json"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "pruning.py"), "--quick", "--out", str(out),
-                           "--nights-cache", str(tmp / "nights")], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return json.loads(out.read_text()), proc.stdout, out.with_suffix(".png")
+    result, stdout = run_quick_bench("pruning.py", out, "--nights-cache", str(tmp / "nights"), timeout=300)
+    return result, stdout, out.with_suffix(".png")
 
 
 def test_quick_corpus_has_every_kind_of_junk_and_unseen_heldout_text() -> None:
