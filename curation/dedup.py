@@ -116,25 +116,30 @@ def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
     return h
 
 
-def band_order(keys: np.ndarray) -> np.ndarray:
-    """``(bands, n)``: for each band, the rows in order of their key, rows with equal keys in
-    row order. The same as a stable argsort of each column of ``keys`` (``(n, bands)``), in
-    about a third of the time: numpy's unstable sort of 64-bit values is vectorised, its
-    stable one is not, so ties (near copies share band keys) are put in row order after."""
-    n = keys.shape[0]
+def _band_runs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(order, new_key)``, both ``(bands, n)``: each band's rows grouped by key (numpy's
+    unstable sort of 64-bit values, which is vectorised; the order inside a group is arbitrary)
+    and where in that order a new key starts."""
     by_band = np.ascontiguousarray(keys.T)
     order = np.argsort(by_band, axis=1)
-    if n < 2:
-        return order
     ordered = np.take_along_axis(by_band, order, axis=1)
     new_key = np.ones(by_band.shape, dtype=bool)
     np.not_equal(ordered[:, 1:], ordered[:, :-1], out=new_key[:, 1:])
+    return order, new_key
+
+
+def band_order(keys: np.ndarray) -> np.ndarray:
+    """``(bands, n)``: for each band, the rows in order of their key, rows with equal keys in
+    row order. The same as a stable argsort of each column of ``keys`` (``(n, bands)``), in
+    about a third of the time: the stable sort is not vectorised, so ties (near copies share
+    band keys) are put in row order after an unstable one (:func:`_band_runs`)."""
+    order, new_key = _band_runs(keys)
     if new_key.all():
         return order
     # Sort (run of equal keys, row) pairs, which are unique: the runs stay in place and each
     # run's rows come out ascending.
     run = np.cumsum(new_key, axis=1, dtype=np.int64)
-    run *= n
+    run *= keys.shape[0]
     run += order
     return np.take_along_axis(order, np.argsort(run, axis=1), axis=1)
 
@@ -210,14 +215,8 @@ def _tonight_pairs(keys: np.ndarray, idx: np.ndarray, max_bucket: int) -> np.nda
     # Per band, rows grouped by key. The order inside a bucket does not matter (pairs are
     # written smaller idx first, a big bucket's hub is its smallest idx), so the sort need
     # not be stable, which is what makes it fast.
-    n, bands = keys.shape
-    by_band = np.ascontiguousarray(keys.T)
-    order = np.argsort(by_band, axis=1)
-    order += (np.arange(bands, dtype=np.int64) * n)[:, None]
-    k = by_band.reshape(-1)[order.reshape(-1)].reshape(bands, n)
-    new_bucket = np.ones(k.shape, dtype=bool)
-    np.not_equal(k[:, 1:], k[:, :-1], out=new_bucket[:, 1:])
-    member = idx.astype(np.int64)[order.reshape(-1) % n]
+    order, new_bucket = _band_runs(keys)
+    member = idx.astype(np.int64)[order.reshape(-1)]
     starts = np.flatnonzero(new_bucket.reshape(-1))
     sizes = np.diff(np.r_[starts, len(member)])
 
